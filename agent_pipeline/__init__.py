@@ -1,0 +1,1 @@
+"""agent_pipeline: a Dagster code location that runs an AI agent every 10 minutes."""

@@ -1,0 +1,86 @@
+"""Agents are plain Python: a callable taking an AgentContext and returning an iterable of
+mappings with at least `title` (str) and `score` (number)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from agent_pipeline.caching import cache_key
+from agent_pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from agent_pipeline.resources.redis import Redis
+
+Agent = Callable[["AgentContext"], Iterable[Mapping[str, Any]]]
+
+BUILT_IN_AGENTS = {
+    "keywords": "agent_pipeline.agents.keywords:keywords_agent",
+}
+DEFAULT_AGENT = "keywords"
+
+
+class AgentCache:
+    """The agent's view of the Redis cache: namespaced content-hash keys, one TTL, and
+    hit/miss counts for the run's metadata. Without Redis every lookup is a miss."""
+
+    def __init__(self, redis: Redis | None, ttl_seconds: int):
+        self._redis = redis
+        self._ttl_seconds = ttl_seconds
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._redis is not None and self._redis.enabled
+
+    def get(self, namespace: str, content: Any) -> Any | None:
+        value = self._redis.cache_get(cache_key(namespace, content)) if self.enabled else None
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def set(self, namespace: str, content: Any, value: Any) -> None:
+        if self.enabled:
+            self._redis.cache_set(cache_key(namespace, content), value, self._ttl_seconds)
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What an agent gets: its window, a cache, a logger and its settings."""
+
+    partition_key: str
+    window_start: datetime
+    window_end: datetime
+    cache: AgentCache
+    log: logging.Logger
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+
+def load_agent(spec: str) -> Agent:
+    """The agent named by AGENT: a built-in name or `package.module:callable`."""
+    spec = spec.strip()
+    target = BUILT_IN_AGENTS.get(spec, spec)
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(
+            "AGENT",
+            f"{spec!r} is neither a built-in agent ({', '.join(sorted(BUILT_IN_AGENTS))}) "
+            "nor a 'package.module:callable'",
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError("AGENT", f"cannot import module {module_name!r}: {exc}") from None
+    agent = getattr(module, attribute, None)
+    if not callable(agent):
+        raise ConfigurationError(
+            "AGENT", f"{module_name!r} has no callable named {attribute!r}"
+        )
+    return agent

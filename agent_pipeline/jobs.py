@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from dagster import in_process_executor, job
+
+from agent_pipeline.ops import mark_row_failed, rank_top_five, record_run, run_agent, send_email
+from agent_pipeline.partitions import window_partitions
+from agent_pipeline.settings import window_history_days
+
+
+@job(
+    description=(
+        "Runs the agent for one 10-minute window, records the run in agent_runs, ranks what "
+        "the agent found and emails the top five."
+    ),
+    partitions_def=window_partitions(window_history_days()),
+    # The ops form a chain: separate processes would buy no parallelism and cost about
+    # two seconds of interpreter start per op.
+    executor_def=in_process_executor,
+    hooks={mark_row_failed},
+)
+def agent_job() -> None:
+    row_id = record_run()
+    top_five = rank_top_five(row_id, run_agent(row_id))
+    send_email(row_id, top_five)

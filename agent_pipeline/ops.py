@@ -1,0 +1,148 @@
+"""The four ops of agent_job. Glue only: resources in, plain functions, metadata out."""
+
+# No `from __future__ import annotations` here: Dagster reads the ops' annotations as real
+# types to wire inputs, resources and the context.
+
+import time
+from typing import Any
+
+from dagster import HookContext, MetadataValue, OpExecutionContext, failure_hook, op
+
+from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.emails import build_digest_email
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.ranking import (
+    Validation,
+    build_result,
+    collect_outcomes,
+    rank_outcomes,
+    top_five_markdown,
+    validate_outcomes,
+)
+from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
+from agent_pipeline.resources.agent_runs import describe_error
+
+WARNINGS_LOGGED = 20
+
+
+def _window_key(context: OpExecutionContext) -> str:
+    if not context.has_partition_key:
+        raise ConfigurationError(
+            "partition", "agent_job runs one 10-minute window: launch it for a partition"
+        )
+    return context.partition_key
+
+
+@op(description="Insert this run's row into agent_runs, status running.")
+def record_run(
+    context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
+) -> int:
+    row_id = agent_runs.start_run(context.run_id, _window_key(context), agent.agent)
+    context.add_output_metadata({"row_id": row_id, "database": agent_runs.describe()})
+    return row_id
+
+
+@op(description="Run the agent for the window and validate each outcome it returns.")
+def run_agent(
+    context: OpExecutionContext, row_id: int, agent: AgentResource, redis: Redis
+) -> Validation:
+    agent_callable = agent.load()
+    cache = AgentCache(redis, agent.cache_ttl_seconds)
+    cache_was_enabled = cache.enabled
+    if not cache_was_enabled:
+        context.log.warning(f"Nothing is cached this run: {redis.unavailable_reason}.")
+    window = context.partition_time_window
+    agent_context = AgentContext(
+        partition_key=_window_key(context),
+        window_start=window.start,
+        window_end=window.end,
+        cache=cache,
+        log=context.log,
+        settings=agent.settings(),
+    )
+    started = time.perf_counter()
+    validation = validate_outcomes(collect_outcomes(agent_callable(agent_context)))
+    duration = time.perf_counter() - started
+    if cache_was_enabled and not cache.enabled:
+        context.log.warning(f"Cache lost part way through: {redis.unavailable_reason}.")
+    for dropped in validation.dropped[:WARNINGS_LOGGED]:
+        context.log.warning(f"Dropped item {dropped.index}: {dropped.reason}")
+    for warning in validation.warnings[:WARNINGS_LOGGED]:
+        context.log.warning(warning)
+    context.add_output_metadata(
+        {
+            "agent": agent.agent,
+            "outcomes": len(validation.outcomes),
+            "dropped": len(validation.dropped),
+            "fixed": len(validation.warnings),
+            "duration_seconds": round(duration, 3),
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+        }
+    )
+    return validation
+
+
+@op(description="Dedupe and rank the outcomes, keep the top five; the row ends succeeded.")
+def rank_top_five(
+    context: OpExecutionContext, row_id: int, validation: Validation, agent_runs: AgentRunsStore
+) -> list[dict[str, Any]]:
+    ranking = rank_outcomes(validation.outcomes)
+    agent_runs.complete_run(row_id, build_result(validation, ranking))
+    context.add_output_metadata(
+        {
+            "top_five": MetadataValue.md(top_five_markdown(ranking.top)),
+            "outcomes": len(ranking.ranked),
+            "duplicates_removed": ranking.duplicates_removed,
+            "dropped": len(validation.dropped),
+        }
+    )
+    return ranking.top
+
+
+@op(description="Email the top five, at most once per window.")
+def send_email(
+    context: OpExecutionContext,
+    row_id: int,
+    top_five: list[dict[str, Any]],
+    agent_runs: AgentRunsStore,
+    smtp: Smtp,
+    digest: DigestSettings,
+) -> None:
+    if not top_five:
+        agent_runs.record_email_skipped(row_id, "the agent found nothing")
+        context.log.info("No email: the agent found nothing this window.")
+        context.add_output_metadata({"sent": False, "reason": "nothing found"})
+        return
+    window = context.partition_time_window
+    recipients = digest.recipients()
+    message = build_digest_email(
+        partition_key=_window_key(context),
+        window_start=window.start,
+        window_end=window.end,
+        top=top_five,
+        sender=digest.sender(),
+        recipients=recipients,
+    )
+    if not agent_runs.claim_email(row_id):
+        context.log.info("No email: this window's email was already sent by another run.")
+        context.add_output_metadata({"sent": False, "reason": "already sent for this window"})
+        return
+    try:
+        destination = smtp.send(message)
+    except Exception as exc:
+        agent_runs.record_email_failed(row_id, describe_error(exc))
+        raise
+    agent_runs.record_email_sent(row_id)
+    context.log.info(f"Emailed the top {len(top_five)} to {len(recipients)} recipient(s) via {destination}.")
+    context.add_output_metadata(
+        {"sent": True, "recipients": len(recipients), "destination": destination}
+    )
+
+
+@failure_hook(required_resource_keys={"agent_runs"})
+def mark_row_failed(context: HookContext) -> None:
+    """Any failed op marks the run's row failed with the exception's message."""
+    error = context.op_exception
+    message = describe_error(error) if error else f"op {context.op.name} failed"
+    context.resources.agent_runs.fail_run(context.run_id, message)

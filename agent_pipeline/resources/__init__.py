@@ -1,0 +1,7 @@
+from agent_pipeline.resources.agent import AgentResource
+from agent_pipeline.resources.agent_runs import AgentRunsStore
+from agent_pipeline.resources.digest import DigestSettings
+from agent_pipeline.resources.redis import Redis
+from agent_pipeline.resources.smtp import Smtp
+
+__all__ = ["AgentResource", "AgentRunsStore", "DigestSettings", "Redis", "Smtp"]

@@ -1,0 +1,241 @@
+"""AgentRunsStore: the one owner of the `agent_runs` table."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+from sqlalchemy import create_engine, insert, select, text, update
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+
+from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
+from agent_pipeline.schema import (
+    EMAIL_FAILED,
+    EMAIL_NOT_SENT,
+    EMAIL_SENDING,
+    EMAIL_SENT,
+    EMAIL_SKIPPED,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    agent_runs,
+)
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# Any fixed number: it serialises migrations of concurrent first uses on Postgres.
+MIGRATION_LOCK_ID = 7_262_010
+ERROR_MESSAGE_LIMIT = 4_000
+
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+def utc_now() -> datetime:
+    """Naive UTC, as the seed's TIMESTAMP columns hold it."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def parse_database_url(database_url: str) -> URL:
+    """The URL SQLAlchemy should use, or a ConfigurationError naming DATABASE_URL."""
+    try:
+        url = make_url(database_url.strip())
+    except ArgumentError as exc:
+        raise ConfigurationError(
+            "DATABASE_URL",
+            "is not a database URL (expected postgresql://user:pass@host:5432/db "
+            "or sqlite:///path)",
+        ) from exc
+    # postgres:// is the scheme many hosts hand out; SQLAlchemy only knows postgresql://.
+    if url.drivername == "postgres":
+        url = url.set(drivername="postgresql")
+    backend = url.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        raise ConfigurationError(
+            "DATABASE_URL", f"unsupported database {backend!r} (use postgresql or sqlite)"
+        )
+    if backend == "postgresql" and not url.database:
+        raise ConfigurationError("DATABASE_URL", "names no database (…/dbname at the end)")
+    return url
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for error_message: the exception's type and message, bounded."""
+    message = str(exc).strip() or repr(exc)
+    line = f"{type(exc).__name__}: {message}"
+    if len(line) > ERROR_MESSAGE_LIMIT:
+        line = line[: ERROR_MESSAGE_LIMIT - 1] + "…"
+    return line
+
+
+class AgentRunsStore(ConfigurableResource):
+    """The agent_runs table in Postgres (or a local SQLite file): one row per Dagster run."""
+
+    database_url: str = Field(
+        description=(
+            "SQLAlchemy URL of the database holding agent_runs, from DATABASE_URL: "
+            "postgresql://user:pass@host:5432/db, or sqlite:///path for the local default."
+        )
+    )
+
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._engine = self.open()
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self.close()
+
+    # -- lifecycle, usable without Dagster --------------------------------------------------
+
+    def open(self) -> Engine:
+        """Connect, apply pending migrations, and return the engine."""
+        url = parse_database_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database:
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url)
+        else:
+            engine = create_engine(
+                url, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+            )
+        self._engine = engine
+        self._migrate(url)
+        return engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("AgentRunsStore is not open")
+        return self._engine
+
+    def describe(self) -> str:
+        """The database, password hidden: safe for logs and the UI."""
+        return parse_database_url(self.database_url).render_as_string(hide_password=True)
+
+    def _migrate(self, url: URL) -> None:
+        key = url.render_as_string(hide_password=False)
+        with _migrate_lock:
+            if key in _migrated:
+                return
+            try:
+                with self.engine.begin() as connection:
+                    if connection.dialect.name == "postgresql":
+                        connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+                        )
+                    config = AlembicConfig()
+                    config.set_main_option("script_location", str(ALEMBIC_DIR))
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+            except OperationalError as exc:
+                raise DatabaseUnavailableError(
+                    f"cannot reach the agent_runs database {self.describe()} (DATABASE_URL): "
+                    f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+                ) from None
+            _migrated.add(key)
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def start_run(self, dagster_run_id: str, partition_key: str | None, agent: str) -> int:
+        """The row of this Dagster run, inserted as running if it is not there yet."""
+        with self.engine.begin() as connection:
+            existing = connection.execute(
+                select(agent_runs.c.id).where(agent_runs.c.dagster_run_id == dagster_run_id)
+            ).scalar_one_or_none()
+            if existing is not None:
+                return existing
+            return connection.execute(
+                insert(agent_runs)
+                .values(
+                    started_at=utc_now(),
+                    status=RUNNING,
+                    dagster_run_id=dagster_run_id,
+                    partition_key=partition_key,
+                    agent=agent[:200],
+                    email_status=EMAIL_NOT_SENT,
+                )
+                .returning(agent_runs.c.id)
+            ).scalar_one()
+
+    def complete_run(self, row_id: int, result: Mapping[str, Any]) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(agent_runs)
+                .where(agent_runs.c.id == row_id)
+                .values(status=SUCCEEDED, completed_at=utc_now(), result=dict(result))
+            )
+
+    def fail_run(self, dagster_run_id: str, error_message: str) -> bool:
+        """Mark the run's row failed; False when the run has no row (it failed before one)."""
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                update(agent_runs)
+                .where(agent_runs.c.dagster_run_id == dagster_run_id)
+                .values(
+                    status=FAILED,
+                    completed_at=utc_now(),
+                    error_message=error_message[:ERROR_MESSAGE_LIMIT],
+                )
+            )
+            return updated.rowcount > 0
+
+    def get_run(self, row_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(agent_runs).where(agent_runs.c.id == row_id)
+            ).mappings().one_or_none()
+            return dict(row) if row is not None else None
+
+    def runs_for_window(self, partition_key: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(agent_runs)
+                .where(agent_runs.c.partition_key == partition_key)
+                .order_by(agent_runs.c.id)
+            ).mappings()
+            return [dict(row) for row in rows]
+
+    # -- email delivery ---------------------------------------------------------------------
+
+    def claim_email(self, row_id: int) -> bool:
+        """Take the right to send this row's window's email; False if another row holds it."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(agent_runs)
+                    .where(agent_runs.c.id == row_id)
+                    .values(email_status=EMAIL_SENDING, email_error=None)
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def record_email_sent(self, row_id: int) -> None:
+        self._set_email_state(row_id, EMAIL_SENT, email_sent_at=utc_now())
+
+    def record_email_failed(self, row_id: int, error: str) -> None:
+        # Failed releases the claim, so a later run of the window may deliver it.
+        self._set_email_state(row_id, EMAIL_FAILED, email_error=error[:ERROR_MESSAGE_LIMIT])
+
+    def record_email_skipped(self, row_id: int, reason: str) -> None:
+        self._set_email_state(row_id, EMAIL_SKIPPED, email_error=reason[:ERROR_MESSAGE_LIMIT])
+
+    def _set_email_state(self, row_id: int, state: str, **values: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(agent_runs)
+                .where(agent_runs.c.id == row_id)
+                .values(email_status=state, **values)
+            )

@@ -1,0 +1,142 @@
+"""Redis: a cache (TTL, keys from content hashes) and a work queue (a stream with a consumer
+group). Unconfigured or unreachable, it degrades to no cache and no queue, and says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import redis as redis_client
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+from agent_pipeline.caching import stream_key
+from agent_pipeline.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+QueueEntry = tuple[str, dict[str, str]]
+
+
+class Redis(ConfigurableResource):
+    """Redis for the agent's cache and work queue; optional (REDIS_URL unset: no cache)."""
+
+    url: str | None = Field(
+        default=None,
+        description="redis://host:6379/0 from REDIS_URL; unset means no cache and no queue.",
+    )
+    socket_timeout: float = Field(
+        default=5.0, description="Seconds to wait on Redis before treating it as down."
+    )
+
+    _client: redis_client.Redis | None = PrivateAttr(default=None)
+    _unavailable_reason: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self.open()
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if not self.url:
+            self._unavailable_reason = "REDIS_URL is not set"
+            return
+        try:
+            self._client = redis_client.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+                decode_responses=True,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                "REDIS_URL", f"is not a Redis URL (expected redis://host:6379/0): {exc}"
+            ) from None
+        self._unavailable_reason = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def enabled(self) -> bool:
+        """True while Redis is configured and has not failed during this run."""
+        return self._client is not None and self._unavailable_reason is None
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self._unavailable_reason
+
+    def _call(self, default: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return default
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        except (redis_client.ConnectionError, redis_client.TimeoutError) as exc:
+            # Said once: after the first failure every call is a no-op for the rest of the run.
+            self._unavailable_reason = f"Redis unreachable ({exc})"
+            log.warning("Redis is unreachable, going on without cache and queue: %s", exc)
+            return default
+
+    # -- cache ------------------------------------------------------------------------------
+
+    def cache_get(self, key: str) -> Any | None:
+        """The JSON value cached under key, or None (missing, expired, or no Redis)."""
+        raw = self._call(None, "get", key)
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+
+    def cache_set(self, key: str, value: Any, ttl_seconds: int) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive: the cache never keeps keys forever")
+        self._call(None, "set", key, json.dumps(value, separators=(",", ":")), ex=ttl_seconds)
+
+    # -- queue ------------------------------------------------------------------------------
+
+    def queue_create(self, name: str, group: str) -> None:
+        """Create the stream and its consumer group; a no-op when both exist."""
+        try:
+            self._call(None, "xgroup_create", stream_key(name), group, id="0", mkstream=True)
+        except redis_client.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def queue_add(self, name: str, fields: Mapping[str, str]) -> str | None:
+        return self._call(None, "xadd", stream_key(name), dict(fields))
+
+    def queue_read(
+        self, name: str, group: str, consumer: str, count: int = 10, block_ms: int | None = None
+    ) -> list[QueueEntry]:
+        """New entries for this consumer; each stays pending until acknowledged."""
+        answer = self._call(
+            [], "xreadgroup", group, consumer, {stream_key(name): ">"}, count=count, block=block_ms
+        )
+        return [entry for _stream, entries in answer or [] for entry in entries]
+
+    def queue_ack(self, name: str, group: str, entry_ids: list[str]) -> int:
+        if not entry_ids:
+            return 0
+        return self._call(0, "xack", stream_key(name), group, *entry_ids)
+
+    def queue_reclaim(
+        self, name: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[QueueEntry]:
+        """Entries read but never acknowledged (their reader died), handed to this consumer."""
+        answer = self._call(
+            None, "xautoclaim", stream_key(name), group, consumer, min_idle_ms, "0-0", count=count
+        )
+        if not answer:
+            return []
+        return [(entry_id, fields) for entry_id, fields in answer[1] if fields is not None]
+
+    def queue_expire(self, name: str, ttl_seconds: int) -> None:
+        """Let a finished window's stream go after ttl_seconds."""
+        self._call(None, "expire", stream_key(name), ttl_seconds)

@@ -1,0 +1,76 @@
+"""Smtp: delivers a ready EmailMessage; builds nothing. Unconfigured, it writes .eml files."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+SECURITY_MODES = ("starttls", "ssl", "none")
+
+
+class Smtp(ConfigurableResource):
+    """An SMTP server (STARTTLS, implicit TLS or plain), or a local outbox folder of .eml
+    files when SMTP_HOST is unset."""
+
+    host: str | None = Field(
+        default=None, description="SMTP server from SMTP_HOST; unset writes to the outbox."
+    )
+    port: int = Field(default=587, description="SMTP_PORT: 587 starttls, 465 ssl, 25 none.")
+    security: str = Field(
+        default="starttls", description="SMTP_SECURITY: starttls, ssl (implicit TLS) or none."
+    )
+    username: str | None = Field(default=None, description="SMTP_USERNAME; unset: no login.")
+    password: str | None = Field(default=None, description="SMTP_PASSWORD (an EnvVar).")
+    timeout: float = Field(default=30.0, description="Seconds per SMTP network operation.")
+    ca_file: str | None = Field(
+        default=None,
+        description="SMTP_CA_FILE: a CA bundle for a private server certificate; "
+        "certificates are always verified.",
+    )
+    outbox_dir: str = Field(
+        default=".agent_pipeline/outbox",
+        description="Where emails go as .eml files when SMTP_HOST is unset.",
+    )
+
+    @property
+    def destination(self) -> str:
+        """Where send() delivers, for the log and the UI."""
+        if not self.host:
+            return f"outbox {Path(self.outbox_dir).resolve()}"
+        return f"smtp {self.host}:{self.port} ({self.security})"
+
+    def send(self, message: EmailMessage) -> str:
+        """Deliver message to its To recipients; returns where it went."""
+        if not self.host:
+            return self._write_to_outbox(message)
+        if self.security not in SECURITY_MODES:
+            raise ValueError(f"SMTP_SECURITY must be one of {', '.join(SECURITY_MODES)}")
+        tls = ssl.create_default_context(cafile=self.ca_file)
+        if self.security == "ssl":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=tls
+            )
+        else:
+            client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        with client:
+            if self.security == "starttls":
+                client.starttls(context=tls)
+            if self.username:
+                client.login(self.username, self.password or "")
+            client.send_message(message)
+        return self.destination
+
+    def _write_to_outbox(self, message: EmailMessage) -> str:
+        outbox = Path(self.outbox_dir)
+        outbox.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = outbox / f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
+        path.write_bytes(message.as_bytes())
+        return f"outbox file {path.resolve()}"

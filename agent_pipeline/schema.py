@@ -1,0 +1,74 @@
+"""The `agent_runs` table, as the migrations leave it. The migrations under alembic/versions/
+create and upgrade the real table; this module is what the code reads and writes through."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# JSONB on Postgres (the seed schema's type, indexable); plain JSON text on SQLite.
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+# Run statuses, in the order a row moves through them.
+PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+RUN_STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED)
+
+# Email delivery states. A row holding SENDING or SENT owns its window's email: the partial
+# unique index below lets only one row per window hold either, so two runs of one window
+# cannot both send.
+EMAIL_NOT_SENT, EMAIL_SENDING, EMAIL_SENT, EMAIL_FAILED, EMAIL_SKIPPED = (
+    "not_sent",
+    "sending",
+    "sent",
+    "failed",
+    "skipped",
+)
+EMAIL_CLAIMING_STATES = (EMAIL_SENDING, EMAIL_SENT)
+
+agent_runs = Table(
+    "agent_runs",
+    metadata,
+    # The seed columns: names and types stay as they are so existing queries keep working.
+    Column("id", Integer, primary_key=True),
+    # Timestamps are naive UTC (the seed's TIMESTAMP has no zone); the code always writes UTC.
+    Column("started_at", DateTime, nullable=False, server_default=func.now()),
+    Column("completed_at", DateTime),
+    Column("status", String(20), nullable=False),
+    # Bounded: the top five, the valid outcomes up to a cap, and the drop reasons up to a cap.
+    Column("result", JsonDocument),
+    # The exception's message, never a traceback.
+    Column("error_message", Text),
+    # Added by 0002: which Dagster run and window the row belongs to.
+    Column("dagster_run_id", String(64)),
+    Column("partition_key", String(32)),
+    Column("agent", String(200)),
+    Column("email_status", String(20)),
+    Column("email_sent_at", DateTime),
+    Column("email_error", Text),
+)
+
+# One row per Dagster run: a retried record_run op finds its row instead of adding one.
+Index("agent_runs_dagster_run_id", agent_runs.c.dagster_run_id, unique=True)
+Index("agent_runs_partition_key", agent_runs.c.partition_key)
+_claims_email = text("email_status IN ('sending', 'sent')")
+Index(
+    "agent_runs_one_email_per_window",
+    agent_runs.c.partition_key,
+    unique=True,
+    postgresql_where=_claims_email,
+    sqlite_where=_claims_email,
+)

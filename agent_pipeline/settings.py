@@ -1,0 +1,110 @@
+"""Configuration from environment variables: one place that reads them, checks them, and
+builds the resources. Secrets are handed to Dagster as EnvVar, so only their names reach
+the UI and the run config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dagster import EnvVar
+
+from agent_pipeline.agents import DEFAULT_AGENT
+from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
+from agent_pipeline.emails import parse_address, parse_address_list
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
+from agent_pipeline.resources.agent_runs import parse_database_url
+from agent_pipeline.resources.smtp import SECURITY_MODES
+
+DEFAULT_HISTORY_DAYS = 14
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+# Used only while SMTP_HOST is unset and mail goes to the outbox folder.
+OUTBOX_EMAIL_FROM = "agent-pipeline@example.com"
+OUTBOX_EMAIL_TO = "you@example.com"
+
+
+def local_data_dir(env: Mapping[str, str]) -> Path:
+    """Where the zero-setup defaults keep their files: the SQLite agent_runs database and
+    the email outbox. AGENT_PIPELINE_HOME, else .agent_pipeline in the working directory."""
+    return Path(env.get("AGENT_PIPELINE_HOME") or ".agent_pipeline").resolve()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"{raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigurationError(name, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _secret(env: Mapping[str, str], name: str) -> Any:
+    return EnvVar(name) if env.get(name) else None
+
+
+def window_history_days(env: Mapping[str, str] = os.environ) -> int:
+    """How many days back the window partitions start (WINDOW_HISTORY_DAYS)."""
+    return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS)
+
+
+def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The job's resources, configured from env; a ConfigurationError names a bad variable."""
+    data_dir = local_data_dir(env)
+
+    database_url = env.get("DATABASE_URL", "").strip()
+    if database_url:
+        parse_database_url(database_url)  # fail at load, naming DATABASE_URL
+        agent_runs = AgentRunsStore(database_url=EnvVar("DATABASE_URL"))
+    else:
+        agent_runs = AgentRunsStore(database_url=f"sqlite:///{data_dir / 'agent_runs.sqlite3'}")
+
+    redis_url = env.get("REDIS_URL", "").strip()
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+    redis = Redis(url=EnvVar("REDIS_URL")) if redis_url else Redis()
+
+    smtp_host = env.get("SMTP_HOST", "").strip()
+    security = env.get("SMTP_SECURITY", "starttls").strip().lower() or "starttls"
+    if security not in SECURITY_MODES:
+        raise ConfigurationError("SMTP_SECURITY", f"must be one of {', '.join(SECURITY_MODES)}")
+    smtp = Smtp(
+        host=smtp_host or None,
+        port=_int(env, "SMTP_PORT", DEFAULT_PORTS[security]),
+        security=security,
+        username=env.get("SMTP_USERNAME") or None,
+        password=_secret(env, "SMTP_PASSWORD"),
+        timeout=float(_int(env, "SMTP_TIMEOUT", 30)),
+        ca_file=env.get("SMTP_CA_FILE") or None,
+        outbox_dir=str(data_dir / "outbox"),
+    )
+
+    email_from = env.get("EMAIL_FROM", "").strip()
+    email_to = env.get("EMAIL_TO", "").strip()
+    if smtp_host and not email_from:
+        raise ConfigurationError("EMAIL_FROM", "must be set when SMTP_HOST is set")
+    if smtp_host and not email_to:
+        raise ConfigurationError("EMAIL_TO", "must be set when SMTP_HOST is set")
+    digest = DigestSettings(
+        email_from=parse_address(email_from or OUTBOX_EMAIL_FROM, "EMAIL_FROM"),
+        email_to=", ".join(parse_address_list(email_to or OUTBOX_EMAIL_TO, "EMAIL_TO")),
+    )
+
+    agent = AgentResource(
+        agent=env.get("AGENT", "").strip() or DEFAULT_AGENT,
+        interests=env.get("AGENT_INTERESTS", "").strip() or DEFAULT_INTERESTS,
+        cache_ttl_seconds=_int(env, "AGENT_CACHE_TTL", 7 * 24 * 3600),
+    )
+    return {
+        "agent_runs": agent_runs,
+        "redis": redis,
+        "smtp": smtp,
+        "digest": digest,
+        "agent": agent,
+    }
