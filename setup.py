@@ -34,6 +34,7 @@ setup(
         "dev": [
             "pytest>=8,<10",
             "aiosmtpd>=1.4,<2",
+            "trustme>=1.1",
             "ruff>=0.6",
         ],
     },

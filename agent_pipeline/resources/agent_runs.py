@@ -38,6 +38,12 @@ _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 
 
+def forget_migrations() -> None:
+    """Make the next open() check the schema again (for tests that drop the table)."""
+    with _migrate_lock:
+        _migrated.clear()
+
+
 def utc_now() -> datetime:
     """Naive UTC, as the seed's TIMESTAMP columns hold it."""
     return datetime.now(UTC).replace(tzinfo=None)

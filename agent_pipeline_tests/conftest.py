@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from urllib.parse import urlsplit
+
+import psycopg2
+import pytest
+import redis
+from aiosmtpd.controller import Controller
+from sqlalchemy.engine import make_url
+
+from agent_pipeline.resources.agent_runs import AgentRunsStore, forget_migrations
+from agent_pipeline_tests.services import (
+    ServiceMissing,
+    free_port,
+    postgres_answers,
+    redis_answers,
+    throwaway_postgres,
+    throwaway_redis,
+)
+
+# Every variable the project reads: each test starts from none of them set.
+CONFIG_VARIABLES = (
+    "DATABASE_URL", "REDIS_URL", "SMTP_HOST", "SMTP_PORT", "SMTP_USERNAME", "SMTP_PASSWORD",
+    "SMTP_SECURITY", "SMTP_TIMEOUT", "SMTP_CA_FILE", "EMAIL_FROM", "EMAIL_TO", "AGENT",
+    "AGENT_INTERESTS", "AGENT_CACHE_TTL", "AGENT_PIPELINE_HOME", "WINDOW_HISTORY_DAYS",
+    "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL",
+)
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+TEST_REDIS_DB = 15
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn(services: ExitStack) -> str:
+    """A Postgres maintenance database to create the tests' own database from."""
+    dsn = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES)
+    if postgres_answers(dsn):
+        return dsn
+    try:
+        return services.enter_context(throwaway_postgres())
+    except (ServiceMissing, OSError) as exc:
+        pytest.exit(f"PostgreSQL is needed for the tests: {exc}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_admin_dsn: str) -> Iterator[str]:
+    """A database of this test session's own, dropped at the end."""
+    name = f"agent_pipeline_test_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(postgres_admin_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(postgres_admin_dsn).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """The session database, emptied of the project's tables after each test."""
+    yield postgres_database
+    with psycopg2.connect(postgres_database) as connection, connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS agent_runs, agent_runs_alembic_version")
+    connection.close()
+    forget_migrations()
+
+
+@pytest.fixture
+def pg_store(postgres_url: str) -> Iterator[AgentRunsStore]:
+    store = AgentRunsStore(database_url=postgres_url)
+    store.open()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'agent_runs.sqlite3'}"
+    forget_migrations()
+
+
+@pytest.fixture(scope="session")
+def redis_server(services: ExitStack) -> str:
+    url = os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS)
+    if redis_answers(url):
+        return url
+    try:
+        return services.enter_context(throwaway_redis())
+    except (ServiceMissing, OSError) as exc:
+        pytest.exit(f"Redis is needed for the tests: {exc}", returncode=3)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A dedicated Redis database, empty before and after each test."""
+    url = urlsplit(redis_server)._replace(path=f"/{TEST_REDIS_DB}").geturl()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+
+
+@dataclass
+class SmtpCatcher:
+    host: str
+    port: int
+    received: list[ReceivedMail] = field(default_factory=list)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        self.received.append(
+            ReceivedMail(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                message_from_bytes(envelope.original_content, policy=policy.default),
+            )
+        )
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpCatcher]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, keeping what it receives."""
+    catcher = SmtpCatcher("127.0.0.1", free_port())
+    controller = Controller(catcher, hostname=catcher.host, port=catcher.port)
+    controller.start()
+    yield catcher
+    controller.stop()
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path) -> pytest.MonkeyPatch:
+    """No configuration from the outside world; local files under tmp_path."""
+    for name in CONFIG_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AGENT_PIPELINE_HOME", str(tmp_path / "home"))
+    return monkeypatch

@@ -1,0 +1,108 @@
+"""The real services the tests talk to: the running ones when they answer, else throwaway
+ones started from the installed binaries, else a clear stop naming what is missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg2
+import redis
+
+
+class ServiceMissing(Exception):
+    """A service the tests need is neither running nor startable here."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # the service is still starting
+            last_error = exc
+        time.sleep(0.2)
+    raise ServiceMissing(f"{what} did not come up within {timeout:.0f}s: {last_error}")
+
+
+def postgres_answers(dsn: str) -> bool:
+    try:
+        psycopg2.connect(dsn, connect_timeout=3).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL server in a temporary folder; yields the DSN of its `postgres` db."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        raise ServiceMissing(
+            "PostgreSQL is not running on 127.0.0.1:5432 and initdb/pg_ctl are not on PATH; "
+            "start PostgreSQL or set TEST_DATABASE_URL"
+        )
+    # PostgreSQL refuses to run as root: run it as the `postgres` system user.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="agent-pipeline-pg-"))
+    if as_user:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    run = dict(check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run([*as_user, initdb, "-D", str(data / "db"), "-U", "postgres", "-A", "trust"], **run)
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start",
+         "-o", f"-p {port} -k {data} -h 127.0.0.1"],
+        **run,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-m", "immediate", "stop"],
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.ConnectionError:
+        return False
+
+
+@contextmanager
+def throwaway_redis() -> Iterator[str]:
+    """A redis-server on a free port, keeping nothing on disk; yields its URL."""
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise ServiceMissing(
+            "Redis is not running on 127.0.0.1:6379 and redis-server is not on PATH; "
+            "start Redis or set TEST_REDIS_URL"
+        )
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_until(lambda: redis_answers(url), "throwaway redis-server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import math
+import random
+from decimal import Decimal
+
+import pytest
+
+from agent_pipeline.errors import AgentOutputError
+from agent_pipeline.ranking import (
+    MAX_STORED_OUTCOMES,
+    MAX_TITLE_CHARS,
+    build_result,
+    clean_text,
+    collect_outcomes,
+    dedupe_key,
+    rank_outcomes,
+    safe_url,
+    top_five_markdown,
+    validate_outcomes,
+)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (None, "returned None"),
+        ("a string", "returned a str"),
+        (b"bytes", "returned a bytes"),
+        ({"title": "x", "score": 1}, "returned a dict"),
+        (42, "int, which is not iterable"),
+    ],
+)
+def test_collect_outcomes_rejects_what_is_no_list_of_items(raw, message):
+    with pytest.raises(AgentOutputError, match=message):
+        collect_outcomes(raw)
+
+
+def test_collect_outcomes_drains_generators():
+    assert collect_outcomes(({"n": n} for n in range(3))) == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+@pytest.mark.parametrize(
+    "item, reason",
+    [
+        ("just text", "item is a str, not a mapping"),
+        (["title", 1], "item is a list, not a mapping"),
+        ({"score": 1}, "missing title"),
+        ({"title": None, "score": 1}, "title is a NoneType, not text"),
+        ({"title": "  \n\t ", "score": 1}, "empty title"),
+        ({"title": "t"}, "missing score"),
+        ({"title": "t", "score": True}, "score is a boolean"),
+        ({"title": "t", "score": "90"}, "score is a str, not a number"),
+        ({"title": "t", "score": None}, "score is a NoneType, not a number"),
+        ({"title": "t", "score": math.nan}, "score is nan"),
+        ({"title": "t", "score": math.inf}, "score is inf"),
+        ({"title": "t", "score": -math.inf}, "score is -inf"),
+        ({"title": "t", "score": 10**400}, "score is out of range"),
+    ],
+)
+def test_invalid_items_are_dropped_with_their_reason(item, reason):
+    validation = validate_outcomes([{"title": "kept", "score": 1}, item])
+    assert [o["title"] for o in validation.outcomes] == ["kept"]
+    assert len(validation.dropped) == 1
+    assert validation.dropped[0].index == 1
+    assert validation.dropped[0].reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    "score, expected", [(7, 7.0), (7.5, 7.5), (Decimal("3.25"), 3.25), (-1, -1.0)]
+)
+def test_numeric_scores_become_floats(score, expected):
+    (outcome,) = validate_outcomes([{"title": "t", "score": score}]).outcomes
+    assert outcome["score"] == expected
+    assert isinstance(outcome["score"], float)
+
+
+def test_kept_items_are_cleaned_and_extra_json_fields_kept():
+    item = {
+        "title": "Line one\r\nBcc: victim@example.com\x00",
+        "score": 3,
+        "url": "https://example.org/a?b=c",
+        "summary": "  spaced   out  ",
+        "id": 17,
+        "source": "feed",
+        "tags": ["a", "b"],
+    }
+    (outcome,) = validate_outcomes([item]).outcomes
+    assert outcome == {
+        "title": "Line one Bcc: victim@example.com",
+        "score": 3.0,
+        "url": "https://example.org/a?b=c",
+        "summary": "spaced out",
+        "id": "17",
+        "source": "feed",
+        "tags": ["a", "b"],
+    }
+
+
+@pytest.mark.parametrize(
+    "field_name, value, warning",
+    [
+        ("url", "javascript:alert(1)", "url removed"),
+        ("url", "data:text/html,<script>", "url removed"),
+        ("url", "/relative/path", "url removed"),
+        ("url", 12, "url removed"),
+        ("summary", ["not", "text"], "summary removed"),
+        ("id", {"nested": 1}, "id removed"),
+        ("when", object(), "removed (not JSON-able)"),
+        ("ratio", math.nan, "removed (not JSON-able)"),
+    ],
+)
+def test_bad_optional_fields_are_removed_and_the_item_kept(field_name, value, warning):
+    validation = validate_outcomes([{"title": "t", "score": 1, field_name: value}])
+    (outcome,) = validation.outcomes
+    assert field_name not in outcome
+    assert len(validation.warnings) == 1 and warning in validation.warnings[0]
+
+
+def test_long_titles_are_cut():
+    (outcome,) = validate_outcomes([{"title": "x" * 1_000_000, "score": 1}]).outcomes
+    assert len(outcome["title"]) == MAX_TITLE_CHARS
+    assert outcome["title"].endswith("…")
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://example.org", "http://example.org"),
+        ("  https://example.org/x  ", "https://example.org/x"),
+        ("HTTPS://EXAMPLE.ORG", "HTTPS://EXAMPLE.ORG"),
+        ("javascript:alert(1)", None),
+        ("ftp://example.org/file", None),
+        ("https://", None),
+        ("https://exa mple.org", None),
+        ("https://example.org/\nx", None),
+        (None, None),
+    ],
+)
+def test_safe_url(url, expected):
+    assert safe_url(url) == expected
+
+
+def test_clean_text_collapses_control_characters_and_whitespace():
+    assert clean_text("a\tb\r\n\x1bc  d", 100) == "a b c d"
+    assert clean_text("abcdef", 4) == "abc…"
+
+
+def test_ranking_sorts_by_score_then_title_then_input_order():
+    outcomes = [
+        {"title": "b", "score": 5.0},
+        {"title": "C", "score": 9.0},
+        {"title": "a", "score": 5.0},
+        {"title": "d", "score": 1.0},
+        {"title": "e", "score": 7.0},
+        {"title": "f", "score": 0.5},
+    ]
+    ranking = rank_outcomes(outcomes)
+    assert [o["title"] for o in ranking.ranked] == ["C", "e", "a", "b", "d", "f"]
+    assert [o["title"] for o in ranking.top] == ["C", "e", "a", "b", "d"]
+
+
+def test_ranking_is_the_same_whatever_the_input_order():
+    outcomes = [{"title": f"title {n:02d}", "score": float(n % 3)} for n in range(12)]
+    expected = rank_outcomes(outcomes).ranked
+    for seed in range(5):
+        shuffled = outcomes[:]
+        random.Random(seed).shuffle(shuffled)
+        assert rank_outcomes(shuffled).ranked == expected
+
+
+def test_dedupe_by_id_then_url_then_title_keeps_the_best_scored_copy():
+    outcomes = [
+        {"title": "first", "score": 1.0, "id": "x"},
+        {"title": "second", "score": 3.0, "id": "x"},
+        {"title": "u1", "score": 2.0, "url": "https://e.org/a"},
+        {"title": "u2", "score": 1.5, "url": "https://e.org/a"},
+        {"title": "Same Title", "score": 0.5},
+        {"title": "same title", "score": 0.7},
+    ]
+    ranking = rank_outcomes(outcomes)
+    assert [o["title"] for o in ranking.ranked] == ["second", "u1", "same title"]
+    assert ranking.duplicates_removed == 3
+
+
+def test_dedupe_key_prefers_id():
+    assert dedupe_key({"title": "t", "id": "1", "url": "https://e.org"}) == "id:1"
+    assert dedupe_key({"title": "t", "url": "https://e.org"}) == "url:https://e.org"
+    assert dedupe_key({"title": "T"}) == "title:t"
+
+
+def test_fewer_than_five_and_none():
+    assert len(rank_outcomes([{"title": "a", "score": 1.0}]).top) == 1
+    empty = rank_outcomes([])
+    assert empty.top == [] and empty.ranked == []
+
+
+def test_result_is_bounded():
+    validation = validate_outcomes(
+        [{"title": f"item {n}", "score": n} for n in range(500)] + ["bad"] * 300
+    )
+    result = build_result(validation, rank_outcomes(validation.outcomes))
+    assert [o["score"] for o in result["top_five"]] == [499, 498, 497, 496, 495]
+    assert len(result["outcomes"]) == MAX_STORED_OUTCOMES
+    assert result["outcomes_total"] == 500
+    assert result["dropped_total"] == 300 and len(result["dropped"]) == 50
+
+
+def test_markdown_table_escapes_cells():
+    table = top_five_markdown(
+        [{"title": "a | b <script>", "score": 2.5, "url": "https://e.org/x_y"}]
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| # | score | title | url |"
+    assert lines[2] == r"| 1 | 2.5 | a \| b \<script\> | https://e.org/x\_y |"
+    assert top_five_markdown([]) == "_No outcomes._"

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis as redis_client
+
+from agent_pipeline.caching import stream_key
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.resources.redis import Redis
+from agent_pipeline_tests.services import free_port
+
+
+@pytest.fixture
+def resource(redis_url):
+    resource = Redis(url=redis_url)
+    resource.open()
+    yield resource
+    resource.close()
+
+
+def test_cache_round_trip_with_ttl(resource, redis_url):
+    assert resource.cache_get("k") is None
+    resource.cache_set("k", {"score": 42.5, "ok": [1, 2]}, ttl_seconds=100)
+    assert resource.cache_get("k") == {"score": 42.5, "ok": [1, 2]}
+    ttl = redis_client.Redis.from_url(redis_url).ttl("k")
+    assert 0 < ttl <= 100
+
+
+def test_cache_entries_expire(resource):
+    resource.cache_set("short", 1, ttl_seconds=1)
+    assert resource.cache_get("short") == 1
+    time.sleep(1.2)
+    assert resource.cache_get("short") is None
+
+
+def test_cache_refuses_keys_without_expiry(resource):
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        resource.cache_set("k", 1, ttl_seconds=0)
+
+
+def test_queue_add_read_ack(resource, redis_url):
+    resource.queue_create("w1", "scorers")
+    resource.queue_create("w1", "scorers")  # a second create is a no-op
+    ids = [resource.queue_add("w1", {"item": str(n)}) for n in range(3)]
+    entries = resource.queue_read("w1", "scorers", "worker-a", count=10)
+    assert [entry_id for entry_id, _ in entries] == ids
+    assert [fields["item"] for _, fields in entries] == ["0", "1", "2"]
+    assert resource.queue_read("w1", "scorers", "worker-b") == []
+    assert resource.queue_ack("w1", "scorers", ids[:2]) == 2
+    pending = redis_client.Redis.from_url(redis_url).xpending(stream_key("w1"), "scorers")
+    assert pending["pending"] == 1
+
+
+def test_unacknowledged_entries_are_reclaimed_by_another_consumer(resource):
+    resource.queue_create("w2", "scorers")
+    for n in range(4):
+        resource.queue_add("w2", {"item": str(n)})
+    read = resource.queue_read("w2", "scorers", "dead-worker", count=4)
+    resource.queue_ack("w2", "scorers", [read[0][0]])
+    time.sleep(0.05)
+    reclaimed = resource.queue_reclaim("w2", "scorers", "rescuer", min_idle_ms=10)
+    assert [fields["item"] for _, fields in reclaimed] == ["1", "2", "3"]
+    # Fresh entries are not taken from a live reader.
+    assert resource.queue_reclaim("w2", "scorers", "other", min_idle_ms=60_000) == []
+
+
+def test_queue_expire(resource, redis_url):
+    resource.queue_create("w3", "scorers")
+    resource.queue_add("w3", {"item": "x"})
+    resource.queue_expire("w3", 50)
+    assert 0 < redis_client.Redis.from_url(redis_url).ttl(stream_key("w3")) <= 50
+
+
+def test_without_url_everything_is_a_quiet_no_op():
+    resource = Redis()
+    resource.open()
+    assert not resource.enabled
+    assert resource.unavailable_reason == "REDIS_URL is not set"
+    resource.cache_set("k", 1, ttl_seconds=10)
+    assert resource.cache_get("k") is None
+    assert resource.queue_add("w", {"a": "b"}) is None
+    assert resource.queue_read("w", "g", "c") == []
+
+
+def test_an_unreachable_server_turns_the_cache_off_for_the_run(caplog):
+    resource = Redis(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
+    resource.open()
+    assert resource.enabled
+    assert resource.cache_get("k") is None
+    assert not resource.enabled
+    assert resource.unavailable_reason.startswith("Redis unreachable")
+    resource.cache_set("k", 1, ttl_seconds=10)
+    resource.cache_get("k")
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+
+
+def test_a_malformed_url_names_the_variable():
+    with pytest.raises(ConfigurationError, match="^REDIS_URL: "):
+        Redis(url="redis://host:notaport/0").open()
