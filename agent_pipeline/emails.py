@@ -3,11 +3,12 @@ Nothing the agent wrote is trusted: it is escaped in HTML and never reaches a he
 
 from __future__ import annotations
 
+import email.policy
 import html
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid, parseaddr
+from email.utils import make_msgid
 from typing import Any
 
 from agent_pipeline.errors import ConfigurationError
@@ -16,24 +17,34 @@ from agent_pipeline.ranking import safe_url
 WINDOW_HEADER = "X-Agent-Pipeline-Window"
 
 
-def parse_address(value: str, variable: str) -> str:
-    """One address (`a@b.c` or `Name <a@b.c>`), or a ConfigurationError naming variable."""
-    value = value.strip()
+def _addresses(value: str, variable: str) -> list[str]:
+    """Addresses from one address-list header value, parsed as a mail client would."""
     if "\r" in value or "\n" in value:
         raise ConfigurationError(variable, "contains a line break")
-    name, address = parseaddr(value)
-    local, at, domain = address.rpartition("@")
-    if not at or not local or "." not in domain or any(ch.isspace() for ch in address):
-        raise ConfigurationError(variable, f"{value!r} is not an email address")
-    return formataddr((name, address))
+    header = email.policy.default.header_factory("To", value)
+    addresses = list(header.addresses)
+    bad = [a for a in addresses if not a.username or "." not in a.domain]
+    if header.defects or bad:
+        raise ConfigurationError(
+            variable,
+            f"{value.strip()!r} is not an email address or a comma-separated list of them",
+        )
+    return [str(address) for address in addresses]
+
+
+def parse_address(value: str, variable: str) -> str:
+    """One address (`a@b.c` or `Name <a@b.c>`), or a ConfigurationError naming variable."""
+    addresses = _addresses(value, variable)
+    if len(addresses) != 1:
+        raise ConfigurationError(variable, f"{value.strip()!r} is not one email address")
+    return addresses[0]
 
 
 def parse_address_list(value: str, variable: str) -> list[str]:
     """Comma-separated addresses; at least one."""
-    addresses = [parse_address(part, variable) for part in value.split(",") if part.strip()]
-    if not addresses:
+    if not value.replace(",", "").strip():
         raise ConfigurationError(variable, "names no address")
-    return addresses
+    return _addresses(value.strip().strip(","), variable)
 
 
 def window_label(window_start: datetime, window_end: datetime) -> str:

@@ -4,6 +4,7 @@
 # types to wire inputs, resources and the context.
 
 import time
+from datetime import datetime
 from typing import Any
 
 from dagster import HookContext, MetadataValue, OpExecutionContext, failure_hook, op
@@ -11,6 +12,7 @@ from dagster import HookContext, MetadataValue, OpExecutionContext, failure_hook
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.emails import build_digest_email
 from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import (
     Validation,
     build_result,
@@ -25,19 +27,21 @@ from agent_pipeline.resources.agent_runs import describe_error
 WARNINGS_LOGGED = 20
 
 
-def _window_key(context: OpExecutionContext) -> str:
+def _window(context: OpExecutionContext) -> tuple[str, datetime, datetime]:
+    """The run's window: its partition key, start and end."""
     if not context.has_partition_key:
         raise ConfigurationError(
             "partition", "agent_job runs one 10-minute window: launch it for a partition"
         )
-    return context.partition_key
+    return (context.partition_key, *window_bounds(context.partition_key))
 
 
 @op(description="Insert this run's row into agent_runs, status running.")
 def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> int:
-    row_id = agent_runs.start_run(context.run_id, _window_key(context), agent.agent)
+    window_key, _, _ = _window(context)
+    row_id = agent_runs.start_run(context.run_id, window_key, agent.agent)
     context.add_output_metadata({"row_id": row_id, "database": agent_runs.describe()})
     return row_id
 
@@ -51,11 +55,11 @@ def run_agent(
     cache_was_enabled = cache.enabled
     if not cache_was_enabled:
         context.log.warning(f"Nothing is cached this run: {redis.unavailable_reason}.")
-    window = context.partition_time_window
+    window_key, window_start, window_end = _window(context)
     agent_context = AgentContext(
-        partition_key=_window_key(context),
-        window_start=window.start,
-        window_end=window.end,
+        partition_key=window_key,
+        window_start=window_start,
+        window_end=window_end,
         cache=cache,
         log=context.log,
         settings=agent.settings(),
@@ -114,17 +118,18 @@ def send_email(
         context.log.info("No email: the agent found nothing this window.")
         context.add_output_metadata({"sent": False, "reason": "nothing found"})
         return
-    window = context.partition_time_window
+    window_key, window_start, window_end = _window(context)
     recipients = digest.recipients()
     message = build_digest_email(
-        partition_key=_window_key(context),
-        window_start=window.start,
-        window_end=window.end,
+        partition_key=window_key,
+        window_start=window_start,
+        window_end=window_end,
         top=top_five,
         sender=digest.sender(),
         recipients=recipients,
     )
     if not agent_runs.claim_email(row_id):
+        agent_runs.record_email_skipped(row_id, "already sent for this window by another run")
         context.log.info("No email: this window's email was already sent by another run.")
         context.add_output_metadata({"sent": False, "reason": "already sent for this window"})
         return
@@ -134,7 +139,9 @@ def send_email(
         agent_runs.record_email_failed(row_id, describe_error(exc))
         raise
     agent_runs.record_email_sent(row_id)
-    context.log.info(f"Emailed the top {len(top_five)} to {len(recipients)} recipient(s) via {destination}.")
+    context.log.info(
+        f"Emailed the top {len(top_five)} to {len(recipients)} recipient(s) via {destination}."
+    )
     context.add_output_metadata(
         {"sent": True, "recipients": len(recipients), "destination": destination}
     )

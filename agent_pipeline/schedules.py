@@ -1,13 +1,32 @@
 from __future__ import annotations
 
-from dagster import DefaultScheduleStatus, build_schedule_from_partitioned_job
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
 
 from agent_pipeline.jobs import agent_job
+from agent_pipeline.partitions import WINDOW_CRON, last_closed_window
 
-# Each tick runs the window that has just closed: the 10:40 tick runs 10:30-10:40.
-agent_job_schedule = build_schedule_from_partitioned_job(
-    agent_job,
+
+# Written out rather than built with build_schedule_from_partitioned_job, which goes through
+# a deprecated Dagster call on every tick; the behaviour is the same: each tick runs the
+# job's last closed window.
+@schedule(
     name="agent_job_schedule",
-    description="Runs agent_job every 10 minutes (UTC) for the window that just closed.",
+    job=agent_job,
+    cron_schedule=WINDOW_CRON,
+    execution_timezone="UTC",
     default_status=DefaultScheduleStatus.RUNNING,
+    description="Runs agent_job every 10 minutes (UTC) for the window that just closed.",
 )
+def agent_job_schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+    """The 10:40 tick runs the 10:30-10:40 window."""
+    window, window_start = last_closed_window(context.scheduled_execution_time)
+    if window_start < agent_job.partitions_def.start:
+        return SkipReason("no window has closed yet")
+    # The run key makes a repeated tick for the same window a no-op.
+    return RunRequest(run_key=window, partition_key=window)

@@ -64,7 +64,9 @@ def throwaway_postgres() -> Iterator[str]:
         shutil.chown(data, "postgres")
     port = free_port()
     run = dict(check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    subprocess.run([*as_user, initdb, "-D", str(data / "db"), "-U", "postgres", "-A", "trust"], **run)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data / "db"), "-U", "postgres", "-A", "trust"], **run
+    )
     subprocess.run(
         [*as_user, pg_ctl, "-D", str(data / "db"), "-l", str(data / "log"), "-w", "start",
          "-o", f"-p {port} -k {data} -h 127.0.0.1"],

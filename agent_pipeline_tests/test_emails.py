@@ -98,8 +98,16 @@ def test_parse_address(value, expected):
 
 
 @pytest.mark.parametrize(
-    "value", ["", "not-an-address", "a@localhost", "a@example.com\r\nBcc: x@example.com",
-              "@example.com", "a b@example.com"]
+    "value",
+    [
+        "",
+        "not-an-address",
+        "a@localhost",
+        "a@example.com, b@example.com",
+        "a@example.com\r\nBcc: x@example.com",
+        "@example.com",
+        "a b@example.com",
+    ],
 )
 def test_parse_address_rejects_and_names_the_variable(value):
     with pytest.raises(ConfigurationError, match="^EMAIL_FROM: "):
@@ -113,5 +121,11 @@ def test_parse_address_list():
     ]
     with pytest.raises(ConfigurationError, match="EMAIL_TO: names no address"):
         parse_address_list(" , ", "EMAIL_TO")
-    with pytest.raises(ConfigurationError, match="EMAIL_TO: 'nope' is not an email address"):
+    assert parse_address_list('"Doe, Jo" <jo@example.com>, b@example.com', "EMAIL_TO") == [
+        '"Doe, Jo" <jo@example.com>',
+        "b@example.com",
+    ]
+    with pytest.raises(ConfigurationError, match="EMAIL_TO: 'a@example.com, nope' is not"):
         parse_address_list("a@example.com, nope", "EMAIL_TO")
+    with pytest.raises(ConfigurationError, match="EMAIL_TO: .* is not"):
+        parse_address_list("a@example.com; b@example.com", "EMAIL_TO")

@@ -37,7 +37,7 @@ def test_collect_outcomes_rejects_what_is_no_list_of_items(raw, message):
 
 
 def test_collect_outcomes_drains_generators():
-    assert collect_outcomes(({"n": n} for n in range(3))) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert collect_outcomes({"n": n} for n in range(3)) == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from agent_pipeline.agents import AgentCache, AgentContext, load_agent
+from agent_pipeline.agents.keywords import (
+    keyword_score,
+    keywords_agent,
+    load_sample_feed,
+    parse_interests,
+)
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.resources.redis import Redis
+
+
+def agent_context(cache: AgentCache, interests: str) -> AgentContext:
+    return AgentContext(
+        partition_key="2026-11-26-09:30",
+        window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
+        window_end=datetime(2026, 11, 26, 9, 40, tzinfo=UTC),
+        cache=cache,
+        log=logging.getLogger("test"),
+        settings={"interests": interests},
+    )
+
+
+def test_parse_interests():
+    assert parse_interests(" Dagster,  data   Orchestration,,dagster ") == [
+        "dagster",
+        "data orchestration",
+    ]
+
+
+@pytest.mark.parametrize(
+    "title, summary, score",
+    [
+        ("Dagster and Redis", "", 100.0),  # both interests in the title
+        ("Dagster news", "all about redis", 75.0),  # title counts double
+        ("Nothing here", "rediscover dagsterish things", 0.0),  # whole words only
+        ("", "", 0.0),
+    ],
+)
+def test_keyword_score(title, summary, score):
+    assert keyword_score({"title": title, "summary": summary}, ["dagster", "redis"]) == score
+
+
+def test_keywords_agent_is_deterministic_and_relevant():
+    interests = "dagster, data orchestration"
+    first = list(keywords_agent(agent_context(AgentCache(None, 60), interests)))
+    second = list(keywords_agent(agent_context(AgentCache(None, 60), interests)))
+    assert first == second
+    assert len(first) == len(load_sample_feed())
+    best = max(first, key=lambda outcome: outcome["score"])
+    assert "dagster" in best["title"].lower() or "orchestration" in best["title"].lower()
+    gardening = next(o for o in first if o["id"] == "gr-1")
+    assert gardening["score"] == 0.0
+    assert all({"title", "score", "url", "id", "summary"} <= set(o) for o in first)
+
+
+def test_keywords_agent_scores_from_cache_on_the_second_run(redis_url):
+    redis = Redis(url=redis_url)
+    redis.open()
+    first_cache = AgentCache(redis, ttl_seconds=60)
+    first = list(keywords_agent(agent_context(first_cache, "postgres")))
+    assert (first_cache.hits, first_cache.misses) == (0, len(first))
+
+    second_cache = AgentCache(redis, ttl_seconds=60)
+    second = list(keywords_agent(agent_context(second_cache, "postgres")))
+    assert second == first
+    assert (second_cache.hits, second_cache.misses) == (len(first), 0)
+
+    # Other interests are other content: nothing is reused.
+    third_cache = AgentCache(redis, ttl_seconds=60)
+    list(keywords_agent(agent_context(third_cache, "redis")))
+    assert third_cache.hits == 0
+    redis.close()
+
+
+def test_load_agent_built_in_and_dotted():
+    assert load_agent("keywords") is keywords_agent
+    assert load_agent("agent_pipeline.agents.keywords:keywords_agent") is keywords_agent
+
+
+@pytest.mark.parametrize(
+    "spec, problem",
+    [
+        ("nosuchagent", "'nosuchagent' is neither a built-in agent (keywords)"),
+        ("no_such_module_xyz:run", "cannot import module 'no_such_module_xyz'"),
+        ("agent_pipeline.agents.keywords:missing", "has no callable named 'missing'"),
+        ("agent_pipeline.agents.keywords:DEFAULT_INTERESTS", "has no callable"),
+    ],
+)
+def test_load_agent_errors_name_the_variable(spec, problem):
+    with pytest.raises(ConfigurationError) as failure:
+        load_agent(spec)
+    assert str(failure.value).startswith("AGENT: ")
+    assert problem in str(failure.value)

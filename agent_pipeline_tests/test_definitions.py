@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dagster import DefaultScheduleStatus, build_schedule_context
+
+from agent_pipeline.definitions import defs
+from agent_pipeline.partitions import window_bounds, window_partitions
+
+
+def test_defs_resolve_the_job_its_ops_and_resources():
+    job = defs.resolve_job_def("agent_job")
+    assert [node.name for node in job.nodes_in_topological_order] == [
+        "record_run", "run_agent", "rank_top_five", "send_email",
+    ]
+    assert job.executor_def.name == "in_process"
+    assert {"agent_runs", "redis", "smtp", "digest", "agent"} <= set(job.resource_defs)
+    assert job.description
+
+
+def test_the_partitions_are_ten_minute_utc_windows():
+    partitions = defs.resolve_job_def("agent_job").partitions_def
+    assert partitions.cron_schedule == "*/10 * * * *"
+    assert partitions.timezone == "UTC"
+    assert partitions.fmt == "%Y-%m-%d-%H:%M"
+    keys = partitions.get_partition_keys()
+    assert len(keys) >= 14 * 144  # the default history of 14 days, all closed windows
+    first, second = (datetime.strptime(k, "%Y-%m-%d-%H:%M") for k in keys[:2])
+    assert second - first == timedelta(minutes=10)
+    assert first.hour == first.minute == 0
+
+
+def test_the_window_start_rolls_with_the_history_setting():
+    now = datetime(2026, 11, 26, 9, 47, tzinfo=UTC)
+    partitions = window_partitions(3, now=now)
+    keys = partitions.get_partition_keys(current_time=now)
+    assert keys[0] == "2026-11-23-00:00"
+    assert keys[-1] == "2026-11-26-09:30"  # the last window that has closed
+    assert len(keys) == 3 * 144 + 9 * 6 + 4
+
+
+def test_the_schedule_runs_the_window_that_just_closed():
+    schedule = defs.resolve_schedule_def("agent_job_schedule")
+    assert schedule.cron_schedule == "*/10 * * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == "agent_job"
+
+    tick = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    tick = tick.replace(minute=tick.minute - tick.minute % 10)
+    with build_schedule_context(
+        scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+    ) as context:
+        (request,) = schedule.evaluate_tick(context).run_requests
+    window = (tick - timedelta(minutes=10)).strftime("%Y-%m-%d-%H:%M")
+    assert request.partition_key == window and request.run_key == window
+
+
+def test_the_schedule_skips_before_the_first_window_closes():
+    schedule = defs.resolve_schedule_def("agent_job_schedule")
+    first = datetime.strptime(
+        defs.resolve_job_def("agent_job").partitions_def.get_first_partition_key(),
+        "%Y-%m-%d-%H:%M",
+    ).replace(tzinfo=UTC)
+    with build_schedule_context(scheduled_execution_time=first) as context:
+        data = schedule.evaluate_tick(context)
+    assert data.run_requests == [] and data.skip_message == "no window has closed yet"
+
+
+@pytest.mark.parametrize(
+    "key, bounds",
+    [
+        ("2026-11-26-09:30", ("2026-11-26 09:30", "2026-11-26 09:40")),
+        ("2026-11-26-23:50", ("2026-11-26 23:50", "2026-11-27 00:00")),
+    ],
+)
+def test_window_bounds(key, bounds):
+    start, end = window_bounds(key)
+    assert (f"{start:%Y-%m-%d %H:%M}", f"{end:%Y-%m-%d %H:%M}") == bounds
+    assert start.tzinfo is UTC
+
+
+@pytest.mark.parametrize("key", ["2026-11-26", "2026-11-26-09:35", "yesterday"])
+def test_window_bounds_rejects_bad_keys(key):
+    with pytest.raises(ValueError, match="window"):
+        window_bounds(key)

@@ -1,0 +1,172 @@
+"""agent_job end to end, in process, configured from the environment as a user would."""
+
+from __future__ import annotations
+
+import logging
+import os
+from email import message_from_bytes, policy
+
+import pytest
+from dagster import DagsterInstance
+from sqlalchemy import create_engine, select
+
+from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.agents.keywords import keywords_agent
+from agent_pipeline.jobs import agent_job
+from agent_pipeline.partitions import window_bounds
+from agent_pipeline.ranking import rank_outcomes, validate_outcomes
+from agent_pipeline.schema import agent_runs
+from agent_pipeline.settings import resources_from_env
+from agent_pipeline_tests.services import free_port
+
+INTERESTS = "dagster, postgres, redis"
+
+
+def window_keys(count: int) -> list[str]:
+    return agent_job.partitions_def.get_partition_keys()[-count:]
+
+
+def run_window(window: str):
+    """Run agent_job for window; the result gains `.logs`, the run's log messages."""
+    with DagsterInstance.ephemeral() as instance:
+        result = agent_job.execute_in_process(
+            partition_key=window,
+            resources=resources_from_env(os.environ),
+            instance=instance,
+            raise_on_error=False,
+        )
+        result.logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+        return result
+
+
+def rows(database_url: str) -> list[dict]:
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        query = select(agent_runs).order_by(agent_runs.c.id)
+        found = [dict(row) for row in connection.execute(query).mappings()]
+    engine.dispose()
+    return found
+
+
+def expected_top_five(window: str) -> list[dict]:
+    start, end = window_bounds(window)
+    context = AgentContext(
+        window, start, end, AgentCache(None, 1), logging.getLogger(), {"interests": INTERESTS}
+    )
+    outcomes = keywords_agent(context)
+    return rank_outcomes(validate_outcomes(outcomes).outcomes).top
+
+
+@pytest.fixture
+def production_env(clean_env, postgres_url, redis_url, smtp_server):
+    clean_env.setenv("DATABASE_URL", postgres_url)
+    clean_env.setenv("REDIS_URL", redis_url)
+    clean_env.setenv("SMTP_HOST", smtp_server.host)
+    clean_env.setenv("SMTP_PORT", str(smtp_server.port))
+    clean_env.setenv("SMTP_SECURITY", "none")
+    clean_env.setenv("EMAIL_FROM", "Agent <agent@example.com>")
+    clean_env.setenv("EMAIL_TO", "ann@example.com, bob@example.com")
+    clean_env.setenv("AGENT_INTERESTS", INTERESTS)
+    return clean_env
+
+
+def test_a_window_on_postgres_redis_and_smtp(production_env, postgres_url, smtp_server):
+    (window,) = window_keys(1)
+    result = run_window(window)
+    assert result.success
+
+    (row,) = rows(postgres_url)
+    assert row["status"] == "succeeded" and row["error_message"] is None
+    assert row["partition_key"] == window and row["dagster_run_id"] == result.run_id
+    assert row["started_at"] <= row["completed_at"]
+    assert row["email_status"] == "sent" and row["email_sent_at"] >= row["completed_at"]
+    top = expected_top_five(window)
+    assert [o["score"] for o in top] == sorted((o["score"] for o in top), reverse=True)
+    assert row["result"]["top_five"] == top
+    assert row["result"]["outcomes_total"] == 24
+
+    (mail,) = smtp_server.received
+    assert mail.mail_from == "agent@example.com"
+    assert mail.rcpt_tos == ["ann@example.com", "bob@example.com"]
+    start, end = window_bounds(window)
+    assert mail.message["Subject"] == (
+        f"agent_pipeline: top 5 for {start:%Y-%m-%d %H:%M}–{end:%H:%M} UTC"
+    )
+    text = mail.message.get_body(("plain",)).get_content()
+    titles_in_order = [line.split(". ", 1)[1].rsplit("  (score", 1)[0]
+                       for line in text.splitlines() if line[:2] in {"1.", "2.", "3.", "4.", "5."}]
+    assert titles_in_order == [o["title"] for o in top]
+
+    metadata = {
+        event.step_key: event.step_output_data.metadata
+        for event in result.all_events
+        if event.is_successful_output
+    }
+    assert metadata["rank_top_five"]["top_five"].value.count("\n") == 6  # header, rule, five
+    assert metadata["run_agent"]["cache_misses"].value == 24
+    assert metadata["send_email"]["recipients"].value == 2
+
+
+def test_the_email_escapes_what_the_agent_wrote(production_env, smtp_server):
+    production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:hostile")
+    (window,) = window_keys(1)
+    assert run_window(window).success
+    (mail,) = smtp_server.received
+    html = mail.message.get_body(("html",)).get_content()
+    assert "<script>" not in html and "<img" not in html and "javascript:" not in html
+    assert "&lt;b&gt;Bold&lt;/b&gt; &amp; &lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert mail.message["Bcc"] is None
+    assert html.count("<tr>") == 6  # the header row and five items
+
+
+def test_a_window_sends_once_however_often_it_runs(production_env, postgres_url, smtp_server):
+    first, second = window_keys(2)
+    assert run_window(first).success
+    assert run_window(first).success
+    assert run_window(second).success
+    assert [mail.message["X-Agent-Pipeline-Window"] for mail in smtp_server.received] == [
+        first, second,
+    ]
+    found = rows(postgres_url)
+    assert [(r["partition_key"], r["status"], r["email_status"]) for r in found] == [
+        (first, "succeeded", "sent"),
+        (first, "succeeded", "skipped"),
+        (second, "succeeded", "sent"),
+    ]
+
+
+def test_a_failing_agent_fails_the_row_and_sends_nothing(production_env, postgres_url, smtp_server):
+    production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:broken")
+    (window,) = window_keys(1)
+    result = run_window(window)
+    assert not result.success
+    (row,) = rows(postgres_url)
+    assert row["status"] == "failed"
+    assert row["error_message"] == "RuntimeError: the agent fell over"
+    assert row["completed_at"] is not None and row["result"] is None
+    assert smtp_server.received == []
+
+
+def test_smtp_down_fails_the_run_and_keeps_the_result(production_env, postgres_url):
+    production_env.setenv("SMTP_PORT", str(free_port()))
+    (window,) = window_keys(1)
+    assert not run_window(window).success
+    (row,) = rows(postgres_url)
+    assert row["status"] == "failed" and row["error_message"].startswith("ConnectionRefusedError")
+    assert row["email_status"] == "failed"
+    assert len(row["result"]["top_five"]) == 5
+
+
+def test_the_embedded_default_needs_no_services(clean_env, tmp_path):
+    (window,) = window_keys(1)
+    result = run_window(window)
+    assert result.success
+    home = tmp_path / "home"
+    (row,) = rows(f"sqlite:///{home / 'agent_runs.sqlite3'}")
+    assert row["status"] == "succeeded" and len(row["result"]["top_five"]) == 5
+    assert row["email_status"] == "sent"
+    (eml,) = (home / "outbox").glob("*.eml")
+    message = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert message["To"] == "you@example.com"
+    assert message["X-Agent-Pipeline-Window"] == window
+    assert sum("Nothing is cached this run: REDIS_URL is not set" in m for m in result.logs) == 1
