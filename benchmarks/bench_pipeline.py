@@ -1,0 +1,180 @@
+"""How much Dagster costs per run: N runs of agent_job in process against N runs of the same
+steps as a plain Python script, on the same Postgres, Redis and SMTP server.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--runs 30]
+
+Postgres and Redis come from BENCH_POSTGRES_URL (a maintenance database to create a scratch
+database from; default postgresql://postgres@127.0.0.1:5432/postgres) and BENCH_REDIS_URL
+(default redis://127.0.0.1:6379/14, flushed); the SMTP server is aiosmtpd on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+
+import psycopg2
+from aiosmtpd.controller import Controller
+from dagster import DagsterInstance
+from sqlalchemy.engine import make_url
+
+from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.emails import build_digest_email
+from agent_pipeline.jobs import agent_job
+from agent_pipeline.partitions import window_bounds
+from agent_pipeline.ranking import build_result, collect_outcomes, rank_outcomes, validate_outcomes
+from agent_pipeline.resources import AgentRunsStore, Redis
+from agent_pipeline.resources.agent_runs import forget_migrations
+from agent_pipeline.settings import resources_from_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class CountingHandler:
+    def __init__(self):
+        self.received = 0
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        self.received += 1
+        return "250 OK"
+
+
+def plain_run(window: str, resources: dict) -> None:
+    """The same steps as agent_job, as a script would write them."""
+    store, redis, smtp = resources["agent_runs"], resources["redis"], resources["smtp"]
+    digest, agent = resources["digest"], resources["agent"]
+    store.open()
+    redis.open()
+    try:
+        row_id = store.start_run(f"plain-{uuid.uuid4()}", window, agent.agent)
+        start, end = window_bounds(window)
+        context = AgentContext(
+            window, start, end, AgentCache(redis, agent.cache_ttl_seconds),
+            logging.getLogger("bench"), agent.settings(),
+        )
+        validation = validate_outcomes(collect_outcomes(agent.load()(context)))
+        ranking = rank_outcomes(validation.outcomes)
+        store.complete_run(row_id, build_result(validation, ranking))
+        message = build_digest_email(
+            partition_key=window, window_start=start, window_end=end, top=ranking.top,
+            sender=digest.sender(), recipients=digest.recipients(),
+        )
+        if store.claim_email(row_id):
+            smtp.send(message)
+            store.record_email_sent(row_id)
+    finally:
+        redis.close()
+        store.close()
+
+
+def dagster_run(window: str, resources: dict, instance: DagsterInstance) -> None:
+    result = agent_job.execute_in_process(
+        partition_key=window, resources=resources, instance=instance
+    )
+    assert result.success
+
+
+def postgres_instance(home: str, database_url: str) -> DagsterInstance:
+    """A Dagster instance with run, event and schedule storage in Postgres, as in production."""
+    with open(os.path.join(home, "dagster.yaml"), "w") as config:
+        config.write(f"storage:\n  postgres:\n    postgres_url: {database_url}\n")
+        config.write("telemetry:\n  enabled: false\n")
+    return DagsterInstance.from_config(home)
+
+
+def timed(windows: list[str], run: Callable[[str], None]) -> list[float]:
+    durations = []
+    for window in windows:  # the first runs are warm-up; the caller drops them
+        started = time.perf_counter()
+        run(window)
+        durations.append(time.perf_counter() - started)
+    return durations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="runs of each kind (default 30)")
+    args = parser.parse_args()
+
+    admin_url = os.environ.get(
+        "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    database = f"agent_pipeline_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{database}"')
+    handler = CountingHandler()
+    smtp_port = free_port()
+    smtp_server = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+    smtp_server.start()
+    try:
+        os.environ.update(
+            DATABASE_URL=make_url(admin_url).set(database=database).render_as_string(False),
+            REDIS_URL=redis_url,
+            SMTP_HOST="127.0.0.1",
+            SMTP_PORT=str(smtp_port),
+            SMTP_SECURITY="none",
+            EMAIL_FROM="bench@example.com",
+            EMAIL_TO="reader@example.com",
+        )
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+        resources = resources_from_env(os.environ)
+        # Disjoint sets of windows, so that every run of every kind sends its email.
+        keys = agent_job.partitions_def.get_partition_keys()
+        warmup = 2
+        per_kind = args.runs + warmup
+        windows = [keys[-(n + 1) * per_kind:len(keys) - n * per_kind] for n in range(4)]
+
+        # The script reads its URLs itself; Dagster resolves the EnvVars in `resources`.
+        plain_resources = {
+            **resources,
+            "agent_runs": AgentRunsStore(database_url=os.environ["DATABASE_URL"]),
+            "redis": Redis(url=redis_url),
+        }
+        timings = {"plain script": timed(windows[0], lambda w: plain_run(w, plain_resources))}
+        instances = {
+            "agent_job, in-memory instance": lambda home: DagsterInstance.ephemeral(),
+            "agent_job, SQLite instance (make dev)": DagsterInstance.local_temp,
+            "agent_job, Postgres instance (production)": lambda home: postgres_instance(
+                home, os.environ["DATABASE_URL"]
+            ),
+        }
+        for n, (label, make_instance) in enumerate(instances.items(), start=1):
+            with tempfile.TemporaryDirectory() as home, make_instance(home) as instance:
+                timings[label] = timed(
+                    windows[n], lambda w, i=instance: dagster_run(w, resources, i)
+                )
+        assert handler.received == 4 * per_kind, handler.received
+    finally:
+        smtp_server.stop()
+        forget_migrations()
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")
+    print(f"runs of each kind: {args.runs} (after {warmup} warm-up runs, not counted)")
+    plain_median = statistics.median(timings["plain script"][warmup:])
+    for label, durations in timings.items():
+        median = statistics.median(durations[warmup:])
+        print(f"{label:44} median {median * 1000:7.1f} ms  {median / plain_median:5.1f}x")
+    print("goal: agent_job at most 3x the plain script")
+
+
+if __name__ == "__main__":
+    main()
