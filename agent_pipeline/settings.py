@@ -19,6 +19,25 @@ from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettin
 from agent_pipeline.resources.agent_runs import parse_database_url
 from agent_pipeline.resources.smtp import SECURITY_MODES
 
+# Every variable this project reads, each documented in .env.example.
+ENVIRONMENT_VARIABLES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SMTP_HOST",
+    "SMTP_PORT",
+    "SMTP_SECURITY",
+    "SMTP_USERNAME",
+    "SMTP_PASSWORD",
+    "SMTP_TIMEOUT",
+    "SMTP_CA_FILE",
+    "EMAIL_FROM",
+    "EMAIL_TO",
+    "AGENT",
+    "AGENT_INTERESTS",
+    "AGENT_CACHE_TTL",
+    "AGENT_PIPELINE_HOME",
+    "WINDOW_HISTORY_DAYS",
+)
 DEFAULT_HISTORY_DAYS = 14
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 # Used only while SMTP_HOST is unset and mail goes to the outbox folder.

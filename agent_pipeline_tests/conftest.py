@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy.engine import make_url
 
 from agent_pipeline.resources.agent_runs import AgentRunsStore, forget_migrations
+from agent_pipeline.settings import ENVIRONMENT_VARIABLES
 from agent_pipeline_tests.services import (
     ServiceMissing,
     free_port,
@@ -25,13 +26,8 @@ from agent_pipeline_tests.services import (
     throwaway_redis,
 )
 
-# Every variable the project reads: each test starts from none of them set.
-CONFIG_VARIABLES = (
-    "DATABASE_URL", "REDIS_URL", "SMTP_HOST", "SMTP_PORT", "SMTP_USERNAME", "SMTP_PASSWORD",
-    "SMTP_SECURITY", "SMTP_TIMEOUT", "SMTP_CA_FILE", "EMAIL_FROM", "EMAIL_TO", "AGENT",
-    "AGENT_INTERESTS", "AGENT_CACHE_TTL", "AGENT_PIPELINE_HOME", "WINDOW_HISTORY_DAYS",
-    "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL",
-)
+# Each test starts from none of the project's variables set, and none of the LLM's.
+CONFIG_VARIABLES = (*ENVIRONMENT_VARIABLES, "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 TEST_REDIS_DB = 15

@@ -100,6 +100,8 @@ def local_dagster(tmp_path):
     """`dg dev` from a folder holding the repo's dagster.yaml and workspace.yaml."""
     for name in ("dagster.yaml", "workspace.yaml"):
         shutil.copy(REPO / name, tmp_path / name)
+    # dg dev reads .env from its working directory, as the README tells users.
+    (tmp_path / ".env").write_text("AGENT_INTERESTS=gardening, soups\n")
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
     env.update(DAGSTER_HOME=str(tmp_path), AGENT_PIPELINE_HOME=str(tmp_path / "agent"))
     port = free_port()
@@ -166,6 +168,9 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(local_dagster):
     rows = wait_for(three_succeeded, "the backfill did not finish", RUN_SECONDS * 3, log)
     assert [r["partition_key"] for r in rows] == backfilled
     assert all(r["status"] == "succeeded" and len(r["result"]["top_five"]) == 5 for r in rows)
+    # The interests from .env reached the agent.
+    for row in rows:
+        assert {o["id"] for o in row["result"]["top_five"][:2]} == {"gr-1", "ck-1"}
 
     # What the Launchpad sends when a user picks a window and clicks Launch.
     launch = graphql(port, LAUNCH_MUTATION, {

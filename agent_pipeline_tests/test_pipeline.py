@@ -170,3 +170,15 @@ def test_the_embedded_default_needs_no_services(clean_env, tmp_path):
     assert message["To"] == "you@example.com"
     assert message["X-Agent-Pipeline-Window"] == window
     assert sum("Nothing is cached this run: REDIS_URL is not set" in m for m in result.logs) == 1
+
+
+def test_postgres_down_fails_the_run_fast_naming_the_database(production_env, smtp_server):
+    production_env.setenv("DATABASE_URL", f"postgresql://agent:hunter2@127.0.0.1:{free_port()}/db")
+    (window,) = window_keys(1)
+    result = run_window(window)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE")
+    message = failure.event_specific_data.error.to_string()
+    assert "cannot reach the agent_runs database" in message and "(DATABASE_URL)" in message
+    assert "hunter2" not in message
+    assert smtp_server.received == []
