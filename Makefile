@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
-DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
 PORT ?= 3000
 
 .PHONY: install dev test lint bench clean
@@ -21,10 +20,10 @@ $(INSTALLED): setup.py pyproject.toml
 
 install: $(INSTALLED)
 
+# DAGSTER_HOME is this folder, so that dagster.yaml here is the instance file; it keeps all
+# state under .dagster_home/.
 dev: $(INSTALLED)
-	@mkdir -p $(DAGSTER_HOME_DIR)
-	@ln -sf ../dagster.yaml $(DAGSTER_HOME_DIR)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/dg dev -w workspace.yaml --port $(PORT)
+	DAGSTER_HOME=$(CURDIR) $(BIN)/dg dev -w workspace.yaml --port $(PORT)
 
 test: $(INSTALLED)
 	$(BIN)/ruff check agent_pipeline agent_pipeline_tests benchmarks

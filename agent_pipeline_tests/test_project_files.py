@@ -71,3 +71,13 @@ def test_the_local_instance_queues_one_run_at_a_time():
     instance = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert instance["concurrency"]["runs"]["max_concurrent_runs"] == 1
     assert instance["storage"]["sqlite"]["base_dir"].startswith(".dagster_home/")
+
+
+def test_make_dev_uses_this_folder_as_dagster_home():
+    """The local deployment test runs these files from a copy; this pins the command."""
+    dry_run = subprocess.run(
+        ["make", "-n", "-W", "setup.py", "dev"], cwd=REPO, capture_output=True, text=True
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    command = dry_run.stdout.strip().splitlines()[-1]
+    assert command == f"DAGSTER_HOME={REPO} .venv/bin/dg dev -w workspace.yaml --port 3000"
