@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -39,16 +40,21 @@ def services() -> Iterator[ExitStack]:
         yield stack
 
 
+def running_or_throwaway(services: ExitStack, name: str, url: str, answers, throwaway) -> str:
+    """url if the service answers there, else a throwaway one, else stop the whole run."""
+    if answers(url):
+        return url
+    try:
+        return services.enter_context(throwaway())
+    except (ServiceMissing, OSError, subprocess.CalledProcessError) as exc:
+        pytest.exit(f"{name} is needed for the tests: {exc}", returncode=3)
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_dsn(services: ExitStack) -> str:
     """A Postgres maintenance database to create the tests' own database from."""
-    dsn = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES)
-    if postgres_answers(dsn):
-        return dsn
-    try:
-        return services.enter_context(throwaway_postgres())
-    except (ServiceMissing, OSError) as exc:
-        pytest.exit(f"PostgreSQL is needed for the tests: {exc}", returncode=3)
+    url = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES)
+    return running_or_throwaway(services, "PostgreSQL", url, postgres_answers, throwaway_postgres)
 
 
 @pytest.fixture(scope="session")
@@ -95,12 +101,7 @@ def sqlite_url(tmp_path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_server(services: ExitStack) -> str:
     url = os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS)
-    if redis_answers(url):
-        return url
-    try:
-        return services.enter_context(throwaway_redis())
-    except (ServiceMissing, OSError) as exc:
-        pytest.exit(f"Redis is needed for the tests: {exc}", returncode=3)
+    return running_or_throwaway(services, "Redis", url, redis_answers, throwaway_redis)
 
 
 @pytest.fixture
