@@ -29,6 +29,9 @@ setup(
         "psycopg2-binary>=2.9,<3",
         "redis>=5,<9",
         "pandas>=2.2,<4",
+        # dagster-graphql's Python client passes arguments that gql 4 deprecates, and every
+        # call would print a DeprecationWarning.
+        "gql[requests]>=3.5,<4",
     ],
     extras_require={
         "dev": [

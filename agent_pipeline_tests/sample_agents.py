@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import time
+
+from agent_pipeline.agents.keywords import keywords_agent
 
 
 def hostile(context):
@@ -30,3 +34,9 @@ def nothing(context):
 
 def not_a_list(context):
     return "a string is not a list of outcomes"
+
+
+def slow_keywords(context):
+    """The keywords agent after a pause of SLOW_AGENT_SECONDS: long enough to see overlap."""
+    time.sleep(float(os.environ.get("SLOW_AGENT_SECONDS", "1")))
+    yield from keywords_agent(context)

@@ -34,24 +34,103 @@ def compose() -> dict:
     return yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
-def test_compose_services_have_health_checks_and_one_network():
+def production_instance() -> dict:
+    return yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+
+
+DAGSTER_STORAGE_VARIABLES = {
+    "DAGSTER_POSTGRES_HOST",
+    "DAGSTER_POSTGRES_PORT",
+    "DAGSTER_POSTGRES_USER",
+    "DAGSTER_POSTGRES_PASSWORD",
+    "DAGSTER_POSTGRES_DB",
+    "DAGSTER_STORAGE_DIR",
+}
+
+
+def test_compose_has_the_production_services_with_health_checks():
     services = compose()["services"]
-    assert set(services) == {"postgres", "redis", "mailpit"}
-    assert "healthcheck" in services["postgres"] and "healthcheck" in services["redis"]
+    assert set(services) == {"postgres", "redis", "mailpit", "user_code", "webserver", "daemon"}
+    for name in ("postgres", "redis", "user_code"):
+        assert "healthcheck" in services[name]
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert "grpc-health-check" in services["user_code"]["healthcheck"]["test"]
+    for name in ("user_code", "webserver", "daemon"):
+        conditions = {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
+        assert set(conditions.values()) == {"service_healthy"}
+        assert "postgres" in conditions
     assert all(service["networks"] == ["agent_pipeline"] for service in services.values())
+    assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
-def test_the_env_example_compose_block_matches_the_compose_file():
+def test_every_run_variable_reaches_the_run_containers():
+    """Run containers inherit nothing: each variable a run reads must be in the launcher's
+    env_vars, and set on the daemon, whose values the launcher copies."""
     services = compose()["services"]
-    example = (REPO / ".env.example").read_text().split("docker-compose.yml", 1)[1]
-    values = dict(re.findall(r"^# ([A-Z_]+)=(\S+)", example, re.MULTILINE))
-    postgres = services["postgres"]["environment"]
-    assert values["DATABASE_URL"] == (
-        f"postgresql://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
-        f"@localhost:5432/{postgres['POSTGRES_DB']}"
+    env_vars = set(production_instance()["run_launcher"]["config"]["env_vars"])
+    needed = set(ENVIRONMENT_VARIABLES) | DAGSTER_STORAGE_VARIABLES
+    assert env_vars == needed
+    for name in ("daemon", "user_code"):
+        assert needed <= set(services[name]["environment"]), name
+    assert DAGSTER_STORAGE_VARIABLES <= set(services["webserver"]["environment"])
+
+
+def test_names_agree_across_compose_instance_and_workspace():
+    document = compose()
+    services = document["services"]
+    launcher = production_instance()["run_launcher"]["config"]
+    # The network and the storage volume that run containers join by name.
+    assert document["networks"]["agent_pipeline"]["name"] == launcher["network"]
+    volume_name, mount = launcher["container_kwargs"]["volumes"][0].split(":")
+    assert document["volumes"][volume_name]["name"] == volume_name
+    assert f"{volume_name}:{mount}" in services["daemon"]["volumes"]
+    assert services["user_code"]["environment"]["DAGSTER_STORAGE_DIR"] == mount
+    # The image run containers start from is the one compose builds.
+    assert services["user_code"]["environment"]["DAGSTER_CURRENT_IMAGE"] == (
+        services["user_code"]["image"]
     )
-    assert any(port.endswith(f":{values['SMTP_PORT']}") for port in services["mailpit"]["ports"])
-    assert any(port.endswith(":6379") for port in services["redis"]["ports"])
+    assert services["daemon"]["image"] == services["user_code"]["image"]
+    # The workspace points at the code server's service name and port.
+    workspace = yaml.safe_load((REPO / "deploy" / "workspace.yaml").read_text())
+    server = workspace["load_from"][0]["grpc_server"]
+    assert server["host"] == "user_code"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f'"-p", "{server["port"]}"' in dockerfile
+    assert f'"--location-name", "{server["location_name"]}"' in dockerfile
+    assert f'"-p", "{server["port"]}"' in " ".join(
+        f'"{part}"' for part in services["user_code"]["healthcheck"]["test"]
+    ).replace('" "', '", "')
+    # Dagster's storage host is the postgres service.
+    assert services["daemon"]["environment"]["DAGSTER_POSTGRES_HOST"] == "postgres"
+    assert "@postgres:5432/" in services["daemon"]["environment"]["DATABASE_URL"]
+    assert "redis://redis:" in services["daemon"]["environment"]["REDIS_URL"]
+
+
+def test_the_production_instance_queues_retries_and_monitors():
+    instance = production_instance()
+    assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert instance["run_coordinator"]["config"]["max_concurrent_runs"] == 1
+    assert instance["run_launcher"]["class"] == "DockerRunLauncher"
+    assert instance["run_launcher"]["config"]["container_kwargs"]["auto_remove"] is True
+    assert instance["run_monitoring"]["enabled"] is True
+    assert instance["run_monitoring"]["max_runtime_seconds"] > 0
+    assert instance["run_retries"] == {"enabled": True, "max_retries": 2}
+    assert set(instance["storage"]["postgres"]["postgres_db"]) == {
+        "hostname", "port", "username", "password", "db_name",
+    }
+
+
+def test_the_dockerfile_runs_as_a_non_root_user_on_slim_python():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert dockerfile.startswith("# ") and "FROM python:3.11-slim" in dockerfile
+    assert "\nUSER dagster\n" in dockerfile
+    assert "COPY deploy/dagster.yaml" in dockerfile
+
+
+def test_the_env_example_has_the_compose_settings():
+    example = (REPO / ".env.example").read_text()
+    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        assert re.search(rf"^# ?{name}=", example, re.MULTILINE), name
 
 
 @pytest.mark.skipif(

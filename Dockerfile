@@ -1,0 +1,32 @@
+# One image for the whole production stack: the gRPC code server (user_code), the webserver,
+# the daemon, and the run containers that DockerRunLauncher starts from it, so that every
+# process runs the same pinned Dagster set and the same project code.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DAGSTER_HOME=/opt/dagster/dagster_home \
+    DAGSTER_STORAGE_DIR=/opt/dagster/storage
+
+WORKDIR /opt/dagster/app
+
+# Dependencies first, so that a code change does not reinstall them.
+COPY setup.py pyproject.toml ./
+RUN mkdir agent_pipeline && touch agent_pipeline/__init__.py \
+    && pip install . && pip uninstall -y agent_pipeline && rm -rf agent_pipeline build
+
+COPY agent_pipeline ./agent_pipeline
+RUN pip install --no-deps . && rm -rf build
+
+RUN useradd --create-home --uid 10001 dagster \
+    && mkdir -p "$DAGSTER_HOME" "$DAGSTER_STORAGE_DIR" \
+    && chown -R dagster "$DAGSTER_HOME" "$DAGSTER_STORAGE_DIR"
+COPY deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+COPY deploy/workspace.yaml /opt/dagster/app/workspace.yaml
+
+USER dagster
+
+EXPOSE 4000
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "agent_pipeline.definitions", "--location-name", "agent_pipeline"]
