@@ -19,6 +19,4 @@ from agent_pipeline.settings import window_history_days
     hooks={mark_row_failed},
 )
 def agent_job() -> None:
-    row_id = record_run()
-    top_five = rank_top_five(row_id, run_agent(row_id))
-    send_email(row_id, top_five)
+    send_email(rank_top_five(run_agent(record_run())))

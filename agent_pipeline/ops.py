@@ -7,13 +7,23 @@ import time
 from datetime import datetime
 from typing import Any
 
-from dagster import HookContext, MetadataValue, OpExecutionContext, failure_hook, op
+from dagster import (
+    HookContext,
+    In,
+    MetadataValue,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    failure_hook,
+    op,
+)
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.emails import build_digest_email
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import (
+    MAX_ITEMS,
     Validation,
     build_result,
     collect_outcomes,
@@ -23,6 +33,7 @@ from agent_pipeline.ranking import (
 )
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent_runs import describe_error
+from agent_pipeline.schema import RUNNING
 
 WARNINGS_LOGGED = 20
 
@@ -36,20 +47,27 @@ def _window(context: OpExecutionContext) -> tuple[str, datetime, datetime]:
     return (context.partition_key, *window_bounds(context.partition_key))
 
 
-@op(description="Insert this run's row into agent_runs, status running.")
+def _run_row(context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource) -> int:
+    """This run's agent_runs row, inserted if missing. Each op that writes the row finds it
+    by the run id, so a re-execution from failure (a new run that skips record_run) gets a row
+    of its own instead of writing to its parent's."""
+    window_key, _, _ = _window(context)
+    return agent_runs.start_run(context.run_id, window_key, agent.agent)
+
+
+@op(out=Out(Nothing), description="Insert this run's row into agent_runs, status running.")
 def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
-) -> int:
-    window_key, _, _ = _window(context)
-    row_id = agent_runs.start_run(context.run_id, window_key, agent.agent)
+) -> None:
+    row_id = _run_row(context, agent_runs, agent)
     context.add_output_metadata({"row_id": row_id, "database": agent_runs.describe()})
-    return row_id
 
 
-@op(description="Run the agent for the window and validate each outcome it returns.")
-def run_agent(
-    context: OpExecutionContext, row_id: int, agent: AgentResource, redis: Redis
-) -> Validation:
+@op(
+    ins={"recorded": In(Nothing)},
+    description="Run the agent for the window and validate each outcome it returns.",
+)
+def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -> Validation:
     agent_callable = agent.load()
     cache = AgentCache(redis, agent.cache_ttl_seconds)
     cache_was_enabled = cache.enabled
@@ -65,8 +83,13 @@ def run_agent(
         settings=agent.settings(),
     )
     started = time.perf_counter()
-    validation = validate_outcomes(collect_outcomes(agent_callable(agent_context)))
+    items, cut = collect_outcomes(agent_callable(agent_context))
+    validation = validate_outcomes(items)
     duration = time.perf_counter() - started
+    if cut:
+        context.log.warning(
+            f"The agent returned more than {MAX_ITEMS:,} items; the rest were ignored."
+        )
     if cache_was_enabled and not cache.enabled:
         context.log.warning(f"Cache lost part way through: {redis.unavailable_reason}.")
     for dropped in validation.dropped[:WARNINGS_LOGGED]:
@@ -89,10 +112,13 @@ def run_agent(
 
 @op(description="Dedupe and rank the outcomes, keep the top five; the row ends succeeded.")
 def rank_top_five(
-    context: OpExecutionContext, row_id: int, validation: Validation, agent_runs: AgentRunsStore
+    context: OpExecutionContext,
+    validation: Validation,
+    agent_runs: AgentRunsStore,
+    agent: AgentResource,
 ) -> list[dict[str, Any]]:
     ranking = rank_outcomes(validation.outcomes)
-    agent_runs.complete_run(row_id, build_result(validation, ranking))
+    agent_runs.complete_run(_run_row(context, agent_runs, agent), build_result(validation, ranking))
     context.add_output_metadata(
         {
             "top_five": MetadataValue.md(top_five_markdown(ranking.top)),
@@ -107,12 +133,17 @@ def rank_top_five(
 @op(description="Email the top five, at most once per window.")
 def send_email(
     context: OpExecutionContext,
-    row_id: int,
     top_five: list[dict[str, Any]],
     agent_runs: AgentRunsStore,
+    agent: AgentResource,
     smtp: Smtp,
     digest: DigestSettings,
 ) -> None:
+    row_id = _run_row(context, agent_runs, agent)
+    if agent_runs.get_run(row_id)["status"] == RUNNING:
+        # A re-execution from failure that starts here: its row gets the top five it sends
+        # (the parent run's row keeps the full result).
+        agent_runs.complete_run(row_id, {"top_five": top_five})
     if not top_five:
         agent_runs.record_email_skipped(row_id, "the agent found nothing")
         context.log.info("No email: the agent found nothing this window.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import numbers
@@ -20,7 +21,11 @@ TOP_N = 5
 MAX_TITLE_CHARS = 300
 MAX_SUMMARY_CHARS = 2_000
 MAX_URL_CHARS = 2_048
+MAX_EXTRA_FIELDS = 20
 MAX_EXTRA_JSON_CHARS = 10_000
+# Past this many items the agent's output is cut (with a warning), which bounds the memory
+# and time of a run whatever the agent does.
+MAX_ITEMS = 100_000
 # What one agent_runs row keeps: the schedule writes 52,560 rows a year.
 MAX_STORED_OUTCOMES = 100
 MAX_STORED_DROPS = 50
@@ -57,8 +62,9 @@ class Ranking:
     duplicates_removed: int
 
 
-def collect_outcomes(raw: Any) -> list[Any]:
-    """The agent's return value as a list, or AgentOutputError if it is no list of items."""
+def collect_outcomes(raw: Any, limit: int = MAX_ITEMS) -> tuple[list[Any], bool]:
+    """The agent's return value as a list of at most limit items, and whether it was cut; or
+    AgentOutputError if it is no list of items at all."""
     if raw is None:
         raise AgentOutputError("the agent returned None; expected an iterable of mappings")
     if isinstance(raw, str | bytes | bytearray | Mapping):
@@ -72,7 +78,8 @@ def collect_outcomes(raw: Any) -> list[Any]:
             f"the agent returned a {type(raw).__name__}, which is not iterable; "
             "expected an iterable of mappings"
         ) from None
-    return list(iterator)
+    items = list(itertools.islice(iterator, limit + 1))
+    return items[:limit], len(items) > limit
 
 
 def clean_text(value: str, limit: int) -> str:
@@ -166,13 +173,23 @@ def validate_outcome(item: Any, index: int, warnings: list[str]) -> dict[str, An
             outcome["id"] = clean_text(str(item_id), MAX_TITLE_CHARS)
         else:
             warnings.append(f"item {index}: id removed (not text or an integer)")
+    extras = 0
     for key, value in item.items():
         if key in KNOWN_FIELDS:
             continue
-        if isinstance(key, str) and _json_value(value):
-            outcome[clean_text(key, 100)] = value
-        else:
+        name = clean_text(key, 100) if isinstance(key, str) else ""
+        # A key such as "title\x00" must not come back as "title" over the checked value.
+        if not name or name in KNOWN_FIELDS or name in outcome:
+            warnings.append(f"item {index}: field {_preview(key)} removed (bad or clashing name)")
+        elif extras >= MAX_EXTRA_FIELDS:
+            warnings.append(
+                f"item {index}: field {_preview(key)} removed (over {MAX_EXTRA_FIELDS} fields)"
+            )
+        elif not _json_value(value):
             warnings.append(f"item {index}: field {_preview(key)} removed (not JSON-able)")
+        else:
+            outcome[name] = value
+            extras += 1
     return outcome
 
 
@@ -215,9 +232,7 @@ def rank_outcomes(outcomes: list[dict[str, Any]], top_n: int = TOP_N) -> Ranking
     )
     unique = frame.drop_duplicates("key", keep="first")
     ranked = [outcomes[position] for position in unique["position"]]
-    return Ranking(
-        ranked=ranked, top=ranked[:top_n], duplicates_removed=len(frame) - len(unique)
-    )
+    return Ranking(ranked=ranked, top=ranked[:top_n], duplicates_removed=len(frame) - len(unique))
 
 
 def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:

@@ -1,3 +1,6 @@
+"""Each op on its own, with build_op_context. Such a context's run id is always EPHEMERAL,
+so rows written by these ops are found under that id."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,18 +13,28 @@ from agent_pipeline.resources import AgentResource, DigestSettings, Redis, Smtp
 from agent_pipeline_tests.services import free_port
 
 WINDOW = "2026-11-26-09:30"
+RUN_ID = "EPHEMERAL"
 
 
 def context(**resources):
     return build_op_context(resources=resources, partition_key=WINDOW)
 
 
+@pytest.fixture
+def mail(smtp_server):
+    return {
+        "smtp": Smtp(host=smtp_server.host, port=smtp_server.port, security="none"),
+        "digest": DigestSettings(email_from="agent@example.com", email_to="a@example.com"),
+    }
+
+
 def test_record_run_inserts_the_running_row(pg_store):
     with context(agent_runs=pg_store, agent=AgentResource()) as ctx:
-        row_id = record_run(ctx)
-    row = pg_store.get_run(row_id)
-    assert row["status"] == "running"
-    assert row["partition_key"] == WINDOW and row["dagster_run_id"] == ctx.run_id
+        record_run(ctx)
+        metadata = ctx.get_output_metadata("result")
+    row = pg_store.find_run(RUN_ID)
+    assert metadata["row_id"] == row["id"]
+    assert row["status"] == "running" and row["partition_key"] == WINDOW
     assert row["agent"] == "keywords"
 
 
@@ -35,20 +48,22 @@ def test_record_run_needs_a_window(pg_store):
 def test_run_agent_validates_and_reports_counts(redis_url):
     agent = AgentResource(agent="agent_pipeline_tests.sample_agents:hostile")
     with context(agent=agent, redis=Redis(url=redis_url)) as ctx:
-        validation = run_agent(ctx, 1)
+        validation = run_agent(ctx)
+        metadata = ctx.get_output_metadata("result")
     assert len(validation.outcomes) == 7
     assert [d.reason for d in validation.dropped] == [
-        "missing score", "score is nan, not a finite number",
-        "item is a str, not a mapping", "empty title",
+        "missing score",
+        "score is nan, not a finite number",
+        "item is a str, not a mapping",
+        "empty title",
     ]
-    metadata = ctx.get_output_metadata("result")
     assert metadata["outcomes"] == 7 and metadata["dropped"] == 4 and metadata["fixed"] == 1
 
 
 def test_run_agent_counts_cache_hits(redis_url):
     def run():
         with context(agent=AgentResource(), redis=Redis(url=redis_url)) as ctx:
-            run_agent(ctx, 1)
+            run_agent(ctx)
             return ctx.get_output_metadata("result")
 
     first, second = run(), run()
@@ -67,60 +82,75 @@ def test_run_agent_counts_cache_hits(redis_url):
 def test_run_agent_failures_raise(agent, error):
     with context(agent=AgentResource(agent=agent), redis=Redis()) as ctx:
         with pytest.raises(error):
-            run_agent(ctx, 1)
+            run_agent(ctx)
 
 
 def test_rank_top_five_stores_the_result_and_completes_the_row(pg_store):
-    row_id = pg_store.start_run("run-1", WINDOW, "keywords")
+    pg_store.start_run(RUN_ID, WINDOW, "keywords")
     validation = validate_outcomes([{"title": f"t{n}", "score": n} for n in range(8)] + [None])
-    with context(agent_runs=pg_store) as ctx:
-        top = rank_top_five(ctx, row_id, validation)
+    with context(agent_runs=pg_store, agent=AgentResource()) as ctx:
+        top = rank_top_five(ctx, validation)
         metadata = ctx.get_output_metadata("result")
     assert [o["score"] for o in top] == [7, 6, 5, 4, 3]
-    row = pg_store.get_run(row_id)
+    row = pg_store.find_run(RUN_ID)
     assert row["status"] == "succeeded"
     assert row["result"]["top_five"] == top
     assert row["result"]["outcomes_total"] == 8 and row["result"]["dropped_total"] == 1
     assert metadata["top_five"].value.startswith("| # | score | title | url |")
 
 
-def test_send_email_sends_once_per_window(pg_store, smtp_server):
-    smtp = Smtp(host=smtp_server.host, port=smtp_server.port, security="none")
-    digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
-    top = [{"title": "only", "score": 1.0}]
-    first = pg_store.start_run("run-1", WINDOW, "keywords")
-    second = pg_store.start_run("run-2", WINDOW, "keywords")
-
-    with context(agent_runs=pg_store, smtp=smtp, digest=digest) as ctx:
-        send_email(ctx, first, top)
+def test_send_email_sends_and_records_it(pg_store, mail, smtp_server):
+    pg_store.start_run(RUN_ID, WINDOW, "keywords")
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        send_email(ctx, [{"title": "only", "score": 1.0}])
         assert ctx.get_output_metadata("result")["sent"] is True
-    assert pg_store.get_run(first)["email_status"] == "sent"
-
-    with context(agent_runs=pg_store, smtp=smtp, digest=digest) as ctx:
-        send_email(ctx, second, top)
-        assert ctx.get_output_metadata("result")["reason"] == "already sent for this window"
+    assert pg_store.find_run(RUN_ID)["email_status"] == "sent"
     assert len(smtp_server.received) == 1
 
 
-def test_send_email_skips_an_empty_top_five(pg_store, smtp_server):
-    row_id = pg_store.start_run("run-1", WINDOW, "keywords")
-    smtp = Smtp(host=smtp_server.host, port=smtp_server.port, security="none")
-    digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
-    with context(agent_runs=pg_store, smtp=smtp, digest=digest) as ctx:
-        send_email(ctx, row_id, [])
+def test_send_email_skips_a_window_another_run_has_sent(pg_store, mail, smtp_server):
+    earlier = pg_store.start_run("earlier-run", WINDOW, "keywords")
+    assert pg_store.claim_email(earlier)
+    pg_store.record_email_sent(earlier)
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        send_email(ctx, [{"title": "only", "score": 1.0}])
+        assert ctx.get_output_metadata("result")["reason"] == "already sent for this window"
     assert smtp_server.received == []
-    row = pg_store.get_run(row_id)
+    assert pg_store.find_run(RUN_ID)["email_status"] == "skipped"
+
+
+def test_send_email_never_sends_its_own_row_twice(pg_store, mail, smtp_server):
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        send_email(ctx, [{"title": "only", "score": 1.0}])
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        send_email(ctx, [{"title": "only", "score": 1.0}])
+    assert len(smtp_server.received) == 1
+
+
+def test_send_email_completes_a_row_it_had_to_create(pg_store, mail):
+    """A re-execution from failure that starts at send_email has no row yet."""
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        send_email(ctx, [{"title": "only", "score": 1.0}])
+    row = pg_store.find_run(RUN_ID)
+    assert row["status"] == "succeeded" and row["email_status"] == "sent"
+    assert row["result"]["top_five"] == [{"title": "only", "score": 1.0}]
+
+
+def test_send_email_skips_an_empty_top_five(pg_store, mail, smtp_server):
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        send_email(ctx, [])
+    assert smtp_server.received == []
+    row = pg_store.find_run(RUN_ID)
     assert row["email_status"] == "skipped" and row["email_error"] == "the agent found nothing"
 
 
-def test_a_failed_delivery_is_recorded_and_releases_the_window(pg_store):
-    row_id = pg_store.start_run("run-1", WINDOW, "keywords")
+def test_a_failed_delivery_is_recorded_and_releases_the_window(pg_store, mail):
     smtp = Smtp(host="127.0.0.1", port=free_port(), security="none", timeout=2)
-    digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
-    with context(agent_runs=pg_store, smtp=smtp, digest=digest) as ctx:
+    resources = {"agent_runs": pg_store, "agent": AgentResource(), "digest": mail["digest"]}
+    with context(smtp=smtp, **resources) as ctx:
         with pytest.raises(ConnectionRefusedError):
-            send_email(ctx, row_id, [{"title": "x", "score": 1.0}])
-    row = pg_store.get_run(row_id)
+            send_email(ctx, [{"title": "x", "score": 1.0}])
+    row = pg_store.find_run(RUN_ID)
     assert row["email_status"] == "failed"
     assert row["email_error"].startswith("ConnectionRefusedError:")
-    assert pg_store.claim_email(pg_store.start_run("run-2", WINDOW, "keywords"))
+    assert pg_store.claim_email(pg_store.start_run("later-run", WINDOW, "keywords"))

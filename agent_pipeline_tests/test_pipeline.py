@@ -7,7 +7,14 @@ import os
 from email import message_from_bytes, policy
 
 import pytest
-from dagster import DagsterInstance
+from aiosmtpd.controller import Controller
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    ReexecutionOptions,
+    execute_job,
+    reconstructable,
+)
 from sqlalchemy import create_engine, select
 
 from agent_pipeline.agents import AgentCache, AgentContext
@@ -17,6 +24,7 @@ from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import rank_outcomes, validate_outcomes
 from agent_pipeline.schema import agent_runs
 from agent_pipeline.settings import resources_from_env
+from agent_pipeline_tests.conftest import SmtpCatcher
 from agent_pipeline_tests.services import free_port
 
 INTERESTS = "dagster, postgres, redis"
@@ -182,3 +190,46 @@ def test_postgres_down_fails_the_run_fast_naming_the_database(production_env, sm
     assert "cannot reach the agent_runs database" in message and "(DATABASE_URL)" in message
     assert "hunter2" not in message
     assert smtp_server.received == []
+
+
+def agent_job_from_env():
+    """agent_job with its resources, rebuilt from the environment by Dagster on each run."""
+    return Definitions(jobs=[agent_job], resources=resources_from_env(os.environ)).resolve_job_def(
+        "agent_job"
+    )
+
+
+def test_re_execution_from_failure_sends_once_and_records_its_own_row(
+    production_env, postgres_url, tmp_path
+):
+    (window,) = window_keys(1)
+    smtp_server = SmtpCatcher("127.0.0.1", free_port())
+    production_env.setenv("SMTP_PORT", str(smtp_server.port))
+    job = reconstructable(agent_job_from_env)
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        # Nothing listens on the SMTP port yet: delivery fails.
+        with execute_job(job, instance, tags={"dagster/partition": window}) as failed:
+            assert not failed.success
+        controller = Controller(smtp_server, hostname=smtp_server.host, port=smtp_server.port)
+        controller.start()
+        options = ReexecutionOptions.from_failure(failed.run_id, instance)
+        # The UI's "re-execute from failure" copies the parent's tags, the window among them.
+        tags = {"dagster/partition": window}
+        with execute_job(job, instance, tags=tags, reexecution_options=options) as retried:
+            assert retried.success
+            assert [e.step_key for e in retried.all_events if e.is_step_start] == ["send_email"]
+        # A second re-execution of the same failed run finds the window sent.
+        with execute_job(job, instance, tags=tags, reexecution_options=options) as again:
+            assert again.success
+        controller.stop()
+
+    assert len(smtp_server.received) == 1
+    by_run = {row["dagster_run_id"]: row for row in rows(postgres_url)}
+    assert len(by_run) == 3
+    original, first, second = by_run[failed.run_id], by_run[retried.run_id], by_run[again.run_id]
+    assert (original["status"], original["email_status"]) == ("failed", "failed")
+    assert original["error_message"].startswith("ConnectionRefusedError")
+    assert len(original["result"]["top_five"]) == 5
+    assert (first["status"], first["email_status"]) == ("succeeded", "sent")
+    assert first["result"]["top_five"] == original["result"]["top_five"]
+    assert (second["status"], second["email_status"]) == ("succeeded", "skipped")

@@ -37,7 +37,36 @@ def test_collect_outcomes_rejects_what_is_no_list_of_items(raw, message):
 
 
 def test_collect_outcomes_drains_generators():
-    assert collect_outcomes({"n": n} for n in range(3)) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert collect_outcomes({"n": n} for n in range(3)) == ([{"n": 0}, {"n": 1}, {"n": 2}], False)
+
+
+def test_collect_outcomes_stops_at_the_limit_and_says_so():
+    def endless():
+        n = 0
+        while True:
+            yield {"n": n}
+            n += 1
+
+    items, cut = collect_outcomes(endless(), limit=5)
+    assert [item["n"] for item in items] == [0, 1, 2, 3, 4] and cut
+    assert collect_outcomes([{}] * 5, limit=5) == ([{}] * 5, False)
+
+
+@pytest.mark.parametrize("key", ["title\x00", " title", "score\r\n", "url\t", "id "])
+def test_extra_keys_cannot_pose_as_checked_fields(key):
+    item = {"title": "safe", "score": 1, key: "<b>javascript:alert(1)</b>"}
+    validation = validate_outcomes([item])
+    (outcome,) = validation.outcomes
+    assert outcome == {"title": "safe", "score": 1.0}
+    assert "clashing name" in validation.warnings[0]
+
+
+def test_extra_fields_are_capped_per_item():
+    item = {"title": "t", "score": 1, **{f"field{n:02d}": n for n in range(30)}}
+    validation = validate_outcomes([item])
+    (outcome,) = validation.outcomes
+    assert len(outcome) == 2 + 20
+    assert len(validation.warnings) == 10 and "over 20 fields" in validation.warnings[0]
 
 
 @pytest.mark.parametrize(

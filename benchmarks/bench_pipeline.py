@@ -64,7 +64,8 @@ def plain_run(window: str, resources: dict) -> None:
             window, start, end, AgentCache(redis, agent.cache_ttl_seconds),
             logging.getLogger("bench"), agent.settings(),
         )
-        validation = validate_outcomes(collect_outcomes(agent.load()(context)))
+        items, _ = collect_outcomes(agent.load()(context))
+        validation = validate_outcomes(items)
         ranking = rank_outcomes(validation.outcomes)
         store.complete_run(row_id, build_result(validation, ranking))
         message = build_digest_email(

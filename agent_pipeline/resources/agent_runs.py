@@ -12,12 +12,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
-from sqlalchemy import create_engine, insert, select, text, update
+from sqlalchemy import create_engine, insert, or_, select, text, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
 from agent_pipeline.schema import (
+    EMAIL_CLAIMING_STATES,
     EMAIL_FAILED,
     EMAIL_NOT_SENT,
     EMAIL_SENDING,
@@ -204,6 +205,14 @@ class AgentRunsStore(ConfigurableResource):
             ).mappings().one_or_none()
             return dict(row) if row is not None else None
 
+    def find_run(self, dagster_run_id: str) -> dict[str, Any] | None:
+        """The row of a Dagster run, if it has one."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(agent_runs).where(agent_runs.c.dagster_run_id == dagster_run_id)
+            ).mappings().one_or_none()
+            return dict(row) if row is not None else None
+
     def runs_for_window(self, partition_key: str) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:
             rows = connection.execute(
@@ -216,17 +225,24 @@ class AgentRunsStore(ConfigurableResource):
     # -- email delivery ---------------------------------------------------------------------
 
     def claim_email(self, row_id: int) -> bool:
-        """Take the right to send this row's window's email; False if another row holds it."""
+        """Take the right to send this row's window's email. False if this row or another row
+        of the window already holds it (sending or sent)."""
         try:
             with self.engine.begin() as connection:
-                connection.execute(
+                claimed = connection.execute(
                     update(agent_runs)
-                    .where(agent_runs.c.id == row_id)
+                    .where(
+                        agent_runs.c.id == row_id,
+                        or_(
+                            agent_runs.c.email_status.is_(None),
+                            agent_runs.c.email_status.not_in(EMAIL_CLAIMING_STATES),
+                        ),
+                    )
                     .values(email_status=EMAIL_SENDING, email_error=None)
                 )
         except IntegrityError:
             return False
-        return True
+        return claimed.rowcount == 1
 
     def record_email_sent(self, row_id: int) -> None:
         self._set_email_state(row_id, EMAIL_SENT, email_sent_at=utc_now())
