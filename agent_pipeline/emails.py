@@ -6,9 +6,9 @@ from __future__ import annotations
 import email.policy
 import html
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import make_msgid
+from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from agent_pipeline.errors import ConfigurationError
@@ -66,6 +66,7 @@ def build_digest_email(
     message["Subject"] = f"agent_pipeline: top {len(top)} for {label}"
     message["From"] = sender
     message["To"] = ", ".join(recipients)
+    message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
     message[WINDOW_HEADER] = partition_key
     message.set_content(_text_body(label, top))

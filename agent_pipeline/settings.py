@@ -11,7 +11,7 @@ from typing import Any
 
 from dagster import EnvVar
 
-from agent_pipeline.agents import DEFAULT_AGENT
+from agent_pipeline.agents import DEFAULT_AGENT, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
@@ -39,6 +39,7 @@ ENVIRONMENT_VARIABLES = (
     "WINDOW_HISTORY_DAYS",
 )
 DEFAULT_HISTORY_DAYS = 14
+MAX_HISTORY_DAYS = 366
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 # Used only while SMTP_HOST is unset and mail goes to the outbox folder.
 OUTBOX_EMAIL_FROM = "agent-pipeline@example.com"
@@ -51,7 +52,9 @@ def local_data_dir(env: Mapping[str, str]) -> Path:
     return Path(env.get("AGENT_PIPELINE_HOME") or ".agent_pipeline").resolve()
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int | None = None
+) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -61,6 +64,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
         raise ConfigurationError(name, f"{raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigurationError(name, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(name, f"must be at most {maximum}, got {value}")
     return value
 
 
@@ -69,8 +74,9 @@ def _secret(env: Mapping[str, str], name: str) -> Any:
 
 
 def window_history_days(env: Mapping[str, str] = os.environ) -> int:
-    """How many days back the window partitions start (WINDOW_HISTORY_DAYS)."""
-    return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS)
+    """How many days back the window partitions start (WINDOW_HISTORY_DAYS). At most a year:
+    52,560 windows, well under the 100,000 partitions Dagster advises as a limit."""
+    return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, maximum=MAX_HISTORY_DAYS)
 
 
 def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -93,6 +99,9 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     security = env.get("SMTP_SECURITY", "starttls").strip().lower() or "starttls"
     if security not in SECURITY_MODES:
         raise ConfigurationError("SMTP_SECURITY", f"must be one of {', '.join(SECURITY_MODES)}")
+    ca_file = env.get("SMTP_CA_FILE", "").strip() or None
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigurationError("SMTP_CA_FILE", f"{ca_file!r} is not a file")
     smtp = Smtp(
         host=smtp_host or None,
         port=_int(env, "SMTP_PORT", DEFAULT_PORTS[security]),
@@ -100,7 +109,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         username=env.get("SMTP_USERNAME") or None,
         password=_secret(env, "SMTP_PASSWORD"),
         timeout=float(_int(env, "SMTP_TIMEOUT", 30)),
-        ca_file=env.get("SMTP_CA_FILE") or None,
+        ca_file=ca_file,
         outbox_dir=str(data_dir / "outbox"),
     )
 
@@ -115,8 +124,10 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         email_to=", ".join(parse_address_list(email_to or OUTBOX_EMAIL_TO, "EMAIL_TO")),
     )
 
+    agent_spec = env.get("AGENT", "").strip() or DEFAULT_AGENT
+    load_agent(agent_spec)  # fail at load, naming AGENT
     agent = AgentResource(
-        agent=env.get("AGENT", "").strip() or DEFAULT_AGENT,
+        agent=agent_spec,
         interests=env.get("AGENT_INTERESTS", "").strip() or DEFAULT_INTERESTS,
         cache_ttl_seconds=_int(env, "AGENT_CACHE_TTL", 7 * 24 * 3600),
     )

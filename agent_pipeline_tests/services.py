@@ -55,7 +55,7 @@ def throwaway_postgres() -> Iterator[str]:
     if not (initdb and pg_ctl):
         raise ServiceMissing(
             "PostgreSQL is not running on 127.0.0.1:5432 and initdb/pg_ctl are not on PATH; "
-            "start PostgreSQL or set TEST_DATABASE_URL"
+            "start PostgreSQL or set TEST_POSTGRES_URL"
         )
     # PostgreSQL refuses to run as root: run it as the `postgres` system user.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -83,7 +83,7 @@ def throwaway_postgres() -> Iterator[str]:
 def redis_answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
-    except redis.ConnectionError:
+    except redis.RedisError:
         return False
 
 

@@ -102,6 +102,11 @@ def test_an_existing_seed_table_is_adopted_with_its_rows(postgres_url):
         engine.dispose()
 
 
+def test_describe_hides_passwords_in_the_url_and_its_query():
+    store = AgentRunsStore(database_url="postgresql://u:secret@db:5432/x?password=secret2")
+    assert store.describe() == "postgresql://u:***@db:5432/x"
+
+
 def test_the_user_form_of_a_postgres_url_works(postgres_url):
     assert postgres_url.startswith("postgresql://")
     assert parse_database_url(postgres_url.replace("postgresql://", "postgres://")).drivername == (

@@ -7,6 +7,7 @@ from dagster import DefaultScheduleStatus, build_schedule_context
 
 from agent_pipeline.definitions import defs
 from agent_pipeline.partitions import window_bounds, window_partitions
+from agent_pipeline.settings import window_history_days
 
 
 def test_defs_resolve_the_job_its_ops_and_resources():
@@ -25,7 +26,7 @@ def test_the_partitions_are_ten_minute_utc_windows():
     assert partitions.timezone == "UTC"
     assert partitions.fmt == "%Y-%m-%d-%H:%M"
     keys = partitions.get_partition_keys()
-    assert len(keys) >= 14 * 144  # the default history of 14 days, all closed windows
+    assert len(keys) >= window_history_days() * 144  # the history days, all closed windows
     first, second = (datetime.strptime(k, "%Y-%m-%d-%H:%M") for k in keys[:2])
     assert second - first == timedelta(minutes=10)
     assert first.hour == first.minute == 0

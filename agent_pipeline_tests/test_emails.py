@@ -44,6 +44,7 @@ def test_headers_name_the_window_and_the_people():
     assert received["From"] == "Agent <agent@example.com>"
     assert received["To"] == "a@example.com, b@example.com"
     assert received[WINDOW_HEADER] == "2026-11-26-09:30"
+    assert received["Date"].datetime.tzinfo is not None and received["Message-ID"]
     assert [line.split(".")[0] for line in text.splitlines() if line[:1].isdigit()] == [
         "1", "2", "3", "4", "5",
     ]

@@ -207,9 +207,12 @@ def test_the_production_topology_runs_launches_and_backfills_one_at_a_time(
     # Queued runs start oldest first: the backfill in window order, then the two launches.
     assert [window for _, _, window in spans] == keys
 
-    found = rows(postgres_url)
+    # The schedule is on here too; a tick during the test adds a run of the latest window,
+    # so only the test's windows are counted.
+    found = [r for r in rows(postgres_url) if r["partition_key"] in keys]
     assert sorted(r["partition_key"] for r in found) == keys
     assert all(r["status"] == "succeeded" and r["email_status"] == "sent" for r in found)
-    assert sorted(m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received) == keys
+    windows = [m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received]
+    assert sorted(w for w in windows if w in keys) == keys
     logs = stack["processes"].logs()
     assert "DeprecationWarning" not in logs

@@ -89,12 +89,31 @@ def test_an_unreachable_server_turns_the_cache_off_for_the_run(caplog):
     assert resource.enabled
     assert resource.cache_get("k") is None
     assert not resource.enabled
-    assert resource.unavailable_reason.startswith("Redis unreachable")
+    assert resource.unavailable_reason.startswith("Redis unavailable (ConnectionError")
     resource.cache_set("k", 1, ttl_seconds=10)
     resource.cache_get("k")
-    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
 
 
 def test_a_malformed_url_names_the_variable():
     with pytest.raises(ConfigurationError, match="^REDIS_URL: "):
         Redis(url="redis://host:notaport/0").open()
+
+
+def test_a_redis_that_refuses_writes_turns_the_cache_off(resource, redis_url):
+    """maxmemory reached with noeviction: writes fail with OOM; the run must go on."""
+    admin = redis_client.Redis.from_url(redis_url)
+    admin.set("filler", "x" * 100_000)
+    old = admin.config_get("maxmemory")["maxmemory"], admin.config_get("maxmemory-policy")[
+        "maxmemory-policy"
+    ]
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    try:
+        resource.cache_set("k", 1, ttl_seconds=10)
+        assert not resource.enabled
+        assert resource.unavailable_reason.startswith("Redis unavailable (OutOfMemoryError")
+        assert resource.cache_get("k") is None
+    finally:
+        admin.config_set("maxmemory", old[0])
+        admin.config_set("maxmemory-policy", old[1])

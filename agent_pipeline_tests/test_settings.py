@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from dagster import EnvVar
 
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.settings import resources_from_env, window_history_days
+from agent_pipeline_tests.conftest import CONFIG_VARIABLES
 
 
 def test_defaults_need_nothing(tmp_path):
@@ -55,11 +60,32 @@ def test_the_default_port_follows_the_security_mode(security, port):
         ({"EMAIL_TO": "a@example.com; b@example.com"}, "EMAIL_TO"),
         ({"AGENT_CACHE_TTL": "-5"}, "AGENT_CACHE_TTL"),
         ({"WINDOW_HISTORY_DAYS": "a week"}, "WINDOW_HISTORY_DAYS"),
+        ({"WINDOW_HISTORY_DAYS": "3650"}, "WINDOW_HISTORY_DAYS"),
+        ({"AGENT": "nosuchagent"}, "AGENT"),
+        ({"AGENT": "no_such_package.agents:run"}, "AGENT"),
+        ({"SMTP_CA_FILE": "/no/such/ca.pem"}, "SMTP_CA_FILE"),
+        ({"DATABASE_URL": "postgresql://u:p@host:port/db"}, "DATABASE_URL"),
     ],
 )
 def test_bad_settings_name_the_variable(env, variable):
     with pytest.raises(ConfigurationError) as failure:
-        resources_from_env(env)
         window_history_days(env)
+        resources_from_env(env)
     assert failure.value.variable == variable
     assert str(failure.value).startswith(f"{variable}: ")
+
+
+def test_a_bad_setting_stops_the_code_location_from_loading(tmp_path):
+    """What the UI shows as the code location's load error."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    env.update(AGENT_PIPELINE_HOME=str(tmp_path), EMAIL_TO="a@example.com; b@example.com")
+    load = subprocess.run(
+        [sys.executable, "-c", "import agent_pipeline.definitions"],
+        env=env, capture_output=True, text=True,
+    )
+    assert load.returncode != 0
+    last_line = load.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        "agent_pipeline.errors.ConfigurationError: EMAIL_TO: 'a@example.com; b@example.com' "
+        "is not an email address or a comma-separated list of them"
+    )

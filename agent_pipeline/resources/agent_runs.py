@@ -54,7 +54,8 @@ def parse_database_url(database_url: str) -> URL:
     """The URL SQLAlchemy should use, or a ConfigurationError naming DATABASE_URL."""
     try:
         url = make_url(database_url.strip())
-    except ArgumentError as exc:
+        url.port  # noqa: B018 (a malformed port only raises when read)
+    except (ArgumentError, ValueError) as exc:
         raise ConfigurationError(
             "DATABASE_URL",
             "is not a database URL (expected postgresql://user:pass@host:5432/db "
@@ -129,7 +130,8 @@ class AgentRunsStore(ConfigurableResource):
 
     def describe(self) -> str:
         """The database, password hidden: safe for logs and the UI."""
-        return parse_database_url(self.database_url).render_as_string(hide_password=True)
+        url = parse_database_url(self.database_url).set(query={})  # may hold a password too
+        return url.render_as_string(hide_password=True)
 
     def _migrate(self, url: URL) -> None:
         key = url.render_as_string(hide_password=False)

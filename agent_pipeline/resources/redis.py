@@ -76,11 +76,15 @@ class Redis(ConfigurableResource):
             return default
         try:
             return getattr(self._client, method)(*args, **kwargs)
-        except (redis_client.ConnectionError, redis_client.TimeoutError) as exc:
-            # Said once: after the first failure every call is a no-op for the rest of the run.
-            self._unavailable_reason = f"Redis unreachable ({exc})"
-            log.warning("Redis is unreachable, going on without cache and queue: %s", exc)
+        except redis_client.RedisError as exc:
+            self._turn_off(exc)
             return default
+
+    def _turn_off(self, exc: Exception) -> None:
+        # Down, out of memory, read-only after a failover, refused: the run goes on without
+        # cache and queue. Said once: every later call is a no-op for the rest of the run.
+        self._unavailable_reason = f"Redis unavailable ({type(exc).__name__}: {exc})"
+        log.warning("Redis is unavailable, going on without cache and queue: %s", exc)
 
     # -- cache ------------------------------------------------------------------------------
 
@@ -103,11 +107,15 @@ class Redis(ConfigurableResource):
 
     def queue_create(self, name: str, group: str) -> None:
         """Create the stream and its consumer group; a no-op when both exist."""
+        if not self.enabled:
+            return
         try:
-            self._call(None, "xgroup_create", stream_key(name), group, id="0", mkstream=True)
+            self._client.xgroup_create(stream_key(name), group, id="0", mkstream=True)
         except redis_client.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            if "BUSYGROUP" not in str(exc):  # BUSYGROUP: the group exists already
+                self._turn_off(exc)
+        except redis_client.RedisError as exc:
+            self._turn_off(exc)
 
     def queue_add(self, name: str, fields: Mapping[str, str]) -> str | None:
         return self._call(None, "xadd", stream_key(name), dict(fields))
