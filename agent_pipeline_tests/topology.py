@@ -1,0 +1,149 @@
+"""The production topology of docker-compose.yml as local processes, for the tests and the
+backfill benchmark: a gRPC code server, the webserver and the daemon, on deploy/dagster.yaml
+with Postgres storage and only the run launcher swapped for Dagster's default one (runs as
+subprocesses of the code server instead of containers; no Docker engine here)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy.engine import make_url
+
+from agent_pipeline.settings import ENVIRONMENT_VARIABLES
+from agent_pipeline_tests.services import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+class Processes:
+    """Started processes, each in a session of its own, all stopped by their own ids."""
+
+    def __init__(self, cwd: Path, env: Mapping[str, str]):
+        self.cwd, self.env = cwd, dict(env)
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, *command: str) -> subprocess.Popen:
+        log = (self.cwd / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            [str(BIN / command[0]), *command[1:]], cwd=self.cwd, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.started.append((name, process))
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {name}\n{(self.cwd / f'{name}.log').read_text()[-3000:]}"
+            for name, _ in self.started
+        )
+
+    def stop_all(self) -> None:
+        for _, process in reversed(self.started):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for _, process in self.started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            # Also whatever the process started (run workers of the code server).
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float) -> Any:
+    """check()'s first truthy value; TimeoutError naming `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception:  # still starting
+            value = None
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} within {timeout:.0f}s")
+
+
+@dataclass
+class Topology:
+    processes: Processes
+    home: Path
+    web_port: int
+    env: dict[str, str]
+
+
+@contextmanager
+def production_topology(
+    workdir: Path, postgres_url: str, settings: Mapping[str, str], code: tuple[str, ...] = ()
+) -> Iterator[Topology]:
+    """Start code server, webserver and daemon in workdir; settings are the pipeline's
+    variables (DATABASE_URL, SMTP_HOST, ...); code selects the code server's target
+    (default: -m agent_pipeline.definitions)."""
+    database = make_url(postgres_url)
+    storage = {
+        "DAGSTER_POSTGRES_HOST": database.host or "127.0.0.1",
+        "DAGSTER_POSTGRES_PORT": str(database.port or 5432),
+        "DAGSTER_POSTGRES_USER": database.username or "postgres",
+        "DAGSTER_POSTGRES_PASSWORD": database.password or "unused-with-trust-auth",
+        "DAGSTER_POSTGRES_DB": database.database,
+        "DAGSTER_STORAGE_DIR": str(workdir / "storage"),
+    }
+    home = workdir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    instance_config = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    del instance_config["run_launcher"]  # the one change: no Docker engine here
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+
+    code_port, web_port = free_port(), free_port()
+    workspace = yaml.safe_load((REPO / "deploy" / "workspace.yaml").read_text())
+    server = workspace["load_from"][0]["grpc_server"]
+    server.update(host="127.0.0.1", port=code_port)
+    (workdir / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_VARIABLES}
+    env.update({**storage, **settings, "DAGSTER_HOME": str(home)})
+    # A user's agent package is importable by the code server; here, the tests' agents.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+
+    processes = Processes(workdir, env)
+    try:
+        processes.start(
+            "code-server", "dagster", "code-server", "start", "-h", "127.0.0.1",
+            "-p", str(code_port), *(code or ("-m", "agent_pipeline.definitions")),
+            "--location-name", server["location_name"],
+        )
+        health = [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(code_port)]
+        wait_until(
+            lambda: subprocess.run(health, env=env, capture_output=True).returncode == 0,
+            "the code server was not serving", 120,
+        )
+        processes.start(
+            "webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(web_port),
+            "-w", "workspace.yaml",
+        )
+        processes.start("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
+        wait_until(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info", timeout=5),
+            "the webserver did not answer", 120,
+        )
+        yield Topology(processes, home, web_port, env)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{processes.logs()}") from None
+    finally:
+        processes.stop_all()
