@@ -12,10 +12,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/dagster/app
 
+# Extras to install: empty for docker compose, "k8s" for the Helm chart's run launcher.
+ARG EXTRAS=""
+
 # Dependencies first, so that a code change does not reinstall them.
 COPY setup.py pyproject.toml ./
 RUN mkdir agent_pipeline && touch agent_pipeline/__init__.py \
-    && pip install . && pip uninstall -y agent_pipeline && rm -rf agent_pipeline build
+    && pip install ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y agent_pipeline \
+    && rm -rf agent_pipeline build
 
 COPY agent_pipeline ./agent_pipeline
 RUN pip install --no-deps . && rm -rf build

@@ -34,6 +34,8 @@ setup(
         "gql[requests]>=3.5,<4",
     ],
     extras_require={
+        # Kubernetes run launcher, for the Helm deployment (README, "On Kubernetes").
+        "k8s": ["dagster-k8s==0.29.27"],
         "dev": [
             "pytest>=8,<10",
             "aiosmtpd>=1.4,<2",

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from agent_pipeline.errors import AgentOutputError
+from agent_pipeline.text import storable_text
 
 TOP_N = 5
 MAX_TITLE_CHARS = 300
@@ -85,7 +86,7 @@ def collect_outcomes(raw: Any, limit: int = MAX_ITEMS) -> tuple[list[Any], bool]
 def clean_text(value: str, limit: int) -> str:
     """One line of text: control characters become spaces, whitespace collapses, and the
     result is cut to limit characters."""
-    text = " ".join(_CONTROL_CHARS.sub(" ", value).split())
+    text = " ".join(_CONTROL_CHARS.sub(" ", storable_text(value)).split())
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return text
@@ -96,7 +97,7 @@ def safe_url(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
         return None
     url = value.strip()
-    if _CONTROL_CHARS.search(url) or any(ch.isspace() for ch in url):
+    if url != storable_text(url) or _CONTROL_CHARS.search(url) or any(c.isspace() for c in url):
         return None
     try:
         parts = urlsplit(url)
@@ -130,11 +131,37 @@ def parse_score(score: Any) -> float | str:
     return value
 
 
-def _json_value(value: Any) -> bool:
-    try:
-        return len(json.dumps(value, allow_nan=False)) <= MAX_EXTRA_JSON_CHARS
-    except (TypeError, ValueError, RecursionError):
-        return False
+class _NotStorable(Exception):
+    pass
+
+
+def _storable(value: Any, depth: int = 0) -> Any:
+    """A copy of a JSON value that Postgres can store (see text.py), or _NotStorable."""
+    if depth > 20:
+        raise _NotStorable("nested too deep")
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _NotStorable("not a finite number")
+        return value
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, list | tuple):
+        return [_storable(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise _NotStorable("keys that are not text")
+        return {storable_text(k): _storable(v, depth + 1) for k, v in value.items()}
+    raise _NotStorable(f"a {type(value).__name__}")
+
+
+def storable_json(value: Any) -> Any:
+    """value made storable and at most MAX_EXTRA_JSON_CHARS as JSON; _NotStorable if not."""
+    stored = _storable(value)
+    if len(json.dumps(stored)) > MAX_EXTRA_JSON_CHARS:
+        raise _NotStorable(f"over {MAX_EXTRA_JSON_CHARS:,} characters as JSON")
+    return stored
 
 
 def validate_outcome(item: Any, index: int, warnings: list[str]) -> dict[str, Any] | str:
@@ -185,11 +212,14 @@ def validate_outcome(item: Any, index: int, warnings: list[str]) -> dict[str, An
             warnings.append(
                 f"item {index}: field {_preview(key)} removed (over {MAX_EXTRA_FIELDS} fields)"
             )
-        elif not _json_value(value):
-            warnings.append(f"item {index}: field {_preview(key)} removed (not JSON-able)")
         else:
-            outcome[name] = value
-            extras += 1
+            try:
+                outcome[name] = storable_json(value)
+                extras += 1
+            except _NotStorable as problem:
+                warnings.append(
+                    f"item {index}: field {_preview(key)} removed (not JSON-able: {problem})"
+                )
     return outcome
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from datetime import datetime
+from decimal import Decimal
 
 from agent_pipeline.agents.keywords import keywords_agent
 
@@ -40,3 +42,55 @@ def slow_keywords(context):
     """The keywords agent after a pause of SLOW_AGENT_SECONDS: long enough to see overlap."""
     time.sleep(float(os.environ.get("SLOW_AGENT_SECONDS", "1")))
     yield from keywords_agent(context)
+
+
+class Opaque:
+    """Not JSON-able, and its repr is no help either."""
+
+    def __repr__(self):
+        raise RuntimeError("no repr for you")
+
+
+UNDECODABLE = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")
+
+
+def every_kind_of_bad(context):
+    """Each kind of bad output at once, beside items that are fine once made safe."""
+    yield {"title": "x" * 1_000_000, "score": 1}
+    yield {
+        "title": f"NUL\x00 and undecodable {UNDECODABLE}",
+        "score": 2,
+        "summary": f"\x00{UNDECODABLE}",
+        "note": f"a\x00b{UNDECODABLE}",
+        "nested": {"k\x00": [UNDECODABLE, 1.5, None]},
+    }
+    yield {
+        "title": "values that are not JSON",
+        "score": 3,
+        "when": datetime(2026, 11, 26),
+        "amount": Decimal("1.5"),
+        "tags": {"a", "b"},
+        "thing": Opaque(),
+        "ratio": math.inf,
+    }
+    yield {"title": "a data: link", "score": 5, "url": "data:text/html,<script>alert(1)</script>"}
+    yield {"title": "first copy", "score": 6, "id": "same"}
+    yield {"title": "second copy", "score": 7, "id": "same"}
+    yield {"title": "<script>alert(1)</script>", "score": 8, "summary": "<b>bold</b>"}
+    yield {"title": "Subject\r\nBcc: victim@example.com", "score": 9}
+    yield {"title": "Decimal score", "score": Decimal("10.5")}
+    yield {"title": b"bytes title", "score": 4}
+    yield {"title": "boolean score", "score": True}
+    yield {"title": "infinite score", "score": math.inf}
+    yield {"title": "string score", "score": "9"}
+    yield {"title": "", "score": 1}
+    yield {"score": 1}
+    yield None
+    yield "a string"
+    yield Opaque()
+
+
+def many(context):
+    """100,000 items, scores 0-999."""
+    for n in range(100_000):
+        yield {"title": f"item {n:06d}", "score": n % 1000, "id": str(n)}

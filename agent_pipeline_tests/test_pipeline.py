@@ -233,3 +233,64 @@ def test_re_execution_from_failure_sends_once_and_records_its_own_row(
     assert (first["status"], first["email_status"]) == ("succeeded", "sent")
     assert first["result"]["top_five"] == original["result"]["top_five"]
     assert (second["status"], second["email_status"]) == ("succeeded", "skipped")
+
+
+def test_every_kind_of_bad_output_is_dropped_or_made_safe(production_env, postgres_url, smtp_server):
+    production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:every_kind_of_bad")
+    (window,) = window_keys(1)
+    assert run_window(window).success
+
+    (row,) = rows(postgres_url)
+    result = row["result"]
+    assert [o["title"] for o in result["top_five"]] == [
+        "Decimal score",
+        "Subject Bcc: victim@example.com",
+        "<script>alert(1)</script>",
+        "second copy",
+        "a data: link",
+    ]
+    assert "url" not in result["top_five"][4]
+    assert result["duplicates_removed"] == 1
+    reasons = [d["reason"] for d in result["dropped"]]
+    assert reasons == [
+        "title is a bytes, not text",
+        "score is a boolean, not a number",
+        "score is inf, not a finite number",
+        "score is a str, not a number",
+        "empty title",
+        "missing title",
+        "item is a NoneType, not a mapping",
+        "item is a str, not a mapping",
+        "item is a Opaque, not a mapping",
+    ]
+    assert result["dropped"][-1]["preview"] == "<Opaque>"
+    by_title = {o["title"][:20]: o for o in result["outcomes"]}
+    long_title = by_title["x" * 20]["title"]
+    assert len(long_title) == 300
+    undecodable = by_title["NUL and undecodable "]
+    assert undecodable["title"] == "NUL and undecodable caf\ufffd \ufffd"
+    assert undecodable["note"] == "ab caf\ufffd \ufffd".replace(" ", "", 1)
+    assert undecodable["nested"] == {"k": ["caf\ufffd \ufffd", 1.5, None]}
+    not_json = by_title["values that are not "]
+    assert set(not_json) == {"title", "score"}
+    assert result["warnings_total"] == 6  # five fields and a URL
+
+    (mail,) = smtp_server.received
+    html = mail.message.get_body(("html",)).get_content()
+    assert "<script>" not in html and 'href="data:' not in html and "<b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert mail.message["Bcc"] is None
+
+
+def test_a_hundred_thousand_items(production_env, postgres_url):
+    production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:many")
+    (window,) = window_keys(1)
+    result = run_window(window)
+    assert result.success
+    (row,) = rows(postgres_url)
+    assert [o["score"] for o in row["result"]["top_five"]] == [999.0] * 5
+    assert [o["title"] for o in row["result"]["top_five"]] == [
+        "item 000999", "item 001999", "item 002999", "item 003999", "item 004999",
+    ]
+    assert row["result"]["outcomes_total"] == 100_000
+    assert len(row["result"]["outcomes"]) == 100

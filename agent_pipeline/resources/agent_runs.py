@@ -29,6 +29,7 @@ from agent_pipeline.schema import (
     SUCCEEDED,
     agent_runs,
 )
+from agent_pipeline.text import storable_text
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 # Any fixed number: it serialises migrations of concurrent first uses on Postgres.
@@ -76,7 +77,7 @@ def parse_database_url(database_url: str) -> URL:
 
 def describe_error(exc: BaseException) -> str:
     """One line for error_message: the exception's type and message, bounded."""
-    message = str(exc).strip() or repr(exc)
+    message = storable_text(str(exc).strip() or repr(exc))
     line = f"{type(exc).__name__}: {message}"
     if len(line) > ERROR_MESSAGE_LIMIT:
         line = line[: ERROR_MESSAGE_LIMIT - 1] + "…"
@@ -187,6 +188,7 @@ class AgentRunsStore(ConfigurableResource):
             )
 
     def fail_run(self, dagster_run_id: str, error_message: str) -> bool:
+        error_message = storable_text(error_message)
         """Mark the run's row failed; False when the run has no row (it failed before one)."""
         with self.engine.begin() as connection:
             updated = connection.execute(
