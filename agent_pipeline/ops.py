@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.delivery import deliver_once, redeliver_failed
 from agent_pipeline.emails import build_digest_email
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
@@ -144,38 +145,40 @@ def send_email(
         # A re-execution from failure that starts here: its row gets the top five it sends
         # (the parent run's row keeps the full result).
         agent_runs.complete_run(row_id, {"top_five": top_five})
+    window_key, window_start, window_end = _window(context)
+    sender, recipients = digest.sender(), digest.recipients()
+    metadata: dict[str, Any] = {"sent": False}
     if not top_five:
         agent_runs.record_email_skipped(row_id, "the agent found nothing")
         context.log.info("No email: the agent found nothing this window.")
-        context.add_output_metadata({"sent": False, "reason": "nothing found"})
-        return
-    window_key, window_start, window_end = _window(context)
-    recipients = digest.recipients()
-    message = build_digest_email(
-        partition_key=window_key,
-        window_start=window_start,
-        window_end=window_end,
-        top=top_five,
-        sender=digest.sender(),
-        recipients=recipients,
-    )
-    if not agent_runs.claim_email(row_id):
-        agent_runs.record_email_skipped(row_id, "already sent for this window by another run")
-        context.log.info("No email: this window's email was already sent by another run.")
-        context.add_output_metadata({"sent": False, "reason": "already sent for this window"})
-        return
-    try:
-        destination = smtp.send(message)
-    except Exception as exc:
-        agent_runs.record_email_failed(row_id, describe_error(exc))
-        raise
-    agent_runs.record_email_sent(row_id)
-    context.log.info(
-        f"Emailed the top {len(top_five)} to {len(recipients)} recipient(s) via {destination}."
-    )
-    context.add_output_metadata(
-        {"sent": True, "recipients": len(recipients), "destination": destination}
-    )
+        metadata["reason"] = "nothing found"
+    else:
+        message = build_digest_email(
+            partition_key=window_key,
+            window_start=window_start,
+            window_end=window_end,
+            top=top_five,
+            sender=sender,
+            recipients=recipients,
+        )
+        # A failed delivery (after the resource's retries) fails the run; the row keeps the
+        # result and the error, and a later run delivers it.
+        destination = deliver_once(agent_runs, smtp, row_id, message)
+        if destination is None:
+            agent_runs.record_email_skipped(row_id, "already sent for this window by another run")
+            context.log.info("No email: this window's email was already sent by another run.")
+            metadata["reason"] = "already sent for this window"
+        else:
+            context.log.info(
+                f"Emailed the top {len(top_five)} to {len(recipients)} recipient(s) via "
+                f"{destination}."
+            )
+            metadata.update(sent=True, recipients=len(recipients), destination=destination)
+    caught_up = redeliver_failed(agent_runs, smtp, sender, recipients, context.log)
+    if caught_up:
+        context.log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
+    metadata["redelivered"] = len(caught_up)
+    context.add_output_metadata(metadata)
 
 
 @failure_hook(required_resource_keys={"agent_runs"})

@@ -30,6 +30,8 @@ ENVIRONMENT_VARIABLES = (
     "SMTP_PASSWORD",
     "SMTP_TIMEOUT",
     "SMTP_CA_FILE",
+    "SMTP_RETRIES",
+    "SMTP_RETRY_BACKOFF",
     "EMAIL_FROM",
     "EMAIL_TO",
     "AGENT",
@@ -66,6 +68,19 @@ def _int(
         raise ConfigurationError(name, f"must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigurationError(name, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"{raw!r} is not a number") from None
+    if not 0 <= value <= 3600:
+        raise ConfigurationError(name, f"must be between 0 and 3600 seconds, got {value}")
     return value
 
 
@@ -110,6 +125,8 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         password=_secret(env, "SMTP_PASSWORD"),
         timeout=float(_int(env, "SMTP_TIMEOUT", 30)),
         ca_file=ca_file,
+        retries=_int(env, "SMTP_RETRIES", 3, minimum=0, maximum=10),
+        retry_backoff_seconds=_float(env, "SMTP_RETRY_BACKOFF", 2.0),
         outbox_dir=str(data_dir / "outbox"),
     )
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -124,11 +124,20 @@ class ReceivedMail:
 
 @dataclass
 class SmtpCatcher:
+    """Keeps what it receives. fail_with, when set, is asked before each message: a reply
+    such as "451 4.3.0 try later" refuses that message, None accepts it."""
+
     host: str
     port: int
     received: list[ReceivedMail] = field(default_factory=list)
+    attempts: int = 0
+    fail_with: Callable[[], str | None] | None = None
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        self.attempts += 1
+        refusal = self.fail_with() if self.fail_with else None
+        if refusal:
+            return refusal
         self.received.append(
             ReceivedMail(
                 envelope.mail_from,

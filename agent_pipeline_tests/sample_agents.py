@@ -94,3 +94,13 @@ def many(context):
     """100,000 items, scores 0-999."""
     for n in range(100_000):
         yield {"title": f"item {n:06d}", "score": n % 1000, "id": str(n)}
+
+
+def hang_while_flagged(context):
+    """Hangs while the file HANG_FLAG exists (five minutes at most), then is the keywords
+    agent: a worker to kill half way, and a quick re-run once the flag is gone."""
+    flag = os.environ.get("HANG_FLAG", "")
+    deadline = time.monotonic() + 300
+    while flag and os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    yield from keywords_agent(context)

@@ -145,7 +145,9 @@ def test_send_email_skips_an_empty_top_five(pg_store, mail, smtp_server):
 
 
 def test_a_failed_delivery_is_recorded_and_releases_the_window(pg_store, mail):
-    smtp = Smtp(host="127.0.0.1", port=free_port(), security="none", timeout=2)
+    smtp = Smtp(
+        host="127.0.0.1", port=free_port(), security="none", timeout=2, retry_backoff_seconds=0.01
+    )
     resources = {"agent_runs": pg_store, "agent": AgentResource(), "digest": mail["digest"]}
     with context(smtp=smtp, **resources) as ctx:
         with pytest.raises(ConnectionRefusedError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+from collections import Counter
 from email import message_from_bytes, policy
 
 import pytest
@@ -72,6 +74,7 @@ def production_env(clean_env, postgres_url, redis_url, smtp_server):
     clean_env.setenv("SMTP_HOST", smtp_server.host)
     clean_env.setenv("SMTP_PORT", str(smtp_server.port))
     clean_env.setenv("SMTP_SECURITY", "none")
+    clean_env.setenv("SMTP_RETRY_BACKOFF", "0.01")  # retries, but quick ones
     clean_env.setenv("EMAIL_FROM", "Agent <agent@example.com>")
     clean_env.setenv("EMAIL_TO", "ann@example.com, bob@example.com")
     clean_env.setenv("AGENT_INTERESTS", INTERESTS)
@@ -235,7 +238,9 @@ def test_re_execution_from_failure_sends_once_and_records_its_own_row(
     assert (second["status"], second["email_status"]) == ("succeeded", "skipped")
 
 
-def test_every_kind_of_bad_output_is_dropped_or_made_safe(production_env, postgres_url, smtp_server):
+def test_every_kind_of_bad_output_is_dropped_or_made_safe(
+    production_env, postgres_url, smtp_server
+):
     production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:every_kind_of_bad")
     (window,) = window_keys(1)
     assert run_window(window).success
@@ -294,3 +299,24 @@ def test_a_hundred_thousand_items(production_env, postgres_url):
     ]
     assert row["result"]["outcomes_total"] == 100_000
     assert len(row["result"]["outcomes"]) == 100
+
+
+def test_an_smtp_server_failing_half_the_time_loses_no_email_and_sends_none_twice(
+    production_env, postgres_url, smtp_server
+):
+    coin = random.Random(20261126)
+    smtp_server.fail_with = lambda: "451 4.3.0 flaky, try later" if coin.random() < 0.5 else None
+    production_env.setenv("SMTP_RETRIES", "1")
+    windows = window_keys(21)
+    outcomes = [run_window(window).success for window in windows[:20]]
+    assert outcomes.count(False) >= 3  # the flaky server really failed some runs
+
+    smtp_server.fail_with = None  # the server recovers; the next run catches up
+    assert run_window(windows[20]).success
+    delivered = Counter(mail.message["X-Agent-Pipeline-Window"] for mail in smtp_server.received)
+    assert delivered == Counter(windows)  # every window exactly once
+    found = rows(postgres_url)
+    failed = [r for r in found if r["status"] == "failed"]
+    assert len(failed) == outcomes.count(False)
+    assert all(r["email_status"] == "sent" for r in failed)  # redelivered later
+    assert all(r["error_message"].startswith("SMTPDataError: (451") for r in failed)

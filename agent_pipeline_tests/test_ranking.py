@@ -135,8 +135,8 @@ def test_kept_items_are_cleaned_and_extra_json_fields_kept():
         ("url", 12, "url removed"),
         ("summary", ["not", "text"], "summary removed"),
         ("id", {"nested": 1}, "id removed"),
-        ("when", object(), "removed (not JSON-able)"),
-        ("ratio", math.nan, "removed (not JSON-able)"),
+        ("when", object(), "removed (not JSON-able: a object)"),
+        ("ratio", math.nan, "removed (not JSON-able: not a finite number)"),
     ],
 )
 def test_bad_optional_fields_are_removed_and_the_item_kept(field_name, value, warning):

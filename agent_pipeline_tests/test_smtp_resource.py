@@ -10,7 +10,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from agent_pipeline.resources.smtp import Smtp
+from agent_pipeline.resources.smtp import Smtp, is_transient
 from agent_pipeline_tests.conftest import SmtpCatcher
 from agent_pipeline_tests.services import free_port
 
@@ -111,3 +111,47 @@ def test_a_wrong_password_is_refused(tls_smtp_server, ca_file):
     with pytest.raises(smtplib.SMTPAuthenticationError):
         smtp.send(a_message())
     assert tls_smtp_server.received == []
+
+
+def plain(smtp_server, **settings) -> Smtp:
+    return Smtp(host=smtp_server.host, port=smtp_server.port, security="none",
+                retry_backoff_seconds=0.01, **settings)
+
+
+def test_transient_refusals_are_retried(smtp_server):
+    refusals = iter(["451 4.3.0 busy, try later", "421 4.7.0 closing", None])
+    smtp_server.fail_with = lambda: next(refusals)
+    plain(smtp_server, retries=3).send(a_message())
+    assert smtp_server.attempts == 3 and len(smtp_server.received) == 1
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 busy", "554 5.7.1 rejected"])
+def test_delivery_gives_up_after_the_retries(smtp_server, reply):
+    smtp_server.fail_with = lambda: reply
+    with pytest.raises(smtplib.SMTPDataError) as failure:
+        plain(smtp_server, retries=2).send(a_message())
+    assert failure.value.smtp_code == int(reply[:3])
+    assert smtp_server.attempts == 3 and smtp_server.received == []
+
+
+def test_a_refused_connection_is_retried_then_raised():
+    smtp = Smtp(host="127.0.0.1", port=free_port(), security="none", retries=2,
+                retry_backoff_seconds=0.01)
+    with pytest.raises(ConnectionRefusedError):
+        smtp.send(a_message())
+
+
+@pytest.mark.parametrize(
+    "error, transient",
+    [
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (smtplib.SMTPServerDisconnected("gone"), True),
+        (smtplib.SMTPDataError(451, b"later"), True),
+        (smtplib.SMTPAuthenticationError(535, b"wrong password"), False),
+        (ssl.SSLCertVerificationError("untrusted"), False),
+        (ValueError("a bug"), False),
+    ],
+)
+def test_what_counts_as_transient(error, transient):
+    assert is_transient(error) is transient

@@ -5,6 +5,7 @@ subprocesses of the code server instead of containers; no Docker engine here).""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -147,3 +148,77 @@ def production_topology(
         raise TimeoutError(f"{exc}\n{processes.logs()}") from None
     finally:
         processes.stop_all()
+
+
+@contextmanager
+def local_dev(workdir: Path, settings: Mapping[str, str]) -> Iterator[Topology]:
+    """`dg dev` (webserver, daemon, code server) from workdir, holding copies of the repo's
+    dagster.yaml and workspace.yaml, exactly as `make dev` runs it from the repo."""
+    for name in ("dagster.yaml", "workspace.yaml"):
+        (workdir / name).write_text((REPO / name).read_text())
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_VARIABLES}
+    env.update({**settings, "DAGSTER_HOME": str(workdir)})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    web_port = free_port()
+    processes = Processes(workdir, env)
+    try:
+        processes.start("dg-dev", "dg", "dev", "-w", "workspace.yaml", "--port", str(web_port))
+        wait_until(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info", timeout=5),
+            "the webserver did not answer", 120,
+        )
+        yield Topology(processes, workdir, web_port, env)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{processes.logs()}") from None
+    finally:
+        processes.stop_all()
+
+
+def graphql(port: int, query: str, variables: Mapping[str, Any] | None = None) -> dict:
+    """One request to the webserver's GraphQL API, as the UI makes them."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": dict(variables or {})}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.load(response)
+    if "errors" in answer:
+        raise RuntimeError(f"GraphQL errors: {answer['errors']}")
+    return answer["data"]
+
+
+LAUNCH_MUTATION = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+RUN_STATUS_QUERY = """
+query Status($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }
+"""
+
+
+def launch_window(port: int, window: str) -> str:
+    """Launch agent_job for a window as the Launchpad does; returns the run id."""
+    launch = graphql(port, LAUNCH_MUTATION, {
+        "params": {
+            "selector": {
+                "repositoryLocationName": "agent_pipeline",
+                "repositoryName": "__repository__",
+                "jobName": "agent_job",
+            },
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": window}]},
+        }
+    })["launchRun"]
+    if launch["__typename"] != "LaunchRunSuccess":
+        raise RuntimeError(f"launch failed: {launch}")
+    return launch["run"]["runId"]
+
+
+def run_status(port: int, run_id: str) -> str:
+    return graphql(port, RUN_STATUS_QUERY, {"runId": run_id})["runOrError"]["status"]

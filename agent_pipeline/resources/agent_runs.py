@@ -25,6 +25,7 @@ from agent_pipeline.schema import (
     EMAIL_SENT,
     EMAIL_SKIPPED,
     FAILED,
+    PENDING,
     RUNNING,
     SUCCEEDED,
     agent_runs,
@@ -202,6 +203,58 @@ class AgentRunsStore(ConfigurableResource):
             )
             return updated.rowcount > 0
 
+    def fail_unfinished_run(
+        self, dagster_run_id: str, partition_key: str | None, agent: str, error_message: str
+    ) -> bool:
+        """Mark the run's row failed if it is still pending or running, or insert it failed if
+        the run never wrote one (it failed before record_run). False when the row had already
+        ended: the failure hook got there first, or the run succeeded."""
+        error_message = storable_text(error_message)[:ERROR_MESSAGE_LIMIT]
+        now = utc_now()
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                update(agent_runs)
+                .where(
+                    agent_runs.c.dagster_run_id == dagster_run_id,
+                    agent_runs.c.status.in_((PENDING, RUNNING)),
+                )
+                .values(status=FAILED, completed_at=now, error_message=error_message)
+            )
+            if updated.rowcount:
+                return True
+            exists = connection.execute(
+                select(agent_runs.c.id).where(agent_runs.c.dagster_run_id == dagster_run_id)
+            ).first()
+            if exists:
+                return False
+            try:
+                with connection.begin_nested():
+                    connection.execute(
+                        insert(agent_runs).values(
+                            started_at=now,
+                            completed_at=now,
+                            status=FAILED,
+                            error_message=error_message,
+                            dagster_run_id=dagster_run_id,
+                            partition_key=partition_key,
+                            agent=agent[:200],
+                            email_status=EMAIL_NOT_SENT,
+                        )
+                    )
+            except IntegrityError:  # the run wrote its row in the meantime
+                return False
+            return True
+
+    def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Rows still pending or running, oldest first."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(agent_runs)
+                .where(agent_runs.c.status.in_((PENDING, RUNNING)))
+                .order_by(agent_runs.c.id)
+            ).mappings()
+            return [dict(row) for row in rows]
+
     def get_run(self, row_id: int) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
             row = connection.execute(
@@ -247,6 +300,28 @@ class AgentRunsStore(ConfigurableResource):
         except IntegrityError:
             return False
         return claimed.rowcount == 1
+
+    def undelivered_windows(self, limit: int) -> list[dict[str, Any]]:
+        """For each window whose email failed and that no row has sent or is sending since,
+        its newest failed row with a top five; oldest windows first, at most limit."""
+        claimed = select(agent_runs.c.partition_key).where(
+            agent_runs.c.email_status.in_(EMAIL_CLAIMING_STATES)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(agent_runs)
+                .where(
+                    agent_runs.c.email_status == EMAIL_FAILED,
+                    agent_runs.c.partition_key.is_not(None),
+                    agent_runs.c.partition_key.not_in(claimed),
+                )
+                .order_by(agent_runs.c.id.desc())
+            ).mappings()
+            newest: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                if (row["result"] or {}).get("top_five"):
+                    newest.setdefault(row["partition_key"], dict(row))
+        return [newest[key] for key in sorted(newest)][:limit]
 
     def record_email_sent(self, row_id: int) -> None:
         self._set_email_state(row_id, EMAIL_SENT, email_sent_at=utc_now())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import smtplib
 import ssl
+import time
 import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -13,6 +16,16 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 SECURITY_MODES = ("starttls", "ssl", "none")
+
+log = logging.getLogger(__name__)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another attempt: refused or dropped connections, timeouts, and 4xx/5xx replies.
+    Not a wrong login or an untrusted certificate: those need a person."""
+    if isinstance(exc, smtplib.SMTPAuthenticationError | ssl.SSLCertVerificationError):
+        return False
+    return isinstance(exc, smtplib.SMTPException | OSError)
 
 
 class Smtp(ConfigurableResource):
@@ -34,6 +47,13 @@ class Smtp(ConfigurableResource):
         description="SMTP_CA_FILE: a CA bundle for a private server certificate; "
         "certificates are always verified.",
     )
+    retries: int = Field(
+        default=3, description="SMTP_RETRIES: further attempts after a failed delivery."
+    )
+    retry_backoff_seconds: float = Field(
+        default=2.0,
+        description="SMTP_RETRY_BACKOFF: seconds before the first retry; doubles each time.",
+    )
     outbox_dir: str = Field(
         default=".agent_pipeline/outbox",
         description="Where emails go as .eml files when SMTP_HOST is unset.",
@@ -47,11 +67,28 @@ class Smtp(ConfigurableResource):
         return f"smtp {self.host}:{self.port} ({self.security})"
 
     def send(self, message: EmailMessage) -> str:
-        """Deliver message to its To recipients; returns where it went."""
+        """Deliver message to its To recipients, retrying transient failures with exponential
+        backoff and jitter; returns where it went, or raises the last failure."""
         if not self.host:
             return self._write_to_outbox(message)
         if self.security not in SECURITY_MODES:
             raise ValueError(f"SMTP_SECURITY must be one of {', '.join(SECURITY_MODES)}")
+        for attempt in range(self.retries + 1):
+            try:
+                self._send_once(message)
+                return self.destination
+            except Exception as exc:
+                if attempt == self.retries or not is_transient(exc):
+                    raise
+                delay = self.retry_backoff_seconds * 2**attempt
+                log.warning(
+                    "SMTP delivery failed (%s: %s); retrying in %.1f s",
+                    type(exc).__name__, exc, delay,
+                )
+                time.sleep(delay * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    def _send_once(self, message: EmailMessage) -> None:
         tls = ssl.create_default_context(cafile=self.ca_file)
         if self.security == "ssl":
             client: smtplib.SMTP = smtplib.SMTP_SSL(
@@ -65,7 +102,6 @@ class Smtp(ConfigurableResource):
             if self.username:
                 client.login(self.username, self.password or "")
             client.send_message(message)
-        return self.destination
 
     def _write_to_outbox(self, message: EmailMessage) -> str:
         outbox = Path(self.outbox_dir)

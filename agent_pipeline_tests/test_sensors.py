@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    build_run_status_sensor_context,
+    build_sensor_context,
+)
+
+from agent_pipeline.resources import AgentResource
+from agent_pipeline.sensors import agent_runs_on_run_failure, agent_runs_sweeper
+
+WINDOW = "2026-11-26-09:30"
+
+
+def add_run(instance: DagsterInstance, status: DagsterRunStatus) -> DagsterRun:
+    run = DagsterRun(job_name="agent_job", status=status, tags={"dagster/partition": WINDOW})
+    return instance.add_run(run)
+
+
+def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
+    with DagsterInstance.ephemeral() as instance:
+        failed = add_run(instance, DagsterRunStatus.FAILURE)
+        started = add_run(instance, DagsterRunStatus.STARTED)
+        canceled = add_run(instance, DagsterRunStatus.CANCELED)
+        for run in (failed, started, canceled):
+            pg_store.start_run(run.run_id, WINDOW, "keywords")
+        pg_store.start_run("run-dagster-never-had", WINDOW, "keywords")
+        done = pg_store.start_run(failed.run_id + "-done", WINDOW, "keywords")
+        pg_store.complete_run(done, {"top_five": []})
+
+        resources = {"agent_runs": pg_store, "agent": AgentResource()}
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            skip = agent_runs_sweeper(context)
+        assert skip.skip_message.startswith("marked 3 lost row(s) failed")
+
+    def row(run_id):
+        return pg_store.find_run(run_id)
+
+    assert row(started.run_id)["status"] == "running"
+    assert row(failed.run_id)["error_message"] == "run killed or lost: the run ended FAILURE"
+    assert row(canceled.run_id)["error_message"] == "run killed or lost: the run ended CANCELED"
+    assert row("run-dagster-never-had")["error_message"] == (
+        "run killed or lost: Dagster has no run run-dagster-never-had"
+    )
+    assert pg_store.get_run(done)["status"] == "succeeded"
+
+
+def test_the_failure_sensor_fails_a_running_row_and_inserts_a_missing_one(pg_store):
+    with DagsterInstance.ephemeral() as instance:
+        killed = add_run(instance, DagsterRunStatus.FAILURE)
+        never_started = add_run(instance, DagsterRunStatus.FAILURE)
+        pg_store.start_run(killed.run_id, WINDOW, "keywords")
+        instance.report_engine_event(
+            f"Run execution process for {killed.run_id} was terminated by signal 9 (SIGKILL).",
+            killed,
+        )
+        resources = {"agent_runs": pg_store, "agent": AgentResource()}
+        for run in (killed, never_started):
+            event = instance.report_run_failed(run)
+            with build_run_status_sensor_context(
+                sensor_name="agent_runs_on_run_failure",
+                dagster_instance=instance,
+                dagster_run=run,
+                dagster_event=event,
+                resources=resources,
+            ).for_run_failure() as context:
+                agent_runs_on_run_failure(context)
+
+    killed_row = pg_store.find_run(killed.run_id)
+    assert killed_row["status"] == "failed"
+    assert killed_row["error_message"] == (
+        f"run killed or lost: Run execution process for {killed.run_id} was terminated by "
+        "signal 9 (SIGKILL)."
+    )
+    inserted = pg_store.find_run(never_started.run_id)
+    assert inserted["status"] == "failed" and inserted["partition_key"] == WINDOW
+    assert inserted["error_message"].startswith("run killed or lost: ")
+
+
+def test_the_failure_sensor_keeps_the_hooks_message(pg_store):
+    with DagsterInstance.ephemeral() as instance:
+        run = add_run(instance, DagsterRunStatus.FAILURE)
+        pg_store.start_run(run.run_id, WINDOW, "keywords")
+        pg_store.fail_run(run.run_id, "RuntimeError: the agent fell over")
+        with build_run_status_sensor_context(
+            sensor_name="agent_runs_on_run_failure",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=instance.report_run_failed(run),
+            resources={"agent_runs": pg_store, "agent": AgentResource()},
+        ).for_run_failure() as context:
+            agent_runs_on_run_failure(context)
+    assert pg_store.find_run(run.run_id)["error_message"] == "RuntimeError: the agent fell over"
