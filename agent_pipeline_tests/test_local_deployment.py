@@ -5,6 +5,7 @@ the webserver's GraphQL API, and a run worker killed half way."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -138,17 +139,22 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
     assert "supersed" not in log.lower()
 
 
-def run_worker_pid(run_id: str) -> int | None:
-    """The process executing run_id (`dagster api execute_run ...run_id...`)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "execute_run" in command and run_id in command:
-            return int(entry.name)
+ENGINE_EVENTS_QUERY = """
+query Engine($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { ... on EngineEvent { message } } }
+  }
+}
+"""
+
+
+def run_worker_pid(port: int, run_id: str) -> int | None:
+    """The process executing the run's steps, as its engine event names it."""
+    events = graphql(port, ENGINE_EVENTS_QUERY, {"runId": run_id})["logsForRun"]["events"]
+    for event in events:
+        found = re.search(r"Executing steps in process \(pid: (\d+)\)", event.get("message", ""))
+        if found:
+            return int(found.group(1))
     return None
 
 
@@ -165,13 +171,16 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
         port = dev.web_port
         run_id = launch_window(port, window)
         # The row is written and the agent hangs: the worker is half way.
-        wait_for(lambda: agent_rows(tmp_path) and run_worker_pid(run_id), "the run did not start",
-                 RUN_SECONDS, dev)
-        os.kill(run_worker_pid(run_id), signal.SIGKILL)
+        def hanging_in_the_agent():
+            rows = [r for r in agent_rows(tmp_path) if r["dagster_run_id"] == run_id]
+            return rows and rows[0]["status"] == "running" and run_worker_pid(port, run_id)
+
+        pid = wait_for(hanging_in_the_agent, "the run did not start", RUN_SECONDS, dev)
+        os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
 
         def row_failed():
-            (row,) = agent_rows(tmp_path)
+            (row,) = [r for r in agent_rows(tmp_path) if r["dagster_run_id"] == run_id]
             return row["status"] == "failed" and row
 
         row = wait_for(row_failed, "the killed run's row was not marked failed", 120, dev)
@@ -187,7 +196,8 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
         wait_for(lambda: run_status(port, rerun) in FINISHED, "the re-run did not finish",
                  RUN_SECONDS, dev)
         assert run_status(port, rerun) == "SUCCESS"
-    rows = agent_rows(tmp_path)
+    # A schedule tick during the test may add a run of another window: look at this one only.
+    rows = [r for r in agent_rows(tmp_path) if r["partition_key"] == window]
     assert [(r["dagster_run_id"], r["status"]) for r in rows] == [
         (run_id, "failed"), (rerun, "succeeded"),
     ]
