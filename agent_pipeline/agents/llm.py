@@ -1,0 +1,209 @@
+"""Scoring items with an LLM behind any OpenAI-compatible chat-completions API (OpenAI, a local
+Ollama or vLLM). Plain Python: retries with backoff, bounded concurrency, validated answers,
+summed token usage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+# Part of every cache key: bump it when the prompt changes, so old scores are not reused.
+PROMPT_VERSION = 1
+SYSTEM_PROMPT = (
+    "You triage news items for one reader. Rate how relevant the item is to the reader's "
+    "interests from 0 (not at all) to 100 (must read). Answer with JSON only, exactly "
+    '{"score": <integer 0-100>, "reason": "<one sentence>"}.'
+)
+RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_ITEM_CHARS = 2_000
+MAX_REASON_CHARS = 300
+MAX_RETRY_AFTER_SECONDS = 60.0
+
+
+class LlmError(Exception):
+    """A call that failed for good: retries spent, or an answer the API itself refused."""
+
+
+class MalformedAnswer(Exception):
+    """The model answered, but not with the JSON asked for."""
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    base_url: str
+    api_key: str
+    model: str
+    concurrency: int = 8
+    timeout_seconds: float = 30.0
+    max_retries: int = 4
+    backoff_seconds: float = 1.0
+
+
+@dataclass
+class Usage:
+    """Token usage and calls of a run, summed across threads."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, answer: Mapping[str, Any]) -> None:
+        usage = answer.get("usage") or {}
+        with self._lock:
+            self.calls += 1
+            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+
+    def cost(self, price_input: float | None, price_output: float | None) -> float | None:
+        """Cost in the prices' currency, prices per million tokens; None without prices."""
+        if price_input is None or price_output is None:
+            return None
+        return (self.prompt_tokens * price_input + self.completion_tokens * price_output) / 1e6
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def parse_answer(content: str) -> tuple[float, str]:
+    """(score, reason) from the model's answer, or MalformedAnswer saying what is wrong."""
+    text = content.strip()
+    if text.startswith("```"):  # models like to fence JSON even when told not to
+        text = text.strip("`").removeprefix("json").strip()
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError:
+        raise MalformedAnswer(f"not JSON: {content[:80]!r}") from None
+    if not isinstance(answer, dict):
+        raise MalformedAnswer("not a JSON object")
+    score, reason = answer.get("score"), answer.get("reason")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise MalformedAnswer(f"score is not a number: {score!r}")
+    if not 0 <= score <= 100:
+        raise MalformedAnswer(f"score {score} is outside 0-100")
+    if not isinstance(reason, str) or not reason.strip():
+        raise MalformedAnswer("no reason")
+    return float(score), " ".join(reason.split())[:MAX_REASON_CHARS]
+
+
+def item_prompt(item: Mapping[str, Any], interests: str) -> str:
+    parts = [f"Reader's interests: {interests}", f"Title: {item.get('title', '')}"]
+    if item.get("summary"):
+        parts.append(f"Summary: {item['summary']}")
+    if item.get("source"):
+        parts.append(f"Source: {item['source']}")
+    return "\n".join(parts)[:MAX_ITEM_CHARS]
+
+
+class LlmScorer:
+    """Scores items against interests; one client, at most `concurrency` calls at once."""
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        interests: str,
+        log: logging.Logger,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.settings, self.interests, self.log, self._sleep = settings, interests, log, sleep
+        self.usage = Usage()
+        self._client = httpx.Client(
+            base_url=settings.base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {settings.api_key}"},
+            timeout=settings.timeout_seconds,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> LlmScorer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, prompt: str) -> dict[str, Any]:
+        """One chat completion, retried on 429, 5xx, timeouts and dropped connections."""
+        body = {
+            "model": self.settings.model,
+            "temperature": 0,
+            "response_format": {"type": "json_object"},
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": prompt},
+            ],
+        }
+        for attempt in range(self.settings.max_retries + 1):
+            wait = None
+            try:
+                response = self._client.post("chat/completions", json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                problem = f"{type(exc).__name__}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        answer = response.json()
+                    except ValueError:
+                        raise MalformedAnswer("the API's reply is not JSON") from None
+                    self.usage.add(answer)
+                    return answer
+                if response.status_code not in RETRY_STATUSES:
+                    raise LlmError(f"HTTP {response.status_code}: {response.text[:200]}")
+                problem = f"HTTP {response.status_code}"
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if attempt == self.settings.max_retries:
+                raise LlmError(f"{problem} after {attempt + 1} attempts")
+            if wait is None:  # exponential backoff with full jitter
+                wait = random.uniform(0, self.settings.backoff_seconds * 2**attempt)
+            self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def score(self, item: Mapping[str, Any]) -> tuple[float, str] | None:
+        """(score, reason), or None when the item is dropped (logged with the reason)."""
+        prompt = item_prompt(item, self.interests)
+        title = str(item.get("title", ""))[:80]
+        for attempt in (1, 2):  # a malformed answer gets one more chance
+            try:
+                answer = self._call(prompt)
+                content = answer["choices"][0]["message"]["content"]
+                return parse_answer(content if isinstance(content, str) else "")
+            except (MalformedAnswer, KeyError, IndexError, TypeError) as exc:
+                if attempt == 2:
+                    self.log.warning(f"Dropped {title!r}: malformed answer ({exc})")
+                    return None
+            except LlmError as exc:
+                self.log.warning(f"Dropped {title!r}: {exc}")
+                return None
+        return None
+
+    def score_all(
+        self, items: Iterable[Mapping[str, Any]]
+    ) -> list[tuple[Mapping[str, Any], tuple[float, str] | None]]:
+        """Every item with its score, `concurrency` at a time, in the items' order."""
+        items = list(items)
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            return list(zip(items, pool.map(self.score, items), strict=True))

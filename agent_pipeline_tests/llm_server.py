@@ -1,0 +1,115 @@
+"""A real HTTP server on loopback that speaks the OpenAI chat-completions protocol, with
+scripted answers: latency, 429 with Retry-After, 500s, malformed JSON, hanging connections."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    content: str | None = None  # the model's message; None: a score from the title
+    body: str | None = None  # the raw HTTP body, instead of a completion
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+def title_of(request: dict[str, Any]) -> str:
+    prompt = request["messages"][-1]["content"]
+    found = re.search(r"^Title: (.*)$", prompt, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
+def default_score(title: str) -> int:
+    """Deterministic: the same title always gets the same score."""
+    return sum(title.encode()) % 101
+
+
+class LoopbackLlm:
+    """script(request, call_number) -> Reply; call_number counts calls per title from 1."""
+
+    def __init__(self, script: Callable[[dict[str, Any], int], Reply] | None = None):
+        self.script = script or (lambda request, n: Reply())
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.calls_per_title: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> LoopbackLlm:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self):
+        llm = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length))
+                title = title_of(request)
+                with llm._lock:
+                    llm.requests.append(request)
+                    llm.headers.append(dict(self.headers))
+                    llm.calls_per_title[title] = llm.calls_per_title.get(title, 0) + 1
+                    call = llm.calls_per_title[title]
+                    llm.in_flight += 1
+                    llm.max_in_flight = max(llm.max_in_flight, llm.in_flight)
+                try:
+                    reply = llm.script(request, call)
+                    time.sleep(reply.delay)
+                    if reply.body is not None:
+                        body = reply.body
+                    elif reply.status != 200:
+                        body = json.dumps({"error": {"message": f"status {reply.status}"}})
+                    else:
+                        content = reply.content
+                        if content is None:
+                            content = json.dumps(
+                                {"score": default_score(title), "reason": f"About {title}."}
+                            )
+                        body = json.dumps({
+                            "id": "chatcmpl-test",
+                            "object": "chat.completion",
+                            "model": request.get("model"),
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": content}}],
+                            "usage": {"prompt_tokens": 50, "completion_tokens": 10,
+                                      "total_tokens": 60},
+                        })
+                    data = body.encode()
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    with llm._lock:
+                        llm.in_flight -= 1
+
+        return Handler

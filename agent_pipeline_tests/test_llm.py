@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from agent_pipeline.agents.llm import (
+    LlmScorer,
+    LlmSettings,
+    MalformedAnswer,
+    parse_answer,
+    retry_after_seconds,
+)
+from agent_pipeline_tests.llm_server import LoopbackLlm, Reply, default_score
+
+LOG = logging.getLogger("test-llm")
+
+
+def scorer(llm: LoopbackLlm, waits: list[float] | None = None, **settings) -> LlmScorer:
+    options = {"concurrency": 4, "timeout_seconds": 5, "max_retries": 3, "backoff_seconds": 0.01}
+    options.update(settings)
+    sleep = waits.append if waits is not None else time.sleep
+    return LlmScorer(
+        LlmSettings(base_url=llm.base_url, api_key="sk-test", model="test-model", **options),
+        interests="dagster, postgres",
+        log=LOG,
+        sleep=sleep,
+    )
+
+
+def items(count: int) -> list[dict]:
+    return [{"title": f"item {n}", "summary": f"about {n}"} for n in range(count)]
+
+
+def test_concurrency_stays_within_the_bound_and_usage_is_summed():
+    with LoopbackLlm(lambda request, call: Reply(delay=0.1)) as llm:
+        with scorer(llm, concurrency=8) as llm_scorer:
+            started = time.perf_counter()
+            results = llm_scorer.score_all(items(40))
+            elapsed = time.perf_counter() - started
+    assert llm.max_in_flight == 8
+    assert elapsed < 40 * 0.1 / 2  # it did run in parallel
+    assert [score for _, (score, _) in results] == [
+        float(default_score(f"item {n}")) for n in range(40)
+    ]
+    usage = llm_scorer.usage
+    assert (usage.calls, usage.prompt_tokens, usage.completion_tokens) == (40, 2000, 400)
+    assert usage.cost(2.5, 10.0) == pytest.approx((2000 * 2.5 + 400 * 10.0) / 1e6)
+    assert usage.cost(None, 10.0) is None
+    request, headers = llm.requests[0], llm.headers[0]
+    assert headers["Authorization"] == "Bearer sk-test"
+    assert request["model"] == "test-model" and request["response_format"]["type"] == "json_object"
+    assert "Reader's interests: dagster, postgres" in request["messages"][1]["content"]
+
+
+def test_429_waits_as_retry_after_says():
+    def script(request, call):
+        return Reply(status=429, headers={"Retry-After": "3"}) if call == 1 else Reply()
+
+    waits: list[float] = []
+    with LoopbackLlm(script) as llm, scorer(llm, waits) as llm_scorer:
+        ((_, result),) = llm_scorer.score_all(items(1))
+    assert result is not None and waits == [3.0]
+    assert llm_scorer.usage.calls == 1  # the 429 is no completion
+
+
+def test_server_errors_back_off_exponentially_then_give_up():
+    waits: list[float] = []
+    with LoopbackLlm(lambda request, call: Reply(status=503)) as llm:
+        with scorer(llm, waits, max_retries=3, backoff_seconds=1.0) as llm_scorer:
+            ((_, result),) = llm_scorer.score_all(items(1))
+    assert result is None  # dropped, not a failed run
+    assert len(waits) == 3 and len(llm.requests) == 4
+    assert [0 <= wait <= 2**n for n, wait in enumerate(waits)] == [True] * 3
+
+
+def test_a_500_then_success_is_scored():
+    script = lambda request, call: Reply(status=500) if call <= 2 else Reply()  # noqa: E731
+    with LoopbackLlm(script) as llm, scorer(llm, []) as llm_scorer:
+        ((_, result),) = llm_scorer.score_all(items(1))
+    assert result == (float(default_score("item 0")), "About item 0.")
+
+
+def test_a_client_error_is_not_retried():
+    with LoopbackLlm(lambda request, call: Reply(status=401)) as llm:
+        with scorer(llm, []) as llm_scorer:
+            ((_, result),) = llm_scorer.score_all(items(1))
+    assert result is None and len(llm.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "first, second, scored",
+    [
+        ("not json at all", None, True),
+        ('{"score": 150, "reason": "too high"}', None, True),
+        ("not json", "still not json", False),
+        ('{"score": "high", "reason": "x"}', '{"reason": "no score"}', False),
+    ],
+)
+def test_a_malformed_answer_is_retried_once_then_dropped(first, second, scored, caplog):
+    def script(request, call):
+        return Reply(content=first) if call == 1 else Reply(content=second)
+
+    with LoopbackLlm(script) as llm, scorer(llm, []) as llm_scorer:
+        ((_, result),) = llm_scorer.score_all(items(1))
+    assert (result is not None) is scored
+    assert len(llm.requests) == 2
+    if not scored:
+        assert "malformed answer" in caplog.text
+
+
+def test_a_hanging_connection_times_out():
+    with LoopbackLlm(lambda request, call: Reply(delay=3)) as llm:
+        with scorer(llm, [], timeout_seconds=0.3, max_retries=1) as llm_scorer:
+            started = time.perf_counter()
+            ((_, result),) = llm_scorer.score_all(items(1))
+    assert result is None and time.perf_counter() - started < 2.5
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"score": 87, "reason": "Directly about Dagster."}', (87.0, "Directly about Dagster.")),
+        ('```json\n{"score": 0, "reason": "Off topic."}\n```', (0.0, "Off topic.")),
+        ('{"score": 99.5, "reason": "  spaced\\n out  "}', (99.5, "spaced out")),
+    ],
+)
+def test_parse_answer(content, expected):
+    assert parse_answer(content) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "[1, 2]", '{"score": true, "reason": "x"}', '{"score": -1, "reason": "x"}',
+     '{"score": NaN, "reason": "x"}', '{"score": 5}', '{"score": 5, "reason": "  "}'],
+)
+def test_parse_answer_rejects(content):
+    with pytest.raises(MalformedAnswer):
+        parse_answer(content)
+
+
+def test_retry_after_seconds():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("100000") == 60.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    in_five = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
+    assert 3 <= retry_after_seconds(in_five) <= 5
