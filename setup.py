@@ -29,6 +29,8 @@ setup(
         "psycopg2-binary>=2.9,<3",
         "redis>=5,<9",
         "pandas>=2.2,<4",
+        "httpx>=0.27,<1",
+        "feedparser>=6.0,<7",
         # dagster-graphql's Python client passes arguments that gql 4 deprecates, and every
         # call would print a DeprecationWarning.
         "gql[requests]>=3.5,<4",

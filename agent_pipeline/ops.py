@@ -29,6 +29,7 @@ from agent_pipeline.ranking import (
     build_result,
     collect_outcomes,
     rank_outcomes,
+    storable_json,
     top_five_markdown,
     validate_outcomes,
 )
@@ -86,6 +87,8 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
     started = time.perf_counter()
     items, cut = collect_outcomes(agent_callable(agent_context))
     validation = validate_outcomes(items)
+    stats = agent_context.stats
+    validation.agent_stats = storable_json(stats)
     duration = time.perf_counter() - started
     if cut:
         context.log.warning(
@@ -106,9 +109,18 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
             "duration_seconds": round(duration, 3),
             "cache_hits": cache.hits,
             "cache_misses": cache.misses,
+            # The agent's own account, e.g. sources, LLM calls, tokens and cost for triage.
+            **{f"agent_{key}": _metadata_value(value) for key, value in stats.items()},
         }
     )
     return validation
+
+
+def _metadata_value(value: Any) -> Any:
+    """A stat as UI metadata: numbers and text as they are, anything else as JSON."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return MetadataValue.json(storable_json(value))
 
 
 @op(description="Dedupe and rank the outcomes, keep the top five; the row ends succeeded.")

@@ -54,6 +54,8 @@ class Validation:
     dropped: list[Dropped] = field(default_factory=list)
     # Fixes made to kept items (a URL removed, a title cut), one line each.
     warnings: list[str] = field(default_factory=list)
+    # What the agent reported about its work (AgentContext.stats).
+    agent_stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,7 @@ def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
         "dropped_total": len(validation.dropped),
         "warnings": validation.warnings[:MAX_STORED_DROPS],
         "warnings_total": len(validation.warnings),
+        "agent_stats": validation.agent_stats,
     }
 
 

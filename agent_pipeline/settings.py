@@ -39,6 +39,14 @@ ENVIRONMENT_VARIABLES = (
     "AGENT_CACHE_TTL",
     "AGENT_PIPELINE_HOME",
     "WINDOW_HISTORY_DAYS",
+    "AGENT_SOURCES",
+    "AGENT_SCORER",
+    "LLM_BASE_URL",
+    "LLM_API_KEY",
+    "LLM_MODEL",
+    "LLM_CONCURRENCY",
+    "LLM_PRICE_INPUT",
+    "LLM_PRICE_OUTPUT",
 )
 DEFAULT_HISTORY_DAYS = 14
 MAX_HISTORY_DAYS = 366
@@ -71,7 +79,9 @@ def _int(
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(
+    env: Mapping[str, str], name: str, default: float, maximum: float = 3600.0, unit: str = "s"
+) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -79,8 +89,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(name, f"{raw!r} is not a number") from None
-    if not 0 <= value <= 3600:
-        raise ConfigurationError(name, f"must be between 0 and 3600 seconds, got {value}")
+    if not 0 <= value <= maximum:
+        raise ConfigurationError(name, f"must be between 0 and {maximum:g}{unit}, got {raw}")
     return value
 
 
@@ -143,7 +153,31 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
     agent_spec = env.get("AGENT", "").strip() or DEFAULT_AGENT
     load_agent(agent_spec)  # fail at load, naming AGENT
+    llm_key = env.get("LLM_API_KEY", "").strip()
+    scorer = env.get("AGENT_SCORER", "").strip().lower() or ("llm" if llm_key else "keyword")
+    if scorer not in ("llm", "keyword"):
+        raise ConfigurationError("AGENT_SCORER", "must be llm or keyword")
+    if scorer == "llm" and not llm_key:
+        raise ConfigurationError("LLM_API_KEY", "must be set when AGENT_SCORER is llm")
+    if agent_spec == "triage" and not env.get("AGENT_SOURCES", "").strip():
+        raise ConfigurationError(
+            "AGENT_SOURCES", "must name at least one feed URL or file for the triage agent"
+        )
+    llm_base_url = env.get("LLM_BASE_URL", "").strip() or "https://api.openai.com/v1"
+    if not llm_base_url.startswith(("http://", "https://")):
+        raise ConfigurationError("LLM_BASE_URL", "must be an http(s) URL")
+    per_million = {"maximum": 1e6, "unit": " per million tokens"}
+    price_input = _float(env, "LLM_PRICE_INPUT", -1.0, **per_million)
+    price_output = _float(env, "LLM_PRICE_OUTPUT", -1.0, **per_million)
     agent = AgentResource(
+        sources=env.get("AGENT_SOURCES", "").strip(),
+        scorer=scorer,
+        llm_base_url=llm_base_url,
+        llm_api_key=_secret(env, "LLM_API_KEY"),
+        llm_model=env.get("LLM_MODEL", "").strip() or "gpt-4o-mini",
+        llm_concurrency=_int(env, "LLM_CONCURRENCY", 8, maximum=64),
+        llm_price_input=None if price_input < 0 else price_input,
+        llm_price_output=None if price_output < 0 else price_output,
         agent=agent_spec,
         interests=env.get("AGENT_INTERESTS", "").strip() or DEFAULT_INTERESTS,
         cache_ttl_seconds=_int(env, "AGENT_CACHE_TTL", 7 * 24 * 3600),

@@ -87,7 +87,7 @@ def test_load_agent_built_in_and_dotted():
 @pytest.mark.parametrize(
     "spec, problem",
     [
-        ("nosuchagent", "'nosuchagent' is neither a built-in agent (keywords)"),
+        ("nosuchagent", "'nosuchagent' is neither a built-in agent (keywords, triage)"),
         ("no_such_module_xyz:run", "cannot import module 'no_such_module_xyz'"),
         ("agent_pipeline.agents.keywords:missing", "has no callable named 'missing'"),
         ("agent_pipeline.agents.keywords:DEFAULT_INTERESTS", "has no callable"),

@@ -18,6 +18,13 @@ from agent_pipeline_tests.conftest import SmtpCatcher
 from agent_pipeline_tests.services import free_port
 from agent_pipeline_tests.test_pipeline import agent_job_from_env, rows, window_keys
 
+
+def agent_job_with_secrets():
+    """Dagster caches a reconstructed job per function for the whole process: this test's
+    environment needs a function of its own."""
+    return agent_job_from_env()
+
+
 SNAPSHOT_SCRIPT = """
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster_shared.serdes import serialize_value
@@ -56,7 +63,7 @@ def test_secrets_appear_nowhere(clean_env, postgres_url, redis_url, tmp_path, ca
     home.mkdir()
     try:
         with DagsterInstance.local_temp(str(home)) as instance:
-            job = reconstructable(agent_job_from_env)
+            job = reconstructable(agent_job_with_secrets)
             with execute_job(job, instance, tags={"dagster/partition": window}) as result:
                 assert result.success
             run = instance.get_run_by_id(result.run_id)

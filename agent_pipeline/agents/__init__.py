@@ -20,6 +20,7 @@ Agent = Callable[["AgentContext"], Iterable[Mapping[str, Any]]]
 
 BUILT_IN_AGENTS = {
     "keywords": "agent_pipeline.agents.keywords:keywords_agent",
+    "triage": "agent_pipeline.agents.triage:triage_agent",
 }
 DEFAULT_AGENT = "keywords"
 
@@ -61,6 +62,9 @@ class AgentContext:
     cache: AgentCache
     log: logging.Logger
     settings: Mapping[str, str] = field(default_factory=dict)
+    # What the agent reports about its work (sources, cache, LLM calls, tokens): shown on the
+    # run_agent op in the UI and kept in the row's result.
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def load_agent(spec: str) -> Agent:

@@ -24,8 +24,39 @@ class AgentResource(ConfigurableResource):
         default=7 * 24 * 3600, description="AGENT_CACHE_TTL: seconds a cached score is kept."
     )
 
+    sources: str = Field(
+        default="", description="AGENT_SOURCES: feed URLs, JSON endpoints or files (triage)."
+    )
+    scorer: str = Field(default="keyword", description="AGENT_SCORER: llm or keyword (triage).")
+    llm_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="LLM_BASE_URL: an OpenAI-compatible API (OpenAI, Ollama, vLLM).",
+    )
+    llm_api_key: str | None = Field(default=None, description="LLM_API_KEY (an EnvVar).")
+    llm_model: str = Field(default="gpt-4o-mini", description="LLM_MODEL.")
+    llm_concurrency: int = Field(default=8, description="LLM_CONCURRENCY: calls at once.")
+    llm_price_input: float | None = Field(
+        default=None, description="LLM_PRICE_INPUT: price per million prompt tokens."
+    )
+    llm_price_output: float | None = Field(
+        default=None, description="LLM_PRICE_OUTPUT: price per million completion tokens."
+    )
+
     def load(self) -> Agent:
         return load_agent(self.agent)
 
     def settings(self) -> dict[str, str]:
-        return {"interests": self.interests}
+        """What the agent is told; the API key too, which the agent needs and never logs."""
+        settings = {
+            "interests": self.interests,
+            "sources": self.sources,
+            "scorer": self.scorer,
+            "llm_base_url": self.llm_base_url,
+            "llm_api_key": self.llm_api_key or "",
+            "llm_model": self.llm_model,
+            "llm_concurrency": str(self.llm_concurrency),
+        }
+        if self.llm_price_input is not None and self.llm_price_output is not None:
+            settings["llm_price_input"] = str(self.llm_price_input)
+            settings["llm_price_output"] = str(self.llm_price_output)
+        return settings

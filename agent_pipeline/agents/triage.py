@@ -1,0 +1,118 @@
+"""The built-in agent `triage`: collects items from AGENT_SOURCES, scores each against
+AGENT_INTERESTS with an LLM (AGENT_SCORER=llm) or offline keywords (keyword), and returns
+outcomes with a score, a one-line reason, the source and the publication time. Scores are
+cached in Redis under a hash of everything that decides them, so a run re-scores only new or
+changed items."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from agent_pipeline.agents import AgentContext
+from agent_pipeline.agents.keywords import keyword_score, parse_interests
+from agent_pipeline.agents.llm import PROMPT_VERSION, LlmScorer, LlmSettings
+from agent_pipeline.agents.sources import (
+    SourceError,
+    fetch_url,
+    http_client,
+    parse_sources,
+    read_file,
+)
+from agent_pipeline.errors import AgentPipelineError
+
+KEYWORD_SCORER_VERSION = 1
+
+
+class AllSourcesFailed(AgentPipelineError):
+    """Every source failed: there is nothing to triage."""
+
+
+def collect_items(context: AgentContext, sources: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """Items of every source that could be read, and the error of each one that could not.
+    An unchanged HTTP feed costs one conditional GET: a 304 reuses its cached items."""
+    items: list[dict] = []
+    failures: dict[str, str] = {}
+    with http_client() as client:
+        for source in sources:
+            try:
+                if source.startswith(("http://", "https://")):
+                    remembered = context.cache.get("feed", {"url": source}) or {}
+                    fetched, validators = fetch_url(client, source, remembered.get("validators"))
+                    found = remembered.get("items", []) if fetched.not_modified else fetched.items
+                    if not fetched.not_modified:
+                        context.cache.set(
+                            "feed", {"url": source}, {"validators": validators, "items": found}
+                        )
+                else:
+                    found = read_file(source).items
+            except SourceError as exc:
+                failures[source] = str(exc)
+                context.log.warning(f"Source {source} skipped: {exc}")
+                continue
+            context.log.info(f"Source {source}: {len(found)} items")
+            items.extend(found)
+    if sources and len(failures) == len(sources):
+        details = "; ".join(f"{source}: {error}" for source, error in failures.items())
+        raise AllSourcesFailed(f"every source failed: {details}")
+    return items, failures
+
+
+def _scoring_content(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: item.get(key) for key in ("title", "summary", "url", "source")}
+
+
+def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
+    settings = context.settings
+    sources = parse_sources(settings.get("sources", ""))
+    items, failures = collect_items(context, sources)
+    interests = settings.get("interests", "")
+    scorer_name = settings.get("scorer", "keyword")
+    model = settings.get("llm_model", "") if scorer_name == "llm" else ""
+    key_of = {
+        id(item): {"scorer": scorer_name, "model": model, "prompt": PROMPT_VERSION,
+                   "keyword_version": KEYWORD_SCORER_VERSION, "interests": interests,
+                   "item": _scoring_content(item)}
+        for item in items
+    }
+    scores: dict[int, dict[str, Any] | None] = {}
+    misses = []
+    for item in items:
+        cached = context.cache.get("triage-score", key_of[id(item)])
+        if cached is None:
+            misses.append(item)
+        else:
+            scores[id(item)] = cached
+    stats: dict[str, Any] = {
+        "sources": len(sources), "sources_failed": failures, "items": len(items),
+        "cache_hits": len(items) - len(misses), "cache_misses": len(misses), "llm_calls": 0,
+    }
+    if scorer_name == "llm" and misses:
+        llm = LlmSettings(
+            base_url=settings["llm_base_url"], api_key=settings["llm_api_key"],
+            model=model, concurrency=int(settings.get("llm_concurrency", 8)),
+        )
+        with LlmScorer(llm, interests, context.log) as scorer:
+            for item, result in scorer.score_all(misses):
+                scores[id(item)] = (
+                    None if result is None else {"score": result[0], "reason": result[1]}
+                )
+        stats.update(llm_calls=scorer.usage.calls, prompt_tokens=scorer.usage.prompt_tokens,
+                     completion_tokens=scorer.usage.completion_tokens)
+        price_in, price_out = settings.get("llm_price_input"), settings.get("llm_price_output")
+        if price_in and price_out:
+            stats["cost"] = scorer.usage.cost(float(price_in), float(price_out))
+    else:
+        phrases = parse_interests(interests)
+        for item in misses:
+            score = keyword_score(item, phrases)
+            scores[id(item)] = {"score": score, "reason": "matches your interests"
+                                if score else "matches none of your interests"}
+    for item in misses:
+        if scores.get(id(item)) is not None:
+            context.cache.set("triage-score", key_of[id(item)], scores[id(item)])
+    context.stats.update(stats)
+    for item in items:
+        scored = scores.get(id(item))
+        if scored is not None:  # None: the LLM gave no usable answer; logged by the scorer
+            yield {**item, **scored}
