@@ -27,6 +27,8 @@ from agent_pipeline.ranking import rank_outcomes, validate_outcomes
 from agent_pipeline.schema import agent_runs
 from agent_pipeline.settings import resources_from_env
 from agent_pipeline_tests.conftest import SmtpCatcher
+from agent_pipeline_tests.feed_server import ATOM, JSON_ITEMS, RSS2, FeedServer
+from agent_pipeline_tests.llm_server import LoopbackLlm, default_score
 from agent_pipeline_tests.services import free_port
 
 INTERESTS = "dagster, postgres, redis"
@@ -320,3 +322,46 @@ def test_an_smtp_server_failing_half_the_time_loses_no_email_and_sends_none_twic
     assert len(failed) == outcomes.count(False)
     assert all(r["email_status"] == "sent" for r in failed)  # redelivered later
     assert all(r["error_message"].startswith("SMTPDataError: (451") for r in failed)
+
+
+def test_the_triage_agent_end_to_end(production_env, postgres_url, smtp_server, tmp_path):
+    """AGENT=triage with the LLM scorer: feeds over loopback HTTP and a file, the loopback
+    LLM, Postgres, Redis and SMTP."""
+    (tmp_path / "items.json").write_bytes(JSON_ITEMS)
+    routes = {"/rss2.xml": (200, "application/rss+xml", RSS2),
+              "/atom.xml": (200, "application/atom+xml", ATOM)}
+    with FeedServer(routes) as feeds, LoopbackLlm() as llm:
+        production_env.setenv("AGENT", "triage")
+        production_env.setenv(
+            "AGENT_SOURCES",
+            f"{feeds.url('/rss2.xml')}, {feeds.url('/atom.xml')}, {tmp_path / 'items.json'}",
+        )
+        production_env.setenv("LLM_BASE_URL", llm.base_url)
+        production_env.setenv("LLM_API_KEY", "sk-test")
+        production_env.setenv("LLM_PRICE_INPUT", "1")
+        production_env.setenv("LLM_PRICE_OUTPUT", "2")
+        first, second = window_keys(2)
+        run = run_window(first)
+        assert run.success
+        assert run_window(second).success  # all from cache
+    assert len(llm.requests) == 4
+    by_window = {row["partition_key"]: row for row in rows(postgres_url)}
+    result = by_window[first]["result"]
+    expected = sorted(
+        ["Dagster adds faster backfills", "Gardening in winter", "LLM agents on a schedule",
+         "Data orchestration at scale"],
+        key=lambda title: (-default_score(title), title.casefold()),
+    )
+    assert [o["title"] for o in result["top_five"]] == expected
+    top = result["top_five"][0]
+    assert top["reason"] == f"About {top['title']}." and top["source"] and "published" in top
+    assert result["agent_stats"]["llm_calls"] == 4
+    assert result["agent_stats"]["prompt_tokens"] == 200
+    assert by_window[second]["result"]["agent_stats"]["cache_hits"] == 4
+    metadata = {
+        event.step_key: event.step_output_data.metadata
+        for event in run.all_events if event.is_successful_output
+    }["run_agent"]
+    assert metadata["agent_llm_calls"].value == 4
+    assert metadata["agent_cost"].value == pytest.approx((200 * 1 + 40 * 2) / 1e6)
+    assert len(smtp_server.received) == 2

@@ -64,6 +64,12 @@ def test_the_default_port_follows_the_security_mode(security, port):
         ({"AGENT": "nosuchagent"}, "AGENT"),
         ({"AGENT": "no_such_package.agents:run"}, "AGENT"),
         ({"SMTP_CA_FILE": "/no/such/ca.pem"}, "SMTP_CA_FILE"),
+        ({"AGENT_SCORER": "llm"}, "LLM_API_KEY"),
+        ({"AGENT_SCORER": "magic"}, "AGENT_SCORER"),
+        ({"AGENT": "triage"}, "AGENT_SOURCES"),
+        ({"LLM_BASE_URL": "localhost:11434"}, "LLM_BASE_URL"),
+        ({"LLM_PRICE_INPUT": "cheap"}, "LLM_PRICE_INPUT"),
+        ({"LLM_CONCURRENCY": "1000"}, "LLM_CONCURRENCY"),
         ({"DATABASE_URL": "postgresql://u:p@host:port/db"}, "DATABASE_URL"),
     ],
 )
@@ -89,3 +95,10 @@ def test_a_bad_setting_stops_the_code_location_from_loading(tmp_path):
         "agent_pipeline.errors.ConfigurationError: EMAIL_TO: 'a@example.com; b@example.com' "
         "is not an email address or a comma-separated list of them"
     )
+
+
+def test_the_llm_scorer_is_the_default_with_a_key_and_the_key_is_an_env_var():
+    env = {"LLM_API_KEY": "sk-x", "AGENT": "triage", "AGENT_SOURCES": "a.xml"}
+    agent = resources_from_env(env)["agent"]
+    assert agent.scorer == "llm" and agent.llm_api_key == EnvVar("LLM_API_KEY")
+    assert resources_from_env({})["agent"].scorer == "keyword"

@@ -1,0 +1,84 @@
+"""Feeds served over loopback HTTP: paths map to (status, content type, body); an ETag is
+sent with each 200, and a request carrying it gets a 304."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FeedServer:
+    def __init__(self, routes: dict[str, tuple[int, str, bytes]]):
+        self.routes = routes
+        self.requests: list[tuple[str, str | None]] = []  # (path, If-None-Match)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                condition = self.headers.get("If-None-Match")
+                server.requests.append((self.path, condition))
+                status, content_type, body = server.routes.get(
+                    self.path, (404, "text/plain", b"not found")
+                )
+                etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+                if status == 200 and condition == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                if status == 200:
+                    self.send_header("ETag", etag)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def __enter__(self) -> FeedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+RSS2 = b"""<?xml version="1.0"?>
+<rss version="2.0"><channel><title>Data Weekly</title>
+<item><title>Dagster adds &lt;b&gt;faster&lt;/b&gt; backfills</title><link>https://example.org/a</link>
+<description>&lt;p&gt;Partitioned jobs, now quicker.&lt;/p&gt;</description><guid>a-1</guid>
+<pubDate>Wed, 25 Nov 2026 08:00:00 GMT</pubDate></item>
+<item><title>Gardening in winter</title><link>https://example.org/b</link>
+<description>Bulbs and frost.</description><guid>b-1</guid></item>
+</channel></rss>"""
+
+RSS1 = b"""<?xml version="1.0"?>
+<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns="http://purl.org/rss/1.0/">
+<channel rdf:about="https://example.org/"><title>RDF News</title></channel>
+<item rdf:about="https://example.org/c"><title>Postgres partial indexes</title>
+<link>https://example.org/c</link><description>One writer claims a job.</description></item>
+</rdf:RDF>"""
+
+RSS091 = b"""<?xml version="1.0"?><rss version="0.91"><channel><title>Old School</title>
+<item><title>Redis streams for queues</title><link>https://example.org/d</link></item>
+</channel></rss>"""
+
+ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Atom Daily</title>
+<entry><title>LLM agents on a schedule</title><link href="https://example.org/e"/>
+<id>urn:e-1</id><updated>2026-11-26T07:00:00Z</updated><summary>Agents that email.</summary></entry>
+</feed>"""
+
+JSON_ITEMS = b"""[{"headline": "Data orchestration at scale", "link": "https://example.org/f",
+"description": "Many pipelines.", "guid": "f-1", "date": "2026-11-24"}, "not an object"]"""
