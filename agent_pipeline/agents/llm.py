@@ -201,9 +201,20 @@ class LlmScorer:
         return None
 
     def score_all(
-        self, items: Iterable[Mapping[str, Any]]
+        self,
+        items: Iterable[Mapping[str, Any]],
+        on_scored: Callable[[Mapping[str, Any], tuple[float, str]], None] | None = None,
     ) -> list[tuple[Mapping[str, Any], tuple[float, str] | None]]:
-        """Every item with its score, `concurrency` at a time, in the items' order."""
+        """Every item with its score, `concurrency` at a time, in the items' order. on_scored
+        is called (from the worker threads) as each item is scored, so that a run killed half
+        way keeps what it had paid for."""
+
+        def score_one(item: Mapping[str, Any]) -> tuple[float, str] | None:
+            result = self.score(item)
+            if result is not None and on_scored is not None:
+                on_scored(item, result)
+            return result
+
         items = list(items)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(zip(items, pool.map(self.score, items), strict=True))
+            return list(zip(items, pool.map(score_one, items), strict=True))

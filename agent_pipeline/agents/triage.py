@@ -92,11 +92,12 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
             base_url=settings["llm_base_url"], api_key=settings["llm_api_key"],
             model=model, concurrency=int(settings.get("llm_concurrency", 8)),
         )
+        def remember(item: Mapping[str, Any], result: tuple[float, str]) -> None:
+            scores[id(item)] = {"score": result[0], "reason": result[1]}
+            context.cache.set("triage-score", key_of[id(item)], scores[id(item)])
+
         with LlmScorer(llm, interests, context.log) as scorer:
-            for item, result in scorer.score_all(misses):
-                scores[id(item)] = (
-                    None if result is None else {"score": result[0], "reason": result[1]}
-                )
+            scorer.score_all(misses, on_scored=remember)
         stats.update(llm_calls=scorer.usage.calls, prompt_tokens=scorer.usage.prompt_tokens,
                      completion_tokens=scorer.usage.completion_tokens)
         price_in, price_out = settings.get("llm_price_input"), settings.get("llm_price_output")
@@ -108,8 +109,6 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
             score = keyword_score(item, phrases)
             scores[id(item)] = {"score": score, "reason": "matches your interests"
                                 if score else "matches none of your interests"}
-    for item in misses:
-        if scores.get(id(item)) is not None:
             context.cache.set("triage-score", key_of[id(item)], scores[id(item)])
     context.stats.update(stats)
     for item in items:

@@ -1,0 +1,84 @@
+"""The triage agent's scoring of 1,000 items with an LLM answering in 100 ms and
+LLM_CONCURRENCY=16: wall time against the ideal (1000 x 0.1 s / 16 = 6.25 s), then a second
+run over the same items, all from the Redis cache.
+
+    .venv/bin/python benchmarks/bench_llm.py [--items 1000] [--concurrency 16] [--latency 0.1]
+
+Redis from BENCH_REDIS_URL (default redis://127.0.0.1:6379/14, flushed); the LLM is a
+loopback server speaking the chat-completions protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+# The loopback LLM lives with the tests; make it importable when run as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis  # noqa: E402
+
+from agent_pipeline.agents import AgentCache, AgentContext  # noqa: E402
+from agent_pipeline.agents.triage import triage_agent  # noqa: E402
+from agent_pipeline.resources.redis import Redis  # noqa: E402
+from agent_pipeline_tests.llm_server import LoopbackLlm, Reply  # noqa: E402
+
+
+def run(source: str, cache: Redis, llm: LoopbackLlm, concurrency: int) -> tuple[float, dict]:
+    context = AgentContext(
+        partition_key="2026-11-26-09:30",
+        window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
+        window_end=datetime(2026, 11, 26, 9, 40, tzinfo=UTC),
+        cache=AgentCache(cache, 3600),
+        log=logging.getLogger("bench"),
+        settings={"interests": "dagster, postgres", "sources": source, "scorer": "llm",
+                  "llm_base_url": llm.base_url, "llm_api_key": "sk-bench",
+                  "llm_model": "bench", "llm_concurrency": str(concurrency)},
+    )
+    started = time.perf_counter()
+    outcomes = list(triage_agent(context))
+    elapsed = time.perf_counter() - started
+    assert len(outcomes) == context.stats["items"], "some items were not scored"
+    return elapsed, context.stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds per LLM answer")
+    args = parser.parse_args()
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    redis.Redis.from_url(redis_url).flushdb()
+    cache = Redis(url=redis_url)
+    cache.open()
+    with tempfile.TemporaryDirectory() as folder:
+        source = str(Path(folder) / "items.json")
+        Path(source).write_text(json.dumps(
+            [{"title": f"Item {n}", "summary": f"Summary {n}", "id": str(n)}
+             for n in range(args.items)]
+        ))
+        with LoopbackLlm(lambda request, call: Reply(delay=args.latency)) as llm:
+            first, stats = run(source, cache, llm, args.concurrency)
+            calls_after_first = len(llm.requests)
+            second, cached = run(source, cache, llm, args.concurrency)
+            assert len(llm.requests) == calls_after_first
+    ideal = args.items * args.latency / args.concurrency
+    print(f"{args.items} items, LLM latency {args.latency * 1000:.0f} ms, "
+          f"concurrency {args.concurrency}; max in flight {llm.max_in_flight}")
+    print(f"first run   {first:6.2f} s  ({stats['llm_calls']} LLM calls; ideal {ideal:.2f} s, "
+          f"{first / ideal:.2f}x; goal at most 1.25x)")
+    print(f"cached run  {second:6.2f} s  ({cached['llm_calls']} LLM calls, "
+          f"{cached['cache_hits']} cache hits; goal under 1 s with no LLM call)")
+    cache.close()
+
+
+if __name__ == "__main__":
+    main()
