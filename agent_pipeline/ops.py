@@ -83,6 +83,7 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
         cache=cache,
         log=context.log,
         settings=agent.settings(),
+        queue=redis,
     )
     started = time.perf_counter()
     items, cut = collect_outcomes(agent_callable(agent_context))

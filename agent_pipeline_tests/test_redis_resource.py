@@ -117,3 +117,12 @@ def test_a_redis_that_refuses_writes_turns_the_cache_off(resource, redis_url):
     finally:
         admin.config_set("maxmemory", old[0])
         admin.config_set("maxmemory-policy", old[1])
+
+
+def test_queue_add_once_adds_each_member_once(resource):
+    resource.queue_create("w4", "scorers")
+    assert resource.queue_add_once("w4", "item-a", {"payload": "1"})
+    assert not resource.queue_add_once("w4", "item-a", {"payload": "2"})
+    assert resource.queue_add_once("w4", "item-b", {"payload": "3"})
+    entries = resource.queue_read("w4", "scorers", "worker", count=10)
+    assert [(f["member"], f["payload"]) for _, f in entries] == [("item-a", "1"), ("item-b", "3")]

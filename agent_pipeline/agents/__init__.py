@@ -47,6 +47,10 @@ class AgentCache:
             self.hits += 1
         return value
 
+    def peek(self, namespace: str, content: Any) -> Any | None:
+        """Like get, without counting a hit or a miss."""
+        return self._redis.cache_get(cache_key(namespace, content)) if self.enabled else None
+
     def set(self, namespace: str, content: Any, value: Any) -> None:
         if self.enabled:
             self._redis.cache_set(cache_key(namespace, content), value, self._ttl_seconds)
@@ -65,6 +69,8 @@ class AgentContext:
     # What the agent reports about its work (sources, cache, LLM calls, tokens): shown on the
     # run_agent op in the UI and kept in the row's result.
     stats: dict[str, Any] = field(default_factory=dict)
+    # Redis, for agents that queue their work (None, or not enabled: no queue).
+    queue: Redis | None = None
 
 
 def load_agent(spec: str) -> Agent:

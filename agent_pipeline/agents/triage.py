@@ -6,7 +6,10 @@ changed items."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agent_pipeline.agents import AgentContext
@@ -19,9 +22,15 @@ from agent_pipeline.agents.sources import (
     parse_sources,
     read_file,
 )
+from agent_pipeline.caching import content_hash
 from agent_pipeline.errors import AgentPipelineError
+from agent_pipeline.resources.redis import Redis
 
 KEYWORD_SCORER_VERSION = 1
+QUEUE_GROUP = "scorers"
+QUEUE_MAX = 100_000
+# A window's stream outlives its runs by two days, long enough for any retry or re-execution.
+QUEUE_TTL_SECONDS = 2 * 24 * 3600
 
 
 class AllSourcesFailed(AgentPipelineError):
@@ -62,6 +71,45 @@ def _scoring_content(item: Mapping[str, Any]) -> dict[str, Any]:
     return {key: item.get(key) for key in ("title", "summary", "url", "source")}
 
 
+def score_through_queue(
+    context: AgentContext,
+    queue: Redis,
+    scorer: LlmScorer,
+    misses: list[dict],
+    key_of: Mapping[int, dict[str, Any]],
+) -> None:
+    """Score items through the window's Redis stream: each item is added once, read by this
+    attempt's workers through a consumer group and acknowledged once its score is cached. A
+    retry of the window first takes over what a killed attempt read but never acknowledged;
+    an item already scored is acknowledged without another LLM call."""
+    stream = f"triage:{context.partition_key}"
+    queue.queue_create(stream, QUEUE_GROUP)
+    for item in misses:
+        key = key_of[id(item)]
+        queue.queue_add_once(
+            stream, content_hash(key), {"cache_key": json.dumps(key), "item": json.dumps(item)}
+        )
+    consumer = f"attempt-{uuid.uuid4().hex[:12]}"
+    # Runs of agent_job never overlap, so whatever is pending now belongs to a dead attempt.
+    entries = queue.queue_reclaim(stream, QUEUE_GROUP, consumer, min_idle_ms=0, count=QUEUE_MAX)
+    entries += queue.queue_read(stream, QUEUE_GROUP, consumer, count=QUEUE_MAX)
+
+    def work(entry: tuple[str, dict[str, str]]) -> None:
+        entry_id, fields = entry
+        key = json.loads(fields["cache_key"])
+        if context.cache.peek("triage-score", key) is None:
+            result = scorer.score(json.loads(fields["item"]))
+            if result is not None:
+                context.cache.set("triage-score", key, {"score": result[0], "reason": result[1]})
+        # Acknowledged also when the LLM gave no usable answer: asking again in this window
+        # would not help; the next window's run tries the item afresh.
+        queue.queue_ack(stream, QUEUE_GROUP, [entry_id])
+
+    with ThreadPoolExecutor(max_workers=scorer.settings.concurrency) as pool:
+        list(pool.map(work, entries))
+    queue.queue_expire(stream, QUEUE_TTL_SECONDS)
+
+
 def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
     settings = context.settings
     sources = parse_sources(settings.get("sources", ""))
@@ -97,7 +145,14 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
             context.cache.set("triage-score", key_of[id(item)], scores[id(item)])
 
         with LlmScorer(llm, interests, context.log) as scorer:
-            scorer.score_all(misses, on_scored=remember)
+            queue = context.queue
+            if queue is not None and queue.enabled:
+                score_through_queue(context, queue, scorer, misses, key_of)
+                for item in misses:
+                    scores[id(item)] = context.cache.peek("triage-score", key_of[id(item)])
+            if queue is None or not queue.enabled:  # no Redis, or it failed part way
+                unscored = [item for item in misses if scores.get(id(item)) is None]
+                scorer.score_all(unscored, on_scored=remember)
         stats.update(llm_calls=scorer.usage.calls, prompt_tokens=scorer.usage.prompt_tokens,
                      completion_tokens=scorer.usage.completion_tokens)
         price_in, price_out = settings.get("llm_price_input"), settings.get("llm_price_output")

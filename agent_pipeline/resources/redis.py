@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 
 QueueEntry = tuple[str, dict[str, str]]
 
+# KEYS: members set, stream. ARGV: member, then the entry's field/value pairs.
+_ADD_ONCE = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+end
+return false
+"""
+
 
 class Redis(ConfigurableResource):
     """Redis for the agent's cache and work queue; optional (REDIS_URL unset: no cache)."""
@@ -117,6 +125,16 @@ class Redis(ConfigurableResource):
         except redis_client.RedisError as exc:
             self._turn_off(exc)
 
+    def queue_add_once(self, name: str, member: str, fields: Mapping[str, str]) -> bool:
+        """Add an entry for member unless one was ever added to this stream; atomic, so a
+        crash cannot mark a member without its entry. True when added."""
+        flat = [part for pair in fields.items() for part in pair]
+        added = self._call(
+            None, "eval", _ADD_ONCE, 2, f"{stream_key(name)}:members", stream_key(name),
+            member, "member", member, *flat,
+        )
+        return bool(added)
+
     def queue_add(self, name: str, fields: Mapping[str, str]) -> str | None:
         return self._call(None, "xadd", stream_key(name), dict(fields))
 
@@ -146,5 +164,6 @@ class Redis(ConfigurableResource):
         return [(entry_id, fields) for entry_id, fields in answer[1] if fields is not None]
 
     def queue_expire(self, name: str, ttl_seconds: int) -> None:
-        """Let a finished window's stream go after ttl_seconds."""
+        """Let a finished window's stream (and its record of members) go after ttl_seconds."""
         self._call(None, "expire", stream_key(name), ttl_seconds)
+        self._call(None, "expire", f"{stream_key(name)}:members", ttl_seconds)

@@ -1,0 +1,120 @@
+"""Scoring through the window's Redis stream: a failure or a kill -9 half way loses nothing,
+and the re-run of the window pays for no item twice (but those in flight at the kill)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis as redis_client
+
+from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.agents.llm import LlmScorer
+from agent_pipeline.agents.triage import triage_agent
+from agent_pipeline.caching import stream_key
+from agent_pipeline.resources.redis import Redis
+from agent_pipeline_tests.llm_server import LoopbackLlm, Reply
+
+REPO = Path(__file__).resolve().parent.parent
+WINDOW = "2026-11-26-09:30"
+ITEMS = 40
+
+
+def write_items(folder: Path) -> str:
+    path = folder / "items.json"
+    path.write_text(json.dumps([{"title": f"Item {n:02d}", "id": str(n)} for n in range(ITEMS)]))
+    return str(path)
+
+
+def settings(source: str, llm: LoopbackLlm) -> dict[str, str]:
+    return {"interests": "dagster", "sources": source, "scorer": "llm",
+            "llm_base_url": llm.base_url, "llm_api_key": "sk-test", "llm_model": "m",
+            "llm_concurrency": "4"}
+
+
+def run_triage(redis_url: str, source: str, llm: LoopbackLlm) -> list[dict]:
+    queue = Redis(url=redis_url)
+    queue.open()
+    context = AgentContext(
+        partition_key=WINDOW,
+        window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
+        window_end=datetime(2026, 11, 26, 9, 40, tzinfo=UTC),
+        cache=AgentCache(queue, 3600), log=logging.getLogger("test"),
+        settings=settings(source, llm), queue=queue,
+    )
+    try:
+        return list(triage_agent(context))
+    finally:
+        queue.close()
+
+
+def pending(redis_url: str) -> int:
+    client = redis_client.Redis.from_url(redis_url)
+    return client.xpending(stream_key(f"triage:{WINDOW}"), "scorers")["pending"]
+
+
+def test_an_exception_half_way_then_a_rerun_scores_each_item_once(
+    redis_url, tmp_path, monkeypatch
+):
+    source = write_items(tmp_path)
+    real_score, calls = LlmScorer.score, []
+
+    def failing_score(self, item):
+        calls.append(item["title"])
+        if len(calls) == 15:
+            raise RuntimeError("scorer crashed")
+        return real_score(self, item)
+
+    with LoopbackLlm() as llm:
+        monkeypatch.setattr(LlmScorer, "score", failing_score)
+        with pytest.raises(RuntimeError, match="scorer crashed"):
+            run_triage(redis_url, source, llm)
+        assert 0 < len(llm.requests) < ITEMS
+        assert pending(redis_url) > 0  # read, never acknowledged
+
+        monkeypatch.setattr(LlmScorer, "score", real_score)
+        outcomes = run_triage(redis_url, source, llm)
+    assert len(outcomes) == ITEMS
+    assert sorted(llm.calls_per_title.values()) == [1] * ITEMS  # each item scored once
+    assert pending(redis_url) == 0
+
+
+RUN_TRIAGE = """
+import sys
+from agent_pipeline_tests.test_triage_queue import run_triage
+class Remote:  # the LLM runs in the test process; only its URL travels
+    base_url = sys.argv[3]
+run_triage(sys.argv[1], sys.argv[2], Remote())
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_killed_half_way_loses_nothing(redis_url, tmp_path):
+    source = write_items(tmp_path)
+    with LoopbackLlm(lambda request, call: Reply(delay=0.2)) as llm:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", RUN_TRIAGE, redis_url, source, llm.base_url],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        deadline = time.monotonic() + 60
+        while len(llm.requests) < 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        paid_before_kill = len(llm.requests)
+        assert paid_before_kill < ITEMS and pending(redis_url) > 0
+
+        outcomes = run_triage(redis_url, source, llm)
+    assert len(outcomes) == ITEMS
+    assert set(llm.calls_per_title) == {f"Item {n:02d}" for n in range(ITEMS)}
+    # Only the calls in flight at the kill (at most LLM_CONCURRENCY) were paid twice.
+    assert ITEMS <= len(llm.requests) <= ITEMS + 4
+    assert pending(redis_url) == 0
