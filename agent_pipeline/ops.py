@@ -130,14 +130,22 @@ def rank_top_five(
     validation: Validation,
     agent_runs: AgentRunsStore,
     agent: AgentResource,
+    digest: DigestSettings,
 ) -> list[dict[str, Any]]:
-    ranking = rank_outcomes(validation.outcomes)
+    window_key, _, _ = _window(context)
+    sent = agent_runs.sent_item_keys(other_than_window=window_key) if digest.only_new else set()
+    ranking = rank_outcomes(validation.outcomes, already_sent=sent)
+    if ranking.already_sent_left_out:
+        context.log.info(
+            f"Left out {ranking.already_sent_left_out} item(s) already sent in earlier emails."
+        )
     agent_runs.complete_run(_run_row(context, agent_runs, agent), build_result(validation, ranking))
     context.add_output_metadata(
         {
             "top_five": MetadataValue.md(top_five_markdown(ranking.top)),
             "outcomes": len(ranking.ranked),
             "duplicates_removed": ranking.duplicates_removed,
+            "already_sent_left_out": ranking.already_sent_left_out,
             "dropped": len(validation.dropped),
         }
     )
@@ -162,9 +170,15 @@ def send_email(
     sender, recipients = digest.sender(), digest.recipients()
     metadata: dict[str, Any] = {"sent": False}
     if not top_five:
-        agent_runs.record_email_skipped(row_id, "the agent found nothing")
-        context.log.info("No email: the agent found nothing this window.")
-        metadata["reason"] = "nothing found"
+        left_out = (agent_runs.get_run(row_id)["result"] or {}).get("already_sent_left_out")
+        reason = (
+            f"nothing new: all {left_out} item(s) were in earlier emails"
+            if left_out
+            else "the agent found nothing"
+        )
+        agent_runs.record_email_skipped(row_id, reason)
+        context.log.info(f"No email: {reason}.")
+        metadata["reason"] = reason
     else:
         message = build_digest_email(
             partition_key=window_key,

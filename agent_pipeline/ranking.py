@@ -63,6 +63,7 @@ class Ranking:
     ranked: list[dict[str, Any]]
     top: list[dict[str, Any]]
     duplicates_removed: int
+    already_sent_left_out: int = 0
 
 
 def collect_outcomes(raw: Any, limit: int = MAX_ITEMS) -> tuple[list[Any], bool]:
@@ -246,9 +247,14 @@ def dedupe_key(outcome: Mapping[str, Any]) -> str:
     return f"title:{outcome['title'].casefold()}"
 
 
-def rank_outcomes(outcomes: list[dict[str, Any]], top_n: int = TOP_N) -> Ranking:
+def rank_outcomes(
+    outcomes: list[dict[str, Any]],
+    top_n: int = TOP_N,
+    already_sent: frozenset[str] | set[str] = frozenset(),
+) -> Ranking:
     """Deduplicated (the best-scored copy wins) and sorted by score, highest first; ties go
-    by title, then by the agent's order, so equal input always ranks the same."""
+    by title, then by the agent's order, so equal input always ranks the same. The top leaves
+    out items whose dedupe key is in already_sent (sent in earlier windows' emails)."""
     if not outcomes:
         return Ranking(ranked=[], top=[], duplicates_removed=0)
     frame = pd.DataFrame(
@@ -264,7 +270,13 @@ def rank_outcomes(outcomes: list[dict[str, Any]], top_n: int = TOP_N) -> Ranking
     )
     unique = frame.drop_duplicates("key", keep="first")
     ranked = [outcomes[position] for position in unique["position"]]
-    return Ranking(ranked=ranked, top=ranked[:top_n], duplicates_removed=len(frame) - len(unique))
+    new = [outcome for outcome in ranked if dedupe_key(outcome) not in already_sent]
+    return Ranking(
+        ranked=ranked,
+        top=new[:top_n],
+        duplicates_removed=len(frame) - len(unique),
+        already_sent_left_out=len(ranked) - len(new),
+    )
 
 
 def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
@@ -274,6 +286,7 @@ def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
         "outcomes": ranking.ranked[:MAX_STORED_OUTCOMES],
         "outcomes_total": len(ranking.ranked),
         "duplicates_removed": ranking.duplicates_removed,
+        "already_sent_left_out": ranking.already_sent_left_out,
         "dropped": [dropped.as_dict() for dropped in validation.dropped[:MAX_STORED_DROPS]],
         "dropped_total": len(validation.dropped),
         "warnings": validation.warnings[:MAX_STORED_DROPS],

@@ -34,6 +34,7 @@ ENVIRONMENT_VARIABLES = (
     "SMTP_RETRY_BACKOFF",
     "EMAIL_FROM",
     "EMAIL_TO",
+    "EMAIL_ONLY_NEW",
     "AGENT",
     "AGENT_INTERESTS",
     "AGENT_CACHE_TTL",
@@ -94,6 +95,17 @@ def _float(
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(name, f"{raw!r} is not true or false")
+
+
 def _secret(env: Mapping[str, str], name: str) -> Any:
     return EnvVar(name) if env.get(name) else None
 
@@ -149,6 +161,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     digest = DigestSettings(
         email_from=parse_address(email_from or OUTBOX_EMAIL_FROM, "EMAIL_FROM"),
         email_to=", ".join(parse_address_list(email_to or OUTBOX_EMAIL_TO, "EMAIL_TO")),
+        only_new=_bool(env, "EMAIL_ONLY_NEW", True),
     )
 
     agent_spec = env.get("AGENT", "").strip() or DEFAULT_AGENT

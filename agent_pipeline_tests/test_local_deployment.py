@@ -85,7 +85,7 @@ def outbox_windows(home: Path) -> list[str]:
 
 def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
     # dg dev reads .env from its working directory, as the README tells users.
-    (tmp_path / ".env").write_text("AGENT_INTERESTS=gardening, soups\n")
+    (tmp_path / ".env").write_text("AGENT_INTERESTS=gardening, soups\nEMAIL_ONLY_NEW=false\n")
     with local_dev(tmp_path, {"AGENT_PIPELINE_HOME": str(tmp_path / "agent")}) as dev:
         port = dev.web_port
         schedule = graphql(port, SCHEDULE_QUERY)["scheduleOrError"]

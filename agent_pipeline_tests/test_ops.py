@@ -88,7 +88,8 @@ def test_run_agent_failures_raise(agent, error):
 def test_rank_top_five_stores_the_result_and_completes_the_row(pg_store):
     pg_store.start_run(RUN_ID, WINDOW, "keywords")
     validation = validate_outcomes([{"title": f"t{n}", "score": n} for n in range(8)] + [None])
-    with context(agent_runs=pg_store, agent=AgentResource()) as ctx:
+    digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
+    with context(agent_runs=pg_store, agent=AgentResource(), digest=digest) as ctx:
         top = rank_top_five(ctx, validation)
         metadata = ctx.get_output_metadata("result")
     assert [o["score"] for o in top] == [7, 6, 5, 4, 3]

@@ -309,6 +309,7 @@ def test_an_smtp_server_failing_half_the_time_loses_no_email_and_sends_none_twic
     coin = random.Random(20261126)
     smtp_server.fail_with = lambda: "451 4.3.0 flaky, try later" if coin.random() < 0.5 else None
     production_env.setenv("SMTP_RETRIES", "1")
+    production_env.setenv("EMAIL_ONLY_NEW", "false")  # every window has its five to send
     windows = window_keys(21)
     outcomes = [run_window(window).success for window in windows[:20]]
     assert outcomes.count(False) >= 3  # the flaky server really failed some runs
@@ -364,4 +365,25 @@ def test_the_triage_agent_end_to_end(production_env, postgres_url, smtp_server, 
     }["run_agent"]
     assert metadata["agent_llm_calls"].value == 4
     assert metadata["agent_cost"].value == pytest.approx((200 * 1 + 40 * 2) / 1e6)
-    assert len(smtp_server.received) == 2
+    # The second window found the same four items, all in the first window's email.
+    assert len(smtp_server.received) == 1
+    assert by_window[second]["email_error"] == "nothing new: all 4 item(s) were in earlier emails"
+
+
+def test_only_new_items_are_emailed_until_nothing_new_is_left(
+    production_env, postgres_url, smtp_server
+):
+    """The sample feed has 24 items: five windows email them all, the sixth has none left."""
+    windows = window_keys(6)
+    for window in windows:
+        assert run_window(window).success
+    sent = [mail.message.get_body(("plain",)).get_content() for mail in smtp_server.received]
+    assert len(sent) == 5
+    by_window = {row["partition_key"]: row for row in rows(postgres_url)}
+    tops = [[o["id"] for o in by_window[w]["result"]["top_five"]] for w in windows]
+    assert [len(top) for top in tops] == [5, 5, 5, 5, 4, 0]
+    assert len({item for top in tops for item in top}) == 24  # no item twice
+    last = by_window[windows[-1]]
+    assert last["email_status"] == "skipped"
+    assert last["email_error"] == "nothing new: all 24 item(s) were in earlier emails"
+    assert last["result"]["already_sent_left_out"] == 24

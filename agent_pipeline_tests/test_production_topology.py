@@ -38,6 +38,7 @@ def stack(tmp_path, clean_env, postgres_url, redis_url, smtp_server):
         "AGENT": "agent_pipeline_tests.sample_agents:slow_keywords",
         "SLOW_AGENT_SECONDS": "1.5",
         "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
+        "EMAIL_ONLY_NEW": "false",  # every window has its five to send
     }
     with production_topology(tmp_path, postgres_url, settings) as topology:
         for name, value in topology.env.items():

@@ -243,3 +243,10 @@ def test_markdown_table_escapes_cells():
     assert lines[0] == "| # | score | title | url |"
     assert lines[2] == r"| 1 | 2.5 | a \| b \<script\> | https://e.org/x\_y |"
     assert top_five_markdown([]) == "_No outcomes._"
+
+
+def test_the_top_leaves_out_items_already_sent():
+    outcomes = [{"title": f"t{n}", "score": float(n), "id": str(n)} for n in range(8)]
+    ranking = rank_outcomes(outcomes, already_sent={"id:7", "id:5", "id:99"})
+    assert [o["id"] for o in ranking.top] == ["6", "4", "3", "2", "1"]
+    assert len(ranking.ranked) == 8 and ranking.already_sent_left_out == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
+from agent_pipeline.ranking import dedupe_key
 from agent_pipeline.schema import (
     EMAIL_CLAIMING_STATES,
     EMAIL_FAILED,
@@ -300,6 +301,24 @@ class AgentRunsStore(ConfigurableResource):
         except IntegrityError:
             return False
         return claimed.rowcount == 1
+
+    def sent_item_keys(self, other_than_window: str, days: int = 7) -> set[str]:
+        """Dedupe keys of the items in the emails sent for other windows in the last days."""
+        since = utc_now() - timedelta(days=days)
+        with self.engine.connect() as connection:
+            results = connection.execute(
+                select(agent_runs.c.result).where(
+                    agent_runs.c.email_status == EMAIL_SENT,
+                    agent_runs.c.email_sent_at >= since,
+                    agent_runs.c.partition_key != other_than_window,
+                )
+            ).scalars()
+            return {
+                dedupe_key(item)
+                for result in results
+                for item in (result or {}).get("top_five", [])
+                if isinstance(item, dict) and item.get("title")
+            }
 
     def undelivered_windows(self, limit: int) -> list[dict[str, Any]]:
         """For each window whose email failed and that no row has sent or is sending since,

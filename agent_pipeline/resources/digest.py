@@ -13,6 +13,11 @@ class DigestSettings(ConfigurableResource):
 
     email_from: str = Field(description="EMAIL_FROM: the sender address.")
     email_to: str = Field(description="EMAIL_TO: recipient addresses, comma separated.")
+    only_new: bool = Field(
+        default=True,
+        description="EMAIL_ONLY_NEW: leave out of the top five the items that earlier "
+        "windows' emails already had.",
+    )
 
     def sender(self) -> str:
         return parse_address(self.email_from, "EMAIL_FROM")
