@@ -81,6 +81,22 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float) -> Any:
     raise TimeoutError(f"{what} within {timeout:.0f}s")
 
 
+def wait_for_webserver(port: int) -> None:
+    wait_until(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5),
+        "the webserver did not answer", 120,
+    )
+
+
+def process_env(settings: Mapping[str, str], dagster_home: Path) -> dict[str, str]:
+    """This process's environment without the project's variables, plus settings; the tests'
+    agents importable as a user's own agent package would be."""
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_VARIABLES}
+    env.update({**settings, "DAGSTER_HOME": str(dagster_home)})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 @dataclass
 class Topology:
     processes: Processes
@@ -117,10 +133,7 @@ def production_topology(
     server.update(host="127.0.0.1", port=code_port)
     (workdir / "workspace.yaml").write_text(yaml.safe_dump(workspace))
 
-    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_VARIABLES}
-    env.update({**storage, **settings, "DAGSTER_HOME": str(home)})
-    # A user's agent package is importable by the code server; here, the tests' agents.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = process_env({**storage, **settings}, home)
 
     processes = Processes(workdir, env)
     try:
@@ -139,10 +152,7 @@ def production_topology(
             "-w", "workspace.yaml",
         )
         processes.start("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
-        wait_until(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info", timeout=5),
-            "the webserver did not answer", 120,
-        )
+        wait_for_webserver(web_port)
         yield Topology(processes, home, web_port, env)
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}\n{processes.logs()}") from None
@@ -156,17 +166,12 @@ def local_dev(workdir: Path, settings: Mapping[str, str]) -> Iterator[Topology]:
     dagster.yaml and workspace.yaml, exactly as `make dev` runs it from the repo."""
     for name in ("dagster.yaml", "workspace.yaml"):
         (workdir / name).write_text((REPO / name).read_text())
-    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_VARIABLES}
-    env.update({**settings, "DAGSTER_HOME": str(workdir)})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = process_env(settings, workdir)
     web_port = free_port()
     processes = Processes(workdir, env)
     try:
         processes.start("dg-dev", "dg", "dev", "-w", "workspace.yaml", "--port", str(web_port))
-        wait_until(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{web_port}/server_info", timeout=5),
-            "the webserver did not answer", 120,
-        )
+        wait_for_webserver(web_port)
         yield Topology(processes, workdir, web_port, env)
     except TimeoutError as exc:
         raise TimeoutError(f"{exc}\n{processes.logs()}") from None

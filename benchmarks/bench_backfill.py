@@ -31,6 +31,7 @@ from dagster import DagsterInstance, DagsterRunStatus  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from agent_pipeline.jobs import agent_job  # noqa: E402
+from agent_pipeline_tests.conftest import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
 from agent_pipeline_tests.topology import BIN, production_topology, wait_until  # noqa: E402
 
@@ -41,15 +42,6 @@ TARGETS = {
 }
 
 
-class CountingHandler:
-    def __init__(self):
-        self.received = 0
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
-        self.received += 1
-        return "250 OK"
-
-
 def backfill(executor: str, windows: list[str], admin_url: str, redis_url: str) -> float:
     """Seconds from submitting the backfill until every run has succeeded."""
     database = f"agent_pipeline_bench_{uuid.uuid4().hex[:8]}"
@@ -58,7 +50,8 @@ def backfill(executor: str, windows: list[str], admin_url: str, redis_url: str) 
     admin.cursor().execute(f'CREATE DATABASE "{database}"')
     database_url = make_url(admin_url).set(database=database).render_as_string(False)
     redis.Redis.from_url(redis_url).flushdb()
-    handler, smtp_port = CountingHandler(), free_port()
+    handler = SmtpCatcher("127.0.0.1", free_port())
+    smtp_port = handler.port
     smtp = Controller(handler, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
     try:
@@ -97,7 +90,7 @@ def backfill(executor: str, windows: list[str], admin_url: str, redis_url: str) 
 
                     wait_until(all_done, "the backfill did not finish", 3 * 3600)
                 elapsed = time.perf_counter() - started
-        assert handler.received == len(windows), handler.received
+        assert len(handler.received) == len(windows), len(handler.received)
         return elapsed
     finally:
         smtp.stop()

@@ -14,41 +14,37 @@ import argparse
 import logging
 import os
 import platform
-import socket
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
-import psycopg2
-from aiosmtpd.controller import Controller
-from dagster import DagsterInstance
-from sqlalchemy.engine import make_url
+# The SMTP catcher lives with the tests; make it importable when run as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent_pipeline.agents import AgentCache, AgentContext
-from agent_pipeline.emails import build_digest_email
-from agent_pipeline.jobs import agent_job
-from agent_pipeline.partitions import window_bounds
-from agent_pipeline.ranking import build_result, collect_outcomes, rank_outcomes, validate_outcomes
-from agent_pipeline.resources import AgentRunsStore, Redis
-from agent_pipeline.resources.agent_runs import forget_migrations
-from agent_pipeline.settings import resources_from_env
+import psycopg2  # noqa: E402
+from aiosmtpd.controller import Controller  # noqa: E402
+from dagster import DagsterInstance  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class CountingHandler:
-    def __init__(self):
-        self.received = 0
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
-        self.received += 1
-        return "250 OK"
+from agent_pipeline.agents import AgentCache, AgentContext  # noqa: E402
+from agent_pipeline.emails import build_digest_email  # noqa: E402
+from agent_pipeline.jobs import agent_job  # noqa: E402
+from agent_pipeline.partitions import window_bounds  # noqa: E402
+from agent_pipeline.ranking import (  # noqa: E402
+    build_result,
+    collect_outcomes,
+    rank_outcomes,
+    validate_outcomes,
+)
+from agent_pipeline.resources import AgentRunsStore, Redis  # noqa: E402
+from agent_pipeline.resources.agent_runs import forget_migrations  # noqa: E402
+from agent_pipeline.settings import resources_from_env  # noqa: E402
+from agent_pipeline_tests.conftest import SmtpCatcher  # noqa: E402
+from agent_pipeline_tests.services import free_port  # noqa: E402
 
 
 def plain_run(window: str, resources: dict) -> None:
@@ -117,8 +113,8 @@ def main() -> None:
     admin = psycopg2.connect(admin_url)
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{database}"')
-    handler = CountingHandler()
-    smtp_port = free_port()
+    handler = SmtpCatcher("127.0.0.1", free_port())
+    smtp_port = handler.port
     smtp_server = Controller(handler, hostname="127.0.0.1", port=smtp_port)
     smtp_server.start()
     try:
@@ -161,7 +157,7 @@ def main() -> None:
                 timings[label] = timed(
                     windows[n], lambda w, i=instance: dagster_run(w, resources, i)
                 )
-        assert handler.received == 4 * per_kind, handler.received
+        assert len(handler.received) == 4 * per_kind, len(handler.received)
     finally:
         smtp_server.stop()
         forget_migrations()
