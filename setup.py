@@ -31,6 +31,7 @@ setup(
         "pandas>=2.2,<4",
         "httpx>=0.27,<1",
         "feedparser>=6.0,<7",
+        "rank-bm25>=0.2.2,<0.3",
         # dagster-graphql's Python client passes arguments that gql 4 deprecates, and every
         # call would print a DeprecationWarning.
         "gql[requests]>=3.5,<4",

@@ -16,7 +16,7 @@ from agent_pipeline.agents.sources import (
     parse_sources,
     read_file,
 )
-from agent_pipeline.agents.triage import AllSourcesFailed, triage_agent
+from agent_pipeline.agents.triage import AllSourcesFailed, bm25_scores, triage_agent
 from agent_pipeline.resources.redis import Redis
 from agent_pipeline_tests.feed_server import ATOM, JSON_ITEMS, RSS091, RSS1, RSS2, FeedServer
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply, default_score
@@ -130,7 +130,7 @@ def test_a_broken_source_is_skipped_and_reported(redis_url):
     assert len(outcomes) == 2
     assert ctx.stats["sources_failed"] == {server.url("/gone"): "HTTP 500"}
     dagster = next(o for o in outcomes if o["id"] == "a-1")
-    assert dagster["score"] > 0 and dagster["reason"] == "matches your interests"
+    assert dagster["score"] == 100.0 and dagster["reason"] == "mentions dagster"
 
 
 def test_every_source_failing_fails_the_run():
@@ -188,3 +188,17 @@ def test_items_the_llm_cannot_score_are_left_out():
         outcomes = list(triage_agent(ctx))
     assert [o["title"] for o in outcomes] == ["Dagster adds faster backfills"]
     assert outcomes[0]["reason"] == "About Dagster adds faster backfills."
+
+
+def test_bm25_scores_rank_by_the_interests_mentioned():
+    items = [
+        {"title": "Dagster and Postgres together", "summary": "dagster dagster postgres"},
+        {"title": "Postgres tuning", "summary": "vacuum"},
+        {"title": "Gardening in winter", "summary": "bulbs"},
+    ]
+    scored = bm25_scores(items, "dagster, postgres")
+    assert [s["score"] for s in scored][0] == 100.0
+    assert 0 < scored[1]["score"] < 100 and scored[2]["score"] == 0.0
+    assert scored[0]["reason"] == "mentions dagster, postgres"
+    assert scored[2]["reason"] == "mentions none of your interests"
+    assert bm25_scores([], "dagster") == []

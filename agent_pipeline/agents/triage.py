@@ -7,13 +7,16 @@ changed items."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from rank_bm25 import BM25Plus
+
 from agent_pipeline.agents import AgentContext
-from agent_pipeline.agents.keywords import keyword_score, parse_interests
+from agent_pipeline.agents.keywords import parse_interests
 from agent_pipeline.agents.llm import PROMPT_VERSION, LlmScorer, LlmSettings
 from agent_pipeline.agents.sources import (
     SourceError,
@@ -69,6 +72,30 @@ def collect_items(context: AgentContext, sources: list[str]) -> tuple[list[dict]
 
 def _scoring_content(item: Mapping[str, Any]) -> dict[str, Any]:
     return {key: item.get(key) for key in ("title", "summary", "url", "source")}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def bm25_scores(items: list[Mapping[str, Any]], interests: str) -> list[dict[str, Any]]:
+    """Offline relevance: BM25+ (rank_bm25) of each item's title and summary against the
+    interests, scaled so that the best item of the batch scores 100; an item that mentions no
+    interest scores 0. BM25+ rather than Okapi BM25, whose IDF is zero for a term found in
+    half of a small batch (one of two items)."""
+    if not items:
+        return []
+    documents = [_words(f"{item.get('title', '')} {item.get('summary', '')}") for item in items]
+    query = _words(" ".join(parse_interests(interests)))
+    raw = BM25Plus([document or [""] for document in documents]).get_scores(query)
+    matched_terms = [sorted(set(query) & set(document)) for document in documents]
+    best = max((value for value, m in zip(raw, matched_terms, strict=True) if m), default=0.0)
+    results = []
+    for matched, value in zip(matched_terms, raw, strict=True):
+        score = round(100.0 * value / best, 1) if matched and best > 0 else 0.0
+        reason = f"mentions {', '.join(matched)}" if matched else "mentions none of your interests"
+        results.append({"score": score, "reason": reason})
+    return results
 
 
 def score_through_queue(
@@ -159,12 +186,10 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
         if price_in and price_out:
             stats["cost"] = scorer.usage.cost(float(price_in), float(price_out))
     else:
-        phrases = parse_interests(interests)
-        for item in misses:
-            score = keyword_score(item, phrases)
-            scores[id(item)] = {"score": score, "reason": "matches your interests"
-                                if score else "matches none of your interests"}
-            context.cache.set("triage-score", key_of[id(item)], scores[id(item)])
+        # BM25 weighs each item against the window's other items, so its scores are not
+        # cached per item; they cost nothing to compute again.
+        for item, scored in zip(misses, bm25_scores(misses, interests), strict=True):
+            scores[id(item)] = scored
     context.stats.update(stats)
     for item in items:
         scored = scores.get(id(item))
