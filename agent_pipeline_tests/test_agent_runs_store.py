@@ -135,3 +135,21 @@ def test_an_unreachable_database_fails_fast_naming_it():
     assert "cannot reach the agent_runs database" in message and "(DATABASE_URL)" in message
     assert "secret" not in message and "127.0.0.1" in message
     store.close()
+
+
+def test_sent_item_keys_come_from_other_windows_emails(store):
+    def sent_row(run_id, window, top):
+        row_id = store.start_run(run_id, window, "keywords")
+        store.complete_run(row_id, {"top_five": top})
+        assert store.claim_email(row_id)
+        store.record_email_sent(row_id)
+
+    sent_row("r1", "w1", [{"title": "A", "score": 1.0, "id": "a"},
+                          {"title": "B", "score": 1.0, "url": "https://e.org/b"}])
+    sent_row("r2", "w2", [{"title": "C", "score": 1.0}])
+    failed = store.start_run("r3", "w3", "keywords")
+    store.complete_run(failed, {"top_five": [{"title": "D", "score": 1.0}]})
+    assert store.sent_item_keys(other_than_window="w2") == {"id:a", "url:https://e.org/b"}
+    assert store.sent_item_keys(other_than_window="w9") == {
+        "id:a", "url:https://e.org/b", "title:c",
+    }

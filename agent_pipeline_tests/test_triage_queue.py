@@ -18,7 +18,7 @@ import redis as redis_client
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.agents.llm import LlmScorer
-from agent_pipeline.agents.triage import triage_agent
+from agent_pipeline.agents.triage import ScoringFailed, triage_agent
 from agent_pipeline.caching import stream_key
 from agent_pipeline.resources.redis import Redis
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply
@@ -118,3 +118,47 @@ def test_a_worker_killed_half_way_loses_nothing(redis_url, tmp_path):
     # Only the calls in flight at the kill (at most LLM_CONCURRENCY) were paid twice.
     assert ITEMS <= len(llm.requests) <= ITEMS + 4
     assert pending(redis_url) == 0
+
+
+def test_a_refused_key_fails_the_run_and_a_rerun_after_the_fix_scores_everything(
+    redis_url, tmp_path
+):
+    source = write_items(tmp_path)
+    key_works = False
+
+    def script(request, call):
+        return Reply() if key_works else Reply(status=401)
+
+    with LoopbackLlm(script) as llm:
+        with pytest.raises(ScoringFailed, match="HTTP 401: the API refused LLM_API_KEY"):
+            run_triage(redis_url, source, llm)
+        assert pending(redis_url) == ITEMS  # nothing acknowledged: all left for the re-run
+        key_works = True
+        outcomes = run_triage(redis_url, source, llm)
+    assert len(outcomes) == ITEMS and pending(redis_url) == 0
+
+
+def test_redis_failing_half_way_pays_for_no_item_twice(redis_url, tmp_path):
+    """Redis refuses writes (out of memory) part way: the agent finishes without it, and
+    scores only what the queue had not scored yet."""
+    source = write_items(tmp_path)
+    admin = redis_client.Redis.from_url(redis_url)
+    saved = admin.config_get("maxmemory")["maxmemory"], admin.config_get("maxmemory-policy")[
+        "maxmemory-policy"
+    ]
+
+    def script(request, call):
+        if len(llm.requests) == 10:
+            admin.set("filler", "x" * 100_000)
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+        return Reply()
+
+    try:
+        with LoopbackLlm(script) as llm:
+            outcomes = run_triage(redis_url, source, llm)
+    finally:
+        admin.config_set("maxmemory", saved[0])
+        admin.config_set("maxmemory-policy", saved[1])
+    assert len(outcomes) == ITEMS
+    assert sorted(llm.calls_per_title.values()) == [1] * ITEMS

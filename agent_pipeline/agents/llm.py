@@ -42,7 +42,7 @@ class MalformedAnswer(Exception):
 @dataclass(frozen=True)
 class LlmSettings:
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     model: str
     concurrency: int = 8
     timeout_seconds: float = 30.0
@@ -60,11 +60,18 @@ class Usage:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, answer: Mapping[str, Any]) -> None:
-        usage = answer.get("usage") or {}
+        usage = answer.get("usage")
+        prompt = completion = 0
+        if isinstance(usage, Mapping):
+            try:  # an API that reports usage oddly must not cost the item its score
+                prompt = max(int(usage.get("prompt_tokens") or 0), 0)
+                completion = max(int(usage.get("completion_tokens") or 0), 0)
+            except (TypeError, ValueError):
+                prompt = completion = 0
         with self._lock:
             self.calls += 1
-            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
 
     def cost(self, price_input: float | None, price_output: float | None) -> float | None:
         """Cost in the prices' currency, prices per million tokens; None without prices."""
@@ -169,10 +176,17 @@ class LlmScorer:
                         answer = response.json()
                     except ValueError:
                         raise MalformedAnswer("the API's reply is not JSON") from None
+                    if not isinstance(answer, dict):
+                        raise MalformedAnswer("the API's reply is not a JSON object")
                     self.usage.add(answer)
                     return answer
+                if response.status_code in (401, 403):
+                    # The body is left out: some APIs echo the key they refused.
+                    raise LlmError(f"HTTP {response.status_code}: the API refused LLM_API_KEY")
                 if response.status_code not in RETRY_STATUSES:
-                    raise LlmError(f"HTTP {response.status_code}: {response.text[:200]}")
+                    raise LlmError(
+                        f"HTTP {response.status_code}: {self._redact(response.text[:200])}"
+                    )
                 problem = f"HTTP {response.status_code}"
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
             if attempt == self.settings.max_retries:
@@ -182,8 +196,13 @@ class LlmScorer:
             self._sleep(wait)
         raise AssertionError("unreachable")
 
+    def _redact(self, text: str) -> str:
+        return text.replace(self.settings.api_key, "***") if self.settings.api_key else text
+
     def score(self, item: Mapping[str, Any]) -> tuple[float, str] | None:
-        """(score, reason), or None when the item is dropped (logged with the reason)."""
+        """(score, reason); None when the model's answers were malformed twice (the item is
+        dropped with a warning); LlmError when the API could not be reached or refused, so
+        that the caller can keep the item for another attempt."""
         prompt = item_prompt(item, self.interests)
         title = str(item.get("title", ""))[:80]
         for attempt in (1, 2):  # a malformed answer gets one more chance
@@ -195,26 +214,22 @@ class LlmScorer:
                 if attempt == 2:
                     self.log.warning(f"Dropped {title!r}: malformed answer ({exc})")
                     return None
-            except LlmError as exc:
-                self.log.warning(f"Dropped {title!r}: {exc}")
-                return None
         return None
 
     def score_all(
         self,
-        items: Iterable[Mapping[str, Any]],
-        on_scored: Callable[[Mapping[str, Any], tuple[float, str]], None] | None = None,
-    ) -> list[tuple[Mapping[str, Any], tuple[float, str] | None]]:
-        """Every item with its score, `concurrency` at a time, in the items' order. on_scored
-        is called (from the worker threads) as each item is scored, so that a run killed half
-        way keeps what it had paid for."""
+        items: Iterable[Any],
+        score_one: Callable[[Any], Any],
+    ) -> list[Any]:
+        """score_one(item) for every item, `concurrency` at a time, in the items' order.
+        An LlmError is returned in place of its item's result, not raised."""
 
-        def score_one(item: Mapping[str, Any]) -> tuple[float, str] | None:
-            result = self.score(item)
-            if result is not None and on_scored is not None:
-                on_scored(item, result)
-            return result
+        def guarded(item: Any) -> Any:
+            try:
+                return score_one(item)
+            except LlmError as exc:
+                self.log.warning(f"Not scored: {exc}")
+                return exc
 
-        items = list(items)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(zip(items, pool.map(score_one, items), strict=True))
+            return list(pool.map(guarded, list(items)))

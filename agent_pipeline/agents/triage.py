@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from rank_bm25 import BM25Plus
 
 from agent_pipeline.agents import AgentContext
 from agent_pipeline.agents.keywords import parse_interests
-from agent_pipeline.agents.llm import PROMPT_VERSION, LlmScorer, LlmSettings
+from agent_pipeline.agents.llm import PROMPT_VERSION, LlmError, LlmScorer, LlmSettings
 from agent_pipeline.agents.sources import (
     SourceError,
     fetch_url,
@@ -38,6 +38,10 @@ QUEUE_TTL_SECONDS = 2 * 24 * 3600
 
 class AllSourcesFailed(AgentPipelineError):
     """Every source failed: there is nothing to triage."""
+
+
+class ScoringFailed(AgentPipelineError):
+    """The LLM scored none of the items: a wrong key, a down API."""
 
 
 def collect_items(context: AgentContext, sources: list[str]) -> tuple[list[dict], dict[str, str]]:
@@ -98,19 +102,25 @@ def bm25_scores(items: list[Mapping[str, Any]], interests: str) -> list[dict[str
     return results
 
 
+Remember = Callable[[str, dict[str, Any], tuple[float, str]], None]
+
+
 def score_through_queue(
     context: AgentContext,
     queue: Redis,
     scorer: LlmScorer,
     misses: list[dict],
     key_of: Mapping[int, dict[str, Any]],
-) -> None:
+    remember: Remember,
+) -> list[LlmError]:
     """Score items through the window's Redis stream: each item is added once, read by this
-    attempt's workers through a consumer group and acknowledged once its score is cached. A
-    retry of the window first takes over what a killed attempt read but never acknowledged;
-    an item already scored is acknowledged without another LLM call."""
+    attempt's workers through a consumer group and acknowledged once it has an answer. A retry
+    of the window first takes over what a failed or killed attempt read but never
+    acknowledged; an item already scored is acknowledged without another LLM call. Items the
+    API could not score stay unacknowledged, for the next attempt; their errors are returned."""
     stream = f"triage:{context.partition_key}"
     queue.queue_create(stream, QUEUE_GROUP)
+    queue.queue_expire(stream, QUEUE_TTL_SECONDS)  # now, so a killed attempt's stream expires
     for item in misses:
         key = key_of[id(item)]
         queue.queue_add_once(
@@ -124,17 +134,58 @@ def score_through_queue(
     def work(entry: tuple[str, dict[str, str]]) -> None:
         entry_id, fields = entry
         key = json.loads(fields["cache_key"])
-        if context.cache.peek("triage-score", key) is None:
-            result = scorer.score(json.loads(fields["item"]))
+        cached = context.cache.peek("triage-score", key)
+        if cached is not None:
+            remember(fields["member"], key, (cached["score"], cached["reason"]))
+        elif not queue.enabled:
+            return  # Redis went away: the caller scores what is left without the queue
+        else:
+            result = scorer.score(json.loads(fields["item"]))  # LlmError: left unacknowledged
             if result is not None:
-                context.cache.set("triage-score", key, {"score": result[0], "reason": result[1]})
-        # Acknowledged also when the LLM gave no usable answer: asking again in this window
-        # would not help; the next window's run tries the item afresh.
+                remember(fields["member"], key, result)
+        # Also acknowledged when the model's answers were malformed: asking again in this
+        # window would not help; the next window's run tries the item afresh.
         queue.queue_ack(stream, QUEUE_GROUP, [entry_id])
 
-    with ThreadPoolExecutor(max_workers=scorer.settings.concurrency) as pool:
-        list(pool.map(work, entries))
+    failures = [r for r in scorer.score_all(entries, work) if isinstance(r, LlmError)]
     queue.queue_expire(stream, QUEUE_TTL_SECONDS)
+    return failures
+
+
+def score_with_llm(
+    context: AgentContext,
+    scorer: LlmScorer,
+    misses: list[dict],
+    key_of: Mapping[int, dict[str, Any]],
+    scores: dict[int, dict[str, Any] | None],
+) -> list[LlmError]:
+    """Fill scores for the misses (through the queue when Redis is there); the API errors of
+    the items it could not score."""
+    by_member = {content_hash(key_of[id(item)]): item for item in misses}
+    lock = threading.Lock()
+
+    def remember(member: str, key: dict[str, Any], result: tuple[float, str]) -> None:
+        value = {"score": result[0], "reason": result[1]}
+        context.cache.set("triage-score", key, value)
+        item = by_member.get(member)
+        if item is not None:
+            with lock:
+                scores[id(item)] = value
+
+    failures: list[LlmError] = []
+    queue = context.queue
+    if queue is not None and queue.enabled:
+        failures = score_through_queue(context, queue, scorer, misses, key_of, remember)
+    if queue is None or not queue.enabled:  # no Redis, or it failed part way
+        rest = [item for item in misses if id(item) not in scores]
+
+        def score_one(item: dict[str, Any]) -> None:
+            result = scorer.score(item)
+            if result is not None:
+                remember(content_hash(key_of[id(item)]), key_of[id(item)], result)
+
+        failures = [r for r in scorer.score_all(rest, score_one) if isinstance(r, LlmError)]
+    return failures
 
 
 def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
@@ -167,21 +218,13 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
             base_url=settings["llm_base_url"], api_key=settings["llm_api_key"],
             model=model, concurrency=int(settings.get("llm_concurrency", 8)),
         )
-        def remember(item: Mapping[str, Any], result: tuple[float, str]) -> None:
-            scores[id(item)] = {"score": result[0], "reason": result[1]}
-            context.cache.set("triage-score", key_of[id(item)], scores[id(item)])
-
         with LlmScorer(llm, interests, context.log) as scorer:
-            queue = context.queue
-            if queue is not None and queue.enabled:
-                score_through_queue(context, queue, scorer, misses, key_of)
-                for item in misses:
-                    scores[id(item)] = context.cache.peek("triage-score", key_of[id(item)])
-            if queue is None or not queue.enabled:  # no Redis, or it failed part way
-                unscored = [item for item in misses if scores.get(id(item)) is None]
-                scorer.score_all(unscored, on_scored=remember)
+            failures = score_with_llm(context, scorer, misses, key_of, scores)
         stats.update(llm_calls=scorer.usage.calls, prompt_tokens=scorer.usage.prompt_tokens,
-                     completion_tokens=scorer.usage.completion_tokens)
+                     completion_tokens=scorer.usage.completion_tokens,
+                     llm_failures=len(failures))
+        if failures and len(failures) == len(misses):
+            raise ScoringFailed(f"no item could be scored: {failures[0]}")
         price_in, price_out = settings.get("llm_price_input"), settings.get("llm_price_output")
         if price_in and price_out:
             stats["cost"] = scorer.usage.cost(float(price_in), float(price_out))

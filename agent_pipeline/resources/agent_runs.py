@@ -306,8 +306,8 @@ class AgentRunsStore(ConfigurableResource):
         """Dedupe keys of the items in the emails sent for other windows in the last days."""
         since = utc_now() - timedelta(days=days)
         with self.engine.connect() as connection:
-            results = connection.execute(
-                select(agent_runs.c.result).where(
+            tops = connection.execute(
+                select(agent_runs.c.result["top_five"]).where(
                     agent_runs.c.email_status == EMAIL_SENT,
                     agent_runs.c.email_sent_at >= since,
                     agent_runs.c.partition_key != other_than_window,
@@ -315,14 +315,15 @@ class AgentRunsStore(ConfigurableResource):
             ).scalars()
             return {
                 dedupe_key(item)
-                for result in results
-                for item in (result or {}).get("top_five", [])
+                for top in tops
+                for item in (top if isinstance(top, list) else [])
                 if isinstance(item, dict) and item.get("title")
             }
 
-    def undelivered_windows(self, limit: int) -> list[dict[str, Any]]:
-        """For each window whose email failed and that no row has sent or is sending since,
-        its newest failed row with a top five; oldest windows first, at most limit."""
+    def undelivered_windows(self, limit: int, max_age_hours: int = 24) -> list[dict[str, Any]]:
+        """For each window whose email failed in the last max_age_hours and that no row has
+        sent or is sending since, its newest failed row with a top five; oldest windows first,
+        at most limit."""
         claimed = select(agent_runs.c.partition_key).where(
             agent_runs.c.email_status.in_(EMAIL_CLAIMING_STATES)
         )
@@ -331,6 +332,7 @@ class AgentRunsStore(ConfigurableResource):
                 select(agent_runs)
                 .where(
                     agent_runs.c.email_status == EMAIL_FAILED,
+                    agent_runs.c.started_at >= utc_now() - timedelta(hours=max_age_hours),
                     agent_runs.c.partition_key.is_not(None),
                     agent_runs.c.partition_key.not_in(claimed),
                 )

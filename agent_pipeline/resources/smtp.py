@@ -69,24 +69,30 @@ class Smtp(ConfigurableResource):
     def send(self, message: EmailMessage) -> str:
         """Deliver message to its To recipients, retrying transient failures with exponential
         backoff and jitter; returns where it went, or raises the last failure."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self.send_once(message)
+            except Exception as exc:
+                if attempt == self.retries or not is_transient(exc):
+                    raise
+                self.wait_before_retry(attempt, exc)
+        raise AssertionError("unreachable")
+
+    def wait_before_retry(self, attempt: int, exc: Exception) -> None:
+        delay = self.retry_backoff_seconds * 2**attempt * random.uniform(0.5, 1.0)
+        log.warning(
+            "SMTP delivery failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
+        )
+        time.sleep(delay)
+
+    def send_once(self, message: EmailMessage) -> str:
+        """One delivery attempt; returns where it went."""
         if not self.host:
             return self._write_to_outbox(message)
         if self.security not in SECURITY_MODES:
             raise ValueError(f"SMTP_SECURITY must be one of {', '.join(SECURITY_MODES)}")
-        for attempt in range(self.retries + 1):
-            try:
-                self._send_once(message)
-                return self.destination
-            except Exception as exc:
-                if attempt == self.retries or not is_transient(exc):
-                    raise
-                delay = self.retry_backoff_seconds * 2**attempt
-                log.warning(
-                    "SMTP delivery failed (%s: %s); retrying in %.1f s",
-                    type(exc).__name__, exc, delay,
-                )
-                time.sleep(delay * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
+        self._send_once(message)
+        return self.destination
 
     def _send_once(self, message: EmailMessage) -> None:
         tls = ssl.create_default_context(cafile=self.ca_file)
