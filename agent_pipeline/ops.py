@@ -89,7 +89,12 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
     items, cut = collect_outcomes(agent_callable(agent_context))
     validation = validate_outcomes(items)
     stats = agent_context.stats
-    validation.agent_stats = storable_json(stats)
+    try:
+        validation.agent_stats = storable_json(stats)
+    except Exception as exc:  # a custom agent's stats must not cost the run
+        context.log.warning(f"Agent stats not stored: {exc}")
+        stats = {"stats_not_stored": str(exc)}
+        validation.agent_stats = stats
     duration = time.perf_counter() - started
     if cut:
         context.log.warning(

@@ -183,7 +183,8 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     price_input = _float(env, "LLM_PRICE_INPUT", -1.0, **per_million)
     price_output = _float(env, "LLM_PRICE_OUTPUT", -1.0, **per_million)
     agent = AgentResource(
-        sources=env.get("AGENT_SOURCES", "").strip(),
+        # Feed URLs often carry tokens: an EnvVar keeps them out of the UI's resource config.
+        sources=_secret(env, "AGENT_SOURCES") or "",
         scorer=scorer,
         llm_base_url=llm_base_url,
         llm_api_key=_secret(env, "LLM_API_KEY"),

@@ -3,7 +3,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dagster import DefaultScheduleStatus, build_schedule_context
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    build_schedule_context,
+)
 
 from agent_pipeline.definitions import defs
 from agent_pipeline.partitions import window_bounds, window_partitions
@@ -41,7 +47,7 @@ def test_the_window_start_rolls_with_the_history_setting():
     assert len(keys) == 3 * 144 + 9 * 6 + 4
 
 
-def test_the_schedule_runs_the_window_that_just_closed():
+def test_the_schedule_runs_the_window_that_just_closed(tmp_path):
     schedule = defs.resolve_schedule_def("agent_job_schedule")
     assert schedule.cron_schedule == "*/10 * * * *"
     assert schedule.execution_timezone == "UTC"
@@ -50,12 +56,26 @@ def test_the_schedule_runs_the_window_that_just_closed():
 
     tick = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
     tick = tick.replace(minute=tick.minute - tick.minute % 10)
-    with build_schedule_context(
-        scheduled_execution_time=tick, repository_def=defs.get_repository_def()
-    ) as context:
-        (request,) = schedule.evaluate_tick(context).run_requests
     window = (tick - timedelta(minutes=10)).strftime("%Y-%m-%d-%H:%M")
-    assert request.partition_key == window and request.run_key == window
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        with build_schedule_context(
+            instance=instance, scheduled_execution_time=tick,
+            repository_def=defs.get_repository_def(),
+        ) as context:
+            (request,) = schedule.evaluate_tick(context).run_requests
+        assert request.partition_key == window and request.run_key == window
+
+        # A run in progress: the tick skips, and says which window waits for a backfill.
+        busy = instance.add_run(DagsterRun(job_name="agent_job", status=DagsterRunStatus.STARTED))
+        with build_schedule_context(
+            instance=instance, scheduled_execution_time=tick,
+            repository_def=defs.get_repository_def(),
+        ) as context:
+            data = schedule.evaluate_tick(context)
+    assert data.run_requests == []
+    assert data.skip_message == (
+        f"run {busy.run_id} of agent_job is still started; window {window} is left for a backfill"
+    )
 
 
 def test_the_schedule_skips_before_the_first_window_closes():
@@ -64,7 +84,9 @@ def test_the_schedule_skips_before_the_first_window_closes():
         defs.resolve_job_def("agent_job").partitions_def.get_first_partition_key(),
         "%Y-%m-%d-%H:%M",
     ).replace(tzinfo=UTC)
-    with build_schedule_context(scheduled_execution_time=first) as context:
+    with DagsterInstance.ephemeral() as instance, build_schedule_context(
+        instance=instance, scheduled_execution_time=first
+    ) as context:
         data = schedule.evaluate_tick(context)
     assert data.run_requests == [] and data.skip_message == "no window has closed yet"
 

@@ -15,6 +15,8 @@ from dagster import DagsterInstance, execute_job, reconstructable
 from sqlalchemy.engine import make_url
 
 from agent_pipeline_tests.conftest import SmtpCatcher
+from agent_pipeline_tests.feed_server import JSON_ITEMS
+from agent_pipeline_tests.llm_server import LoopbackLlm
 from agent_pipeline_tests.services import free_port
 from agent_pipeline_tests.test_pipeline import agent_job_from_env, rows, window_keys
 
@@ -45,6 +47,10 @@ def test_secrets_appear_nowhere(clean_env, postgres_url, redis_url, tmp_path, ca
         logins.append(ok)
         return AuthResult(success=ok, handled=False)
 
+    # The triage agent with the LLM scorer, so that LLM_API_KEY really travels.
+    llm = LoopbackLlm()
+    llm.__enter__()
+    (tmp_path / "items.json").write_bytes(JSON_ITEMS)
     catcher = SmtpCatcher("127.0.0.1", free_port())
     server = Controller(catcher, hostname=catcher.host, port=catcher.port,
                         authenticator=authenticate, auth_require_tls=False)
@@ -55,6 +61,8 @@ def test_secrets_appear_nowhere(clean_env, postgres_url, redis_url, tmp_path, ca
         "DATABASE_URL": database_url, "REDIS_URL": redis_url,
         "SMTP_HOST": catcher.host, "SMTP_PORT": str(catcher.port), "SMTP_SECURITY": "none",
         "SMTP_USERNAME": "agent", "SMTP_PASSWORD": SMTP_SECRET, "LLM_API_KEY": LLM_SECRET,
+        "AGENT": "triage", "AGENT_SOURCES": str(tmp_path / "items.json"),
+        "LLM_BASE_URL": llm.base_url,
         "EMAIL_FROM": "agent@example.com", "EMAIL_TO": "ann@example.com",
     }.items():
         clean_env.setenv(name, value)
@@ -75,8 +83,10 @@ def test_secrets_appear_nowhere(clean_env, postgres_url, redis_url, tmp_path, ca
             }
     finally:
         server.stop()
+        llm.__exit__(None, None, None)
 
     assert logins == [True] and len(catcher.received) == 1  # the password was used
+    assert {h["Authorization"] for h in llm.headers} == {f"Bearer {LLM_SECRET}"}  # the key too
     assert any("LOGS_CAPTURED" in entry or "STEP_SUCCESS" in entry for entry in event_log)
     places["agent_runs rows"] = json.dumps(rows(postgres_url), default=str)
     output = capfd.readouterr()

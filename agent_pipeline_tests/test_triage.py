@@ -3,18 +3,21 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.agents.sources import (
     MAX_SOURCE_BYTES,
     SourceError,
+    _no_redirect_inward,
     fetch_url,
     http_client,
     items_from_feed,
     parse_items,
     parse_sources,
     read_file,
+    source_label,
 )
 from agent_pipeline.agents.triage import AllSourcesFailed, bm25_scores, triage_agent
 from agent_pipeline.resources.redis import Redis
@@ -69,16 +72,17 @@ def test_each_feed_format_is_read(path, titles):
 
 def test_feed_fields_are_plain_text_with_dates():
     (dagster, _) = items_from_feed(RSS2, "https://feeds.example.org/rss")
+    assert dagster["id"].endswith(":a-1")  # the feed's guid, under its source
     assert dagster == {
         "title": "Dagster adds faster backfills",
         "url": "https://example.org/a",
         "summary": "Partitioned jobs, now quicker.",
-        "id": "a-1",
+        "id": dagster["id"],
         "published": "2026-11-25T08:00:00+00:00",
         "source": "Data Weekly",
     }
     (json_item,) = parse_items(JSON_ITEMS, "https://api.example.org/items.json")
-    assert json_item["summary"] == "Many pipelines." and json_item["id"] == "f-1"
+    assert json_item["summary"] == "Many pipelines." and json_item["id"].endswith(":f-1")
     assert json_item["published"] == "2026-11-24"
 
 
@@ -129,7 +133,7 @@ def test_a_broken_source_is_skipped_and_reported(redis_url):
         outcomes = list(triage_agent(ctx))
     assert len(outcomes) == 2
     assert ctx.stats["sources_failed"] == {server.url("/gone"): "HTTP 500"}
-    dagster = next(o for o in outcomes if o["id"] == "a-1")
+    dagster = next(o for o in outcomes if o["id"].endswith(":a-1"))
     assert dagster["score"] == 100.0 and dagster["reason"] == "mentions dagster"
 
 
@@ -202,3 +206,32 @@ def test_bm25_scores_rank_by_the_interests_mentioned():
     assert scored[0]["reason"] == "mentions dagster, postgres"
     assert scored[2]["reason"] == "mentions none of your interests"
     assert bm25_scores([], "dagster") == []
+
+
+def test_a_public_feed_cannot_redirect_the_agent_inward():
+    public = httpx.Request("GET", "http://93.184.216.34/feed.xml")
+    response = httpx.Response(302, request=public, headers={"Location": "http://127.0.0.1/"})
+    response.next_request = httpx.Request("GET", "http://127.0.0.1:6379/")
+    with pytest.raises(SourceError, match="redirects to an internal address"):
+        _no_redirect_inward(response)
+    response.next_request = httpx.Request("GET", "http://93.184.216.35/feed.xml")
+    _no_redirect_inward(response)  # public to public is fine
+
+
+def test_a_hostile_json_document_is_one_bad_source():
+    nested = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(SourceError, match="unreadable|not valid JSON"):
+        parse_items(nested, "https://example.org/items.json")
+
+
+def test_ids_from_two_sources_do_not_collide():
+    first = parse_items(b'[{"title": "a", "id": "1"}]', "https://one.example/x.json")
+    second = parse_items(b'[{"title": "b", "id": "1"}]', "https://two.example/x.json")
+    assert first[0]["id"] != second[0]["id"] and first[0]["id"].endswith(":1")
+
+
+def test_source_labels_drop_credentials():
+    assert source_label("https://user:pw@feeds.example.org:8443/rss?token=s3cret") == (
+        "https://feeds.example.org:8443/rss"
+    )
+    assert source_label("/data/items.json") == "/data/items.json"

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import html
+import ipaddress
 import json
 import re
+import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +22,8 @@ import feedparser
 import httpx
 
 MAX_SOURCE_BYTES = 5_000_000
+# A server that trickles bytes stays under the read timeout; this bounds the whole download.
+SOURCE_DEADLINE_SECONDS = 60
 MAX_ITEMS_PER_SOURCE = 1_000
 # JSON sources: the first of these keys that an object has gives each field.
 JSON_FIELDS = {
@@ -41,6 +46,17 @@ class Fetched:
     not_modified: bool = False  # answered 304: the items are the cached ones
 
 
+def source_label(source: str) -> str:
+    """The source for logs, stats and errors: a URL without user info and query string (they
+    often carry tokens)."""
+    parts = urlsplit(source)
+    if parts.scheme in ("http", "https"):
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+    return source
+
+
 def parse_sources(text: str) -> list[str]:
     """AGENT_SOURCES: comma-separated URLs or file paths, blanks and repeats removed."""
     return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
@@ -52,10 +68,13 @@ def _text(value: Any) -> str:
 
 
 def _item_id(source: str, item: Mapping[str, Any]) -> str:
-    basis = item.get("id") or item.get("url") or item.get("title") or ""
-    return str(basis) if item.get("id") else hashlib.sha256(
-        f"{source}\n{basis}".encode()
-    ).hexdigest()[:16]
+    """The source's own id (prefixed by a short hash of the source, so that "1" from two
+    sources are two items), else a hash of the source and the URL or title."""
+    prefix = hashlib.sha256(source.encode()).hexdigest()[:8]
+    if item.get("id"):
+        return f"{prefix}:{item['id']}"
+    basis = item.get("url") or item.get("title") or ""
+    return f"{prefix}:{hashlib.sha256(str(basis).encode()).hexdigest()[:16]}"
 
 
 def _published(entry: Mapping[str, Any]) -> str | None:
@@ -112,9 +131,14 @@ def items_from_json(data: bytes, source: str) -> list[dict[str, Any]]:
 
 def parse_items(data: bytes, source: str, content_type: str = "") -> list[dict[str, Any]]:
     looks_like_json = "json" in content_type or source.lower().endswith(".json")
-    if looks_like_json or data.lstrip()[:1] in (b"[", b"{"):
-        return items_from_json(data, source)
-    return items_from_feed(data, source)
+    try:
+        if looks_like_json or data.lstrip()[:1] in (b"[", b"{"):
+            return items_from_json(data, source)
+        return items_from_feed(data, source)
+    except SourceError:
+        raise
+    except Exception as exc:  # a hostile document (nested past the recursion limit, ...)
+        raise SourceError(f"unreadable ({type(exc).__name__})") from None
 
 
 def read_file(source: str) -> Fetched:
@@ -145,10 +169,13 @@ def fetch_url(
             if response.status_code != 200:
                 raise SourceError(f"HTTP {response.status_code}")
             data = b""
+            deadline = time.monotonic() + SOURCE_DEADLINE_SECONDS
             for chunk in response.iter_bytes():
                 data += chunk
                 if len(data) > MAX_SOURCE_BYTES:
                     raise SourceError(f"larger than {MAX_SOURCE_BYTES:,} bytes")
+                if time.monotonic() > deadline:
+                    raise SourceError(f"took over {SOURCE_DEADLINE_SECONDS} s to download")
             remembered = {
                 "etag": response.headers.get("ETag", ""),
                 "last_modified": response.headers.get("Last-Modified", ""),
@@ -159,10 +186,30 @@ def fetch_url(
     return Fetched(parse_items(data, url, content_type)), remembered
 
 
+def is_private_host(host: str) -> bool:
+    """Loopback, private, link-local or otherwise internal, by what the name resolves to."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False  # unresolvable: the request itself will fail
+    return any(
+        not ipaddress.ip_address(address.split("%")[0]).is_global for address in addresses
+    )
+
+
+def _no_redirect_inward(response: httpx.Response) -> None:
+    """A feed on a public host must not redirect the agent to an internal address."""
+    target = response.next_request
+    if target is not None and not is_private_host(response.request.url.host):
+        if is_private_host(target.url.host):
+            raise SourceError(f"redirects to an internal address ({target.url.host})")
+
+
 def http_client(timeout_seconds: float = 20.0) -> httpx.Client:
     return httpx.Client(
         timeout=timeout_seconds,
         follow_redirects=True,
         max_redirects=5,
         headers={"User-Agent": "agent_pipeline/0.1"},
+        event_hooks={"response": [_no_redirect_inward]},
     )

@@ -24,6 +24,7 @@ from agent_pipeline.agents.sources import (
     http_client,
     parse_sources,
     read_file,
+    source_label,
 )
 from agent_pipeline.caching import content_hash
 from agent_pipeline.errors import AgentPipelineError
@@ -63,10 +64,10 @@ def collect_items(context: AgentContext, sources: list[str]) -> tuple[list[dict]
                 else:
                     found = read_file(source).items
             except SourceError as exc:
-                failures[source] = str(exc)
-                context.log.warning(f"Source {source} skipped: {exc}")
+                failures[source_label(source)] = str(exc)
+                context.log.warning(f"Source {source_label(source)} skipped: {exc}")
                 continue
-            context.log.info(f"Source {source}: {len(found)} items")
+            context.log.info(f"Source {source_label(source)}: {len(found)} items")
             items.extend(found)
     if sources and len(failures) == len(sources):
         details = "; ".join(f"{source}: {error}" for source, error in failures.items())
