@@ -81,35 +81,37 @@ class LoopbackLlm:
                 try:
                     reply = llm.script(request, call)
                     time.sleep(reply.delay)
-                    if reply.body is not None:
-                        body = reply.body
-                    elif reply.status != 200:
-                        body = json.dumps({"error": {"message": f"status {reply.status}"}})
-                    else:
-                        content = reply.content
-                        if content is None:
-                            content = json.dumps(
-                                {"score": default_score(title), "reason": f"About {title}."}
-                            )
-                        body = json.dumps({
-                            "id": "chatcmpl-test",
-                            "object": "chat.completion",
-                            "model": request.get("model"),
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": content}}],
-                            "usage": {"prompt_tokens": 50, "completion_tokens": 10,
-                                      "total_tokens": 60},
-                        })
-                    data = body.encode()
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
                 finally:
+                    # Counted out before the answer goes back: the client can only send its
+                    # next request once it has the answer, so it is never counted twice.
                     with llm._lock:
                         llm.in_flight -= 1
+                if reply.body is not None:
+                    body = reply.body
+                elif reply.status != 200:
+                    body = json.dumps({"error": {"message": f"status {reply.status}"}})
+                else:
+                    content = reply.content
+                    if content is None:
+                        content = json.dumps(
+                            {"score": default_score(title), "reason": f"About {title}."}
+                        )
+                    body = json.dumps({
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "model": request.get("model"),
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 10,
+                                  "total_tokens": 60},
+                    })
+                data = body.encode()
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
 
         return Handler
