@@ -6,10 +6,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
+from sqlalchemy.engine import make_url
 
 from agent_pipeline.jobs import agent_job
+from agent_pipeline_tests.services import TcpProxy, free_port
 from agent_pipeline_tests.test_pipeline import rows
 from agent_pipeline_tests.topology import BIN, Processes, production_topology, wait_until
 
@@ -116,3 +118,59 @@ def test_the_production_topology_runs_launches_and_backfills_one_at_a_time(
     assert sorted(w for w in windows if w in keys) == keys
     logs = stack["processes"].logs()
     assert "DeprecationWarning" not in logs
+
+
+def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
+    tmp_path, clean_env, postgres_url, redis_url, smtp_server
+):
+    """agent_runs' database is unreachable when the run starts: the run fails fast naming it;
+    once the database answers again, Dagster's run retry (deploy/dagster.yaml) succeeds."""
+    database = make_url(postgres_url)
+    proxy_port = free_port()
+    settings = {
+        "DATABASE_URL": database.set(port=proxy_port).render_as_string(hide_password=False),
+        "REDIS_URL": redis_url,
+        "SMTP_HOST": smtp_server.host,
+        "SMTP_PORT": str(smtp_server.port),
+        "SMTP_SECURITY": "none",
+        "EMAIL_FROM": "agent@example.com",
+        "EMAIL_TO": "ann@example.com",
+        "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
+    }
+    window = agent_job.partitions_def.get_partition_keys()[-170]
+    proxy = None
+    # Dagster's own storage stays on the real port; only agent_runs goes through the proxy.
+    with production_topology(tmp_path, postgres_url, settings) as topology:
+        for name, value in topology.env.items():
+            if name.startswith("DAGSTER_POSTGRES_") or name == "DAGSTER_STORAGE_DIR":
+                clean_env.setenv(name, value)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
+        with DagsterInstance.from_config(str(topology.home)) as instance:
+            first = client.submit_job_execution(
+                "agent_job", repository_location_name="agent_pipeline",
+                tags={"dagster/partition": window},
+            )
+            (record,) = wait_for_runs({"instance": instance, "processes": topology.processes},
+                                      [first])
+            assert record.dagster_run.status == DagsterRunStatus.FAILURE
+            proxy = TcpProxy(proxy_port, database.port or 5432)  # the database is back
+            try:
+                def window_succeeded():
+                    runs = instance.get_runs(
+                        filters=RunsFilter(tags={"dagster/partition": window})
+                    )
+                    return any(run.status == DagsterRunStatus.SUCCESS for run in runs) and runs
+
+                runs = wait_for(window_succeeded, "no retry of the window succeeded", 180,
+                                topology.processes)
+                # The error's text is in the failure events' data, as the UI shows it.
+                failure_logs = " ".join(entry.to_json() for entry in instance.all_logs(first))
+            finally:
+                proxy.close()
+    assert "cannot reach the agent_runs database" in failure_logs
+    assert "(DATABASE_URL)" in failure_logs
+    retry = next(run for run in runs if run.status == DagsterRunStatus.SUCCESS)
+    assert retry.tags.get("dagster/retry_number") in ("1", "2")
+    rows_of_window = [r for r in rows(postgres_url) if r["partition_key"] == window]
+    assert [r["status"] for r in rows_of_window] == ["succeeded"]  # the failed start left none
+    assert [m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received] == [window]
