@@ -46,12 +46,22 @@ def agent_runs_on_run_failure(
     context: RunFailureSensorContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
     run = context.dagster_run
-    reason = loss_explanation(context.instance, run.run_id, context.failure_event.message or "")
+    lost = loss_explanation(context.instance, run.run_id, "")
+    if lost:
+        message = f"run killed or lost: {lost}"
+    else:
+        # Failed before or outside its ops (a resource that would not open): the run's own
+        # error, first line, as the UI shows it.
+        error = getattr(context.failure_event.event_specific_data, "error", None)
+        while error is not None and error.cause is not None:  # past Dagster's wrappers
+            error = error.cause
+        detail = error.message.strip().splitlines()[0] if error and error.message else ""
+        message = f"run failed: {detail or context.failure_event.message or 'no reason given'}"
     changed = agent_runs.fail_unfinished_run(
-        run.run_id, run.tags.get(PARTITION_TAG), agent.agent, f"run killed or lost: {reason}"
+        run.run_id, run.tags.get(PARTITION_TAG), agent.agent, message
     )
     if changed:
-        context.log.info(f"agent_runs row of run {run.run_id} marked failed: {reason}")
+        context.log.info(f"agent_runs row of run {run.run_id} marked failed: {message}")
 
 
 @sensor(

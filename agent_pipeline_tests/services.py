@@ -146,5 +146,11 @@ class TcpProxy:
                     pass
 
     def close(self) -> None:
+        """Stop listening: new connections are refused (existing ones go on)."""
         self._closed.set()
+        try:
+            # Wakes the thread blocked in accept(); close() alone leaves it accepting.
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._server.close()

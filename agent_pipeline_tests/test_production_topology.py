@@ -138,13 +138,20 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
         "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
     }
     window = agent_job.partitions_def.get_partition_keys()[-170]
-    proxy = None
     # Dagster's own storage stays on the real port; only agent_runs goes through the proxy.
     with production_topology(tmp_path, postgres_url, settings) as topology:
         for name, value in topology.env.items():
             if name.startswith("DAGSTER_POSTGRES_") or name == "DAGSTER_STORAGE_DIR":
                 clean_env.setenv(name, value)
         client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
+        # A run-status sensor's first tick starts from "now"; it needs its database for that.
+        # So the database is up until the failure sensor has ticked once, then goes away.
+        proxy = TcpProxy(proxy_port, database.port or 5432)
+        daemon_log = tmp_path / "daemon.log"
+        # Any completed tick ("skipped": nothing to do, or its cursor just set) will do.
+        wait_for(lambda: "Sensor agent_runs_on_run_failure skipped" in daemon_log.read_text(),
+                 "the failure sensor did not tick", 120, topology.processes)
+        proxy.close()
         with DagsterInstance.from_config(str(topology.home)) as instance:
             first = client.submit_job_execution(
                 "agent_job", repository_location_name="agent_pipeline",
@@ -155,14 +162,19 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
             assert record.dagster_run.status == DagsterRunStatus.FAILURE
             proxy = TcpProxy(proxy_port, database.port or 5432)  # the database is back
             try:
-                def window_succeeded():
+                def window_succeeded_and_every_run_has_its_row():
                     runs = instance.get_runs(
                         filters=RunsFilter(tags={"dagster/partition": window})
                     )
-                    return any(run.status == DagsterRunStatus.SUCCESS for run in runs) and runs
+                    found = [r for r in rows(postgres_url) if r["partition_key"] == window]
+                    done = any(run.status == DagsterRunStatus.SUCCESS for run in runs)
+                    # The failure sensor writes the row of a run that failed before its ops.
+                    return done and len(found) == len(runs) and (runs, found)
 
-                runs = wait_for(window_succeeded, "no retry of the window succeeded", 180,
-                                topology.processes)
+                runs, rows_of_window = wait_for(
+                    window_succeeded_and_every_run_has_its_row,
+                    "no retry succeeded, or a run has no row", 180, topology.processes,
+                )
                 # The error's text is in the failure events' data, as the UI shows it.
                 failure_logs = " ".join(entry.to_json() for entry in instance.all_logs(first))
             finally:
@@ -171,6 +183,11 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
     assert "(DATABASE_URL)" in failure_logs
     retry = next(run for run in runs if run.status == DagsterRunStatus.SUCCESS)
     assert retry.tags.get("dagster/retry_number") in ("1", "2")
-    rows_of_window = [r for r in rows(postgres_url) if r["partition_key"] == window]
-    assert [r["status"] for r in rows_of_window] == ["succeeded"]  # the failed start left none
+    by_run = {r["dagster_run_id"]: r for r in rows_of_window}
+    assert by_run[retry.run_id]["status"] == "succeeded"
+    assert by_run[first]["status"] == "failed"
+    assert by_run[first]["error_message"].startswith(
+        "run failed: agent_pipeline.errors.DatabaseUnavailableError: cannot reach the "
+        "agent_runs database"
+    )
     assert [m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received] == [window]

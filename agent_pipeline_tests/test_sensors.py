@@ -76,7 +76,7 @@ def test_the_failure_sensor_fails_a_running_row_and_inserts_a_missing_one(pg_sto
     )
     inserted = pg_store.find_run(never_started.run_id)
     assert inserted["status"] == "failed" and inserted["partition_key"] == WINDOW
-    assert inserted["error_message"].startswith("run killed or lost: ")
+    assert inserted["error_message"].startswith("run failed: ")
 
 
 def test_the_failure_sensor_keeps_the_hooks_message(pg_store):
