@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 
 from agent_pipeline.emails import build_digest_email
-from agent_pipeline.partitions import window_bounds
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.smtp import Smtp, is_transient
 
@@ -57,11 +56,8 @@ def redeliver_failed(
     for row in store.undelivered_windows(limit, max_age_hours=REDELIVERY_MAX_AGE_HOURS):
         window = row["partition_key"]
         try:
-            start, end = window_bounds(window)
             message = build_digest_email(
                 partition_key=window,
-                window_start=start,
-                window_end=end,
                 top=row["result"]["top_five"],
                 sender=sender,
                 recipients=recipients,

@@ -12,6 +12,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any
 
 from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import safe_url
 
 WINDOW_HEADER = "X-Agent-Pipeline-Window"
@@ -54,14 +55,13 @@ def window_label(window_start: datetime, window_end: datetime) -> str:
 def build_digest_email(
     *,
     partition_key: str,
-    window_start: datetime,
-    window_end: datetime,
     top: Sequence[Mapping[str, Any]],
     sender: str,
     recipients: Sequence[str],
 ) -> EmailMessage:
-    """The top-five email of one window: a plain-text part and an HTML part."""
-    label = window_label(window_start, window_end)
+    """The top-five email of the window partition_key names: a plain-text part and an HTML
+    part."""
+    label = window_label(*window_bounds(partition_key))
     message = EmailMessage()
     message["Subject"] = f"agent_pipeline: top {len(top)} for {label}"
     message["From"] = sender

@@ -167,15 +167,16 @@ def send_email(
     digest: DigestSettings,
 ) -> None:
     row_id = _run_row(context, agent_runs, agent)
-    if agent_runs.get_run(row_id)["status"] == RUNNING:
+    row = agent_runs.get_run(row_id)
+    if row["status"] == RUNNING:
         # A re-execution from failure that starts here: its row gets the top five it sends
         # (the parent run's row keeps the full result).
         agent_runs.complete_run(row_id, {"top_five": top_five})
-    window_key, window_start, window_end = _window(context)
+    window_key, _, _ = _window(context)
     sender, recipients = digest.sender(), digest.recipients()
     metadata: dict[str, Any] = {"sent": False}
     if not top_five:
-        left_out = (agent_runs.get_run(row_id)["result"] or {}).get("already_sent_left_out")
+        left_out = (row["result"] or {}).get("already_sent_left_out")
         reason = (
             f"nothing new: all {left_out} item(s) were in earlier emails"
             if left_out
@@ -187,8 +188,6 @@ def send_email(
     else:
         message = build_digest_email(
             partition_key=window_key,
-            window_start=window_start,
-            window_end=window_end,
             top=top_five,
             sender=sender,
             recipients=recipients,

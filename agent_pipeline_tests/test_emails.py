@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
 import pytest
@@ -14,15 +13,10 @@ from agent_pipeline.emails import (
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.ranking import validate_outcomes
 
-START = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
-END = datetime(2026, 11, 26, 9, 40, tzinfo=UTC)
-
 
 def build(top, recipients=("a@example.com", "b@example.com")):
     return build_digest_email(
         partition_key="2026-11-26-09:30",
-        window_start=START,
-        window_end=END,
         top=top,
         sender="Agent <agent@example.com>",
         recipients=list(recipients),

@@ -65,7 +65,7 @@ def plain_run(window: str, resources: dict) -> None:
         ranking = rank_outcomes(validation.outcomes)
         store.complete_run(row_id, build_result(validation, ranking))
         message = build_digest_email(
-            partition_key=window, window_start=start, window_end=end, top=ranking.top,
+            partition_key=window, top=ranking.top,
             sender=digest.sender(), recipients=digest.recipients(),
         )
         if store.claim_email(row_id):
