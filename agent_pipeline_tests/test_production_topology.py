@@ -27,25 +27,38 @@ def wait_for(check, what: str, timeout: float, processes: Processes):
         pytest.fail(f"{exc}\n{processes.logs()}")
 
 
-@pytest.fixture
-def stack(tmp_path, clean_env, postgres_url, redis_url, smtp_server):
-    settings = {
-        "DATABASE_URL": postgres_url,
+def pipeline_settings(tmp_path, database_url, redis_url, smtp_server, **extra) -> dict:
+    """The run's variables: the test's Postgres, Redis and SMTP server, plus extra."""
+    return {
+        "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "SMTP_HOST": smtp_server.host,
         "SMTP_PORT": str(smtp_server.port),
         "SMTP_SECURITY": "none",
         "EMAIL_FROM": "agent@example.com",
         "EMAIL_TO": "ann@example.com",
-        "AGENT": "agent_pipeline_tests.sample_agents:slow_keywords",
-        "SLOW_AGENT_SECONDS": "1.5",
         "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
-        "EMAIL_ONLY_NEW": "false",  # every window has its five to send
+        **extra,
     }
+
+
+def export_storage_env(clean_env, topology) -> None:
+    """The instance's storage variables, for DagsterInstance.from_config in this process."""
+    for name, value in topology.env.items():
+        if name.startswith("DAGSTER_POSTGRES_") or name == "DAGSTER_STORAGE_DIR":
+            clean_env.setenv(name, value)
+
+
+@pytest.fixture
+def stack(tmp_path, clean_env, postgres_url, redis_url, smtp_server):
+    settings = pipeline_settings(
+        tmp_path, postgres_url, redis_url, smtp_server,
+        AGENT="agent_pipeline_tests.sample_agents:slow_keywords",
+        SLOW_AGENT_SECONDS="1.5",
+        EMAIL_ONLY_NEW="false",  # every window has its five to send
+    )
     with production_topology(tmp_path, postgres_url, settings) as topology:
-        for name, value in topology.env.items():
-            if name.startswith("DAGSTER_POSTGRES_") or name == "DAGSTER_STORAGE_DIR":
-                clean_env.setenv(name, value)  # for DagsterInstance.from_config below
+        export_storage_env(clean_env, topology)
         client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
         with DagsterInstance.from_config(str(topology.home)) as instance:
             yield {"client": client, "instance": instance, "processes": topology.processes,
@@ -127,22 +140,12 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
     once the database answers again, Dagster's run retry (deploy/dagster.yaml) succeeds."""
     database = make_url(postgres_url)
     proxy_port = free_port()
-    settings = {
-        "DATABASE_URL": database.set(port=proxy_port).render_as_string(hide_password=False),
-        "REDIS_URL": redis_url,
-        "SMTP_HOST": smtp_server.host,
-        "SMTP_PORT": str(smtp_server.port),
-        "SMTP_SECURITY": "none",
-        "EMAIL_FROM": "agent@example.com",
-        "EMAIL_TO": "ann@example.com",
-        "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
-    }
+    proxied_url = database.set(port=proxy_port).render_as_string(hide_password=False)
+    settings = pipeline_settings(tmp_path, proxied_url, redis_url, smtp_server)
     window = agent_job.partitions_def.get_partition_keys()[-170]
     # Dagster's own storage stays on the real port; only agent_runs goes through the proxy.
     with production_topology(tmp_path, postgres_url, settings) as topology:
-        for name, value in topology.env.items():
-            if name.startswith("DAGSTER_POSTGRES_") or name == "DAGSTER_STORAGE_DIR":
-                clean_env.setenv(name, value)
+        export_storage_env(clean_env, topology)
         client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
         # A run-status sensor's first tick starts from "now"; it needs its database for that.
         # So the database is up until the failure sensor has ticked once, then goes away.
