@@ -6,6 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 3000
+# The browser the email-rendering and UI tests drive; Playwright's own download is not used.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
 
 .PHONY: install dev test lint bench clean
 
@@ -20,12 +23,24 @@ $(INSTALLED): setup.py pyproject.toml
 
 install: $(INSTALLED)
 
+# Debian's chromium, installed when missing (as root, where apt-get is); anywhere else, say
+# how to get one.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	  echo "Installing Debian's chromium for the browser tests ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver > /dev/null || exit 1; \
+	else \
+	  echo "The browser tests need Chromium at $(CHROMIUM): install Debian's chromium" \
+	    "package, or run make test CHROMIUM=/path/to/chromium"; exit 1; \
+	fi
+
 # DAGSTER_HOME is this folder, so that dagster.yaml here is the instance file; it keeps all
 # state under .dagster_home/.
 dev: $(INSTALLED)
 	DAGSTER_HOME=$(CURDIR) $(BIN)/dg dev -w workspace.yaml --port $(PORT)
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(CHROMIUM)
 	$(BIN)/ruff check agent_pipeline agent_pipeline_tests benchmarks
 	$(BIN)/pytest
 

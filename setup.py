@@ -18,7 +18,9 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(exclude=["agent_pipeline_tests", "agent_pipeline_tests.*"]),
     package_data={
-        "agent_pipeline": ["agents/*.json", "alembic/*.py", "alembic/versions/*.py"],
+        "agent_pipeline": [
+            "agents/*.json", "alembic/*.py", "alembic/versions/*.py", "templates/*",
+        ],
     },
     install_requires=[
         *DAGSTER,
@@ -35,6 +37,8 @@ setup(
         # dagster-graphql's Python client passes arguments that gql 4 deprecates, and every
         # call would print a DeprecationWarning.
         "gql[requests]>=3.5,<4",
+        "jinja2>=3.1,<4",
+        "structlog>=24.1,<27",
     ],
     extras_require={
         # Kubernetes run launcher, for the Helm deployment (README, "On Kubernetes").
@@ -44,6 +48,9 @@ setup(
             "aiosmtpd>=1.4,<2",
             "trustme>=1.1",
             "ruff>=0.6",
+            # Drives Debian's /usr/bin/chromium (make test installs it); Playwright's own
+            # browser download is never used.
+            "playwright>=1.45,<2",
         ],
     },
 )
