@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 import smtplib
-from collections.abc import Sequence
 from email.message import EmailMessage
 
-from agent_pipeline.emails import build_digest_email
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
+from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp, is_transient
 
 # Windows caught up per run: a long outage is worked off over several runs, not in one.
@@ -45,8 +44,7 @@ def deliver_once(
 def redeliver_failed(
     store: AgentRunsStore,
     smtp: Smtp,
-    sender: str,
-    recipients: Sequence[str],
+    digest: DigestSettings,
     log: logging.Logger,
     limit: int = REDELIVERIES_PER_RUN,
 ) -> list[str]:
@@ -56,12 +54,7 @@ def redeliver_failed(
     for row in store.undelivered_windows(limit, max_age_hours=REDELIVERY_MAX_AGE_HOURS):
         window = row["partition_key"]
         try:
-            message = build_digest_email(
-                partition_key=window,
-                top=row["result"]["top_five"],
-                sender=sender,
-                recipients=recipients,
-            )
+            message = digest.build_email(window, row["result"]["top_five"], row["dagster_run_id"])
             if deliver_once(store, smtp, row["id"], message) is not None:
                 delivered.append(window)
         except Exception as exc:

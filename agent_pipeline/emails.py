@@ -1,21 +1,29 @@
-"""The digest email: built here from plain values, delivered by the Smtp resource.
-Nothing the agent wrote is trusted: it is escaped in HTML and never reaches a header."""
+"""The digest email: rendered here from plain values and the package's templates
+(templates/digest.html and digest.txt), delivered by the Smtp resource. Nothing the agent
+wrote is trusted: it is escaped in HTML, links are http(s) only, and it never reaches a
+header."""
 
 from __future__ import annotations
 
 import email.policy
-import html
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from typing import Any
+
+import jinja2
 
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
-from agent_pipeline.ranking import safe_url
+from agent_pipeline.ranking import MAX_TITLE_CHARS, clean_text, safe_url
 
 WINDOW_HEADER = "X-Agent-Pipeline-Window"
+# The agent's one-line reason, or the start of the summary when it gave none.
+MAX_REASON_CHARS = 240
+# The preview line clients show after the subject.
+PREHEADER_CHARS = 150
 
 
 def _addresses(value: str, variable: str) -> list[str]:
@@ -52,64 +60,140 @@ def window_label(window_start: datetime, window_end: datetime) -> str:
     return f"{window_start:%Y-%m-%d %H:%M}–{window_end:%H:%M} UTC"
 
 
+def run_link(webserver_url: str | None, run_id: str | None) -> str | None:
+    """The run's page in the Dagster UI, when both are known."""
+    if not webserver_url or not run_id:
+        return None
+    return f"{webserver_url.rstrip('/')}/runs/{run_id}"
+
+
 def build_digest_email(
     *,
     partition_key: str,
     top: Sequence[Mapping[str, Any]],
     sender: str,
     recipients: Sequence[str],
+    run_url: str | None = None,
 ) -> EmailMessage:
     """The top-five email of the window partition_key names: a plain-text part and an HTML
-    part."""
+    part, both rendered from the package's templates."""
     label = window_label(*window_bounds(partition_key))
+    subject = f"agent_pipeline: top {len(top)} for {label}"
+    text, html_body = render_digest(label, top, subject=subject, run_url=run_url)
     message = EmailMessage()
-    message["Subject"] = f"agent_pipeline: top {len(top)} for {label}"
+    message["Subject"] = subject
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
     message[WINDOW_HEADER] = partition_key
-    message.set_content(_text_body(label, top))
-    message.add_alternative(_html_body(label, top), subtype="html")
+    message.set_content(text)
+    message.add_alternative(html_body, subtype="html")
     return message
 
 
-def _text_body(label: str, top: Sequence[Mapping[str, Any]]) -> str:
-    lines = [f"Top {len(top)} for {label}", ""]
-    if not top:
-        lines.append("The agent found nothing this window.")
-    for rank, outcome in enumerate(top, start=1):
-        lines.append(f"{rank}. {outcome['title']}  (score {outcome['score']:g})")
-        url = safe_url(outcome.get("url"))
-        if url:
-            lines.append(f"   {url}")
-        if outcome.get("summary"):
-            lines.append(f"   {outcome['summary']}")
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("agent_pipeline", "templates"),
+    # On for digest.html, off for digest.txt: a plain-text part has nothing to escape.
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
 
 
-def _html_body(label: str, top: Sequence[Mapping[str, Any]]) -> str:
-    def esc(value: Any) -> str:
-        return html.escape(str(value), quote=True)
+def render_digest(
+    label: str,
+    top: Sequence[Mapping[str, Any]],
+    *,
+    subject: str,
+    run_url: str | None = None,
+) -> tuple[str, str]:
+    """The plain-text and HTML bodies of a digest."""
+    items = digest_items(top)
+    preheader = " · ".join(f"{item.rank}. {item.title}" for item in items)
+    values = {
+        "items": items,
+        "window": label,
+        "subject": subject,
+        "run_url": safe_url(run_url),
+        "preheader": clean_text(preheader, PREHEADER_CHARS),
+    }
+    text = _TEMPLATES.get_template("digest.txt").render(values)
+    return text.strip() + "\n", _TEMPLATES.get_template("digest.html").render(values)
 
-    rows = []
-    for rank, outcome in enumerate(top, start=1):
-        title = esc(outcome["title"])
-        url = safe_url(outcome.get("url"))
-        if url:
-            title = f'<a href="{esc(url)}" rel="noopener noreferrer">{title}</a>'
-        summary = f"<br><small>{esc(outcome['summary'])}</small>" if outcome.get("summary") else ""
-        score = esc(format(outcome["score"], "g"))
-        rows.append(f"<tr><td>{rank}</td><td>{score}</td><td>{title}{summary}</td></tr>")
-    body = (
-        "<table><thead><tr><th>#</th><th>Score</th><th>Item</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        if rows
-        else "<p>The agent found nothing this window.</p>"
-    )
-    return (
-        '<!DOCTYPE html><html><head><meta charset="utf-8">'
-        f"<title>Top {len(top)} for {esc(label)}</title></head>"
-        f"<body><h1>Top {len(top)} for {esc(label)}</h1>{body}</body></html>\n"
-    )
+
+@dataclass(frozen=True)
+class DigestItem:
+    """One ranked item as the email shows it: every field cleaned, one line each."""
+
+    rank: int
+    title: str
+    url: str | None
+    score: str
+    # The score bar's length and colour: scores of 0-100 (every built-in scorer's scale) as
+    # they are, any other scale relative to the best item.
+    bar_percent: int
+    bar_colour: str
+    # Source and published time, whichever the item has.
+    details: list[str]
+    reason: str
+
+
+def digest_items(top: Sequence[Mapping[str, Any]]) -> list[DigestItem]:
+    scores = [float(outcome["score"]) for outcome in top]
+    scale = 100.0 if all(0 <= score <= 100 for score in scores) else max(map(abs, scores))
+    items = []
+    for rank, (outcome, score) in enumerate(zip(top, scores, strict=True), start=1):
+        percent = max(0, min(100, round(100 * score / scale))) if scale else 0
+        if score > 0 and percent == 0:
+            percent = 1  # a positive score shows as a sliver, not as nothing
+        details = [
+            detail
+            for detail in (_one_line(outcome.get("source"), 80), _published(outcome))
+            if detail
+        ]
+        reason = _one_line(outcome.get("reason"), MAX_REASON_CHARS) or _one_line(
+            outcome.get("summary"), MAX_REASON_CHARS
+        )
+        items.append(
+            DigestItem(
+                rank=rank,
+                title=clean_text(str(outcome["title"]), MAX_TITLE_CHARS),
+                url=safe_url(outcome.get("url")),
+                score=f"{round(score, 2):g}",
+                bar_percent=percent,
+                bar_colour=_bar_colour(percent),
+                details=details,
+                reason=reason,
+            )
+        )
+    return items
+
+
+def _bar_colour(percent: int) -> str:
+    if percent >= 70:
+        return "#1f9d55"
+    if percent >= 40:
+        return "#c27803"
+    return "#7b8494"
+
+
+def _one_line(value: Any, limit: int) -> str:
+    return clean_text(value, limit) if isinstance(value, str) else ""
+
+
+def _published(outcome: Mapping[str, Any]) -> str:
+    """The item's published time in UTC, or as the feed wrote it when it is no date."""
+    raw = _one_line(outcome.get("published"), 60)
+    if not raw:
+        return ""
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)  # RSS dates: "Sun, 01 Nov 2026 08:00:00 GMT"
+        except (TypeError, ValueError):
+            return raw
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return f"{when.astimezone(UTC):%d %b %Y, %H:%M} UTC"

@@ -20,7 +20,6 @@ from dagster import (
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.delivery import deliver_once, redeliver_failed
-from agent_pipeline.emails import build_digest_email
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import (
@@ -173,7 +172,7 @@ def send_email(
         # (the parent run's row keeps the full result).
         agent_runs.complete_run(row_id, {"top_five": top_five})
     window_key, _, _ = _window(context)
-    sender, recipients = digest.sender(), digest.recipients()
+    recipients = digest.recipients()
     metadata: dict[str, Any] = {"sent": False}
     if not top_five:
         left_out = (row["result"] or {}).get("already_sent_left_out")
@@ -186,12 +185,7 @@ def send_email(
         context.log.info(f"No email: {reason}.")
         metadata["reason"] = reason
     else:
-        message = build_digest_email(
-            partition_key=window_key,
-            top=top_five,
-            sender=sender,
-            recipients=recipients,
-        )
+        message = digest.build_email(window_key, top_five, context.run_id)
         # A failed delivery (after the resource's retries) fails the run; the row keeps the
         # result and the error, and a later run delivers it.
         destination = deliver_once(agent_runs, smtp, row_id, message)
@@ -205,7 +199,7 @@ def send_email(
                 f"{destination}."
             )
             metadata.update(sent=True, recipients=len(recipients), destination=destination)
-    caught_up = redeliver_failed(agent_runs, smtp, sender, recipients, context.log)
+    caught_up = redeliver_failed(agent_runs, smtp, digest, context.log)
     if caught_up:
         context.log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
     metadata["redelivered"] = len(caught_up)

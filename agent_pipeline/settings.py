@@ -15,6 +15,7 @@ from agent_pipeline.agents import DEFAULT_AGENT, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.ranking import safe_url
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent_runs import parse_database_url
 from agent_pipeline.resources.smtp import SECURITY_MODES
@@ -35,6 +36,12 @@ ENVIRONMENT_VARIABLES = (
     "EMAIL_FROM",
     "EMAIL_TO",
     "EMAIL_ONLY_NEW",
+    "ALERT_EMAIL_TO",
+    "DAGSTER_WEBSERVER_URL",
+    "LOG_LEVEL",
+    "LOG_FILE",
+    "LOG_FILE_MAX_BYTES",
+    "LOG_FILE_BACKUPS",
     "AGENT",
     "AGENT_INTERESTS",
     "AGENT_CACHE_TTL",
@@ -55,6 +62,7 @@ DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 # Used only while SMTP_HOST is unset and mail goes to the outbox folder.
 OUTBOX_EMAIL_FROM = "agent-pipeline@example.com"
 OUTBOX_EMAIL_TO = "you@example.com"
+DEFAULT_WEBSERVER_URL = "http://localhost:3000"
 
 
 def local_data_dir(env: Mapping[str, str]) -> Path:
@@ -116,6 +124,23 @@ def window_history_days(env: Mapping[str, str] = os.environ) -> int:
     return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, maximum=MAX_HISTORY_DAYS)
 
 
+def webserver_url(env: Mapping[str, str] = os.environ) -> str:
+    """The Dagster UI as email readers reach it (DAGSTER_WEBSERVER_URL); `make dev`'s by
+    default."""
+    url = env.get("DAGSTER_WEBSERVER_URL", "").strip() or DEFAULT_WEBSERVER_URL
+    if safe_url(url) is None:
+        raise ConfigurationError(
+            "ALERT_EMAIL_TO",
+    "DAGSTER_WEBSERVER_URL",
+    "LOG_LEVEL",
+    "LOG_FILE",
+    "LOG_FILE_MAX_BYTES",
+    "LOG_FILE_BACKUPS",
+            f"{url!r} is not an http(s) URL such as {DEFAULT_WEBSERVER_URL}",
+        )
+    return url.rstrip("/")
+
+
 def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The job's resources, configured from env; a ConfigurationError names a bad variable."""
     data_dir = local_data_dir(env)
@@ -162,6 +187,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         email_from=parse_address(email_from or OUTBOX_EMAIL_FROM, "EMAIL_FROM"),
         email_to=", ".join(parse_address_list(email_to or OUTBOX_EMAIL_TO, "EMAIL_TO")),
         only_new=_bool(env, "EMAIL_ONLY_NEW", True),
+        webserver_url=webserver_url(env),
     )
 
     agent_spec = env.get("AGENT", "").strip() or DEFAULT_AGENT

@@ -7,6 +7,7 @@ import pytest
 
 from agent_pipeline.agents import AgentCache, AgentContext, load_agent
 from agent_pipeline.agents.keywords import (
+    keyword_reason,
     keyword_score,
     keywords_agent,
     load_sample_feed,
@@ -47,6 +48,11 @@ def test_keyword_score(title, summary, score):
     assert keyword_score({"title": title, "summary": summary}, ["dagster", "redis"]) == score
 
 
+def test_keyword_reason_names_the_interests_mentioned():
+    item = {"title": "Dagster news", "summary": "all about Redis, not rediscovery"}
+    assert keyword_reason(item, ["redis", "dagster", "soup"]) == "mentions redis, dagster"
+
+
 def test_keywords_agent_is_deterministic_and_relevant():
     interests = "dagster, data orchestration"
     first = list(keywords_agent(agent_context(AgentCache(None, 60), interests)))
@@ -57,6 +63,8 @@ def test_keywords_agent_is_deterministic_and_relevant():
     assert "dagster" in best["title"].lower() or "orchestration" in best["title"].lower()
     gardening = next(o for o in first if o["id"] == "gr-1")
     assert gardening["score"] == 0.0
+    assert gardening["reason"] == "mentions none of your interests"
+    assert best["reason"].startswith("mentions dagster") or "orchestration" in best["reason"]
     assert all({"title", "score", "url", "id", "summary"} <= set(o) for o in first)
 
 

@@ -6,6 +6,7 @@ from email.message import EmailMessage
 import pytest
 
 from agent_pipeline.delivery import deliver_once, redeliver_failed
+from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp
 
 
@@ -42,10 +43,16 @@ def test_a_permanently_rejected_window_does_not_hold_up_the_others(pg_store, smt
         pg_store.record_email_failed(row_id, "SMTPDataError: earlier")
     smtp_server.fail_with = lambda: "554 5.7.1 rejected" if smtp_server.attempts == 1 else None
     smtp = Smtp(host=smtp_server.host, port=smtp_server.port, security="none", retries=0)
-    delivered = redeliver_failed(pg_store, smtp, "a@example.com", ["b@example.com"],
-                                 logging.getLogger("test"))
+    digest = DigestSettings(
+        email_from="a@example.com", email_to="b@example.com",
+        webserver_url="https://dagster.example.com/",
+    )
+    delivered = redeliver_failed(pg_store, smtp, digest, logging.getLogger("test"))
     assert delivered == ["2026-11-26-09:10"]
     assert len(smtp_server.received) == 1
+    # The late email links to the run that produced its top five, not to the one sending it.
+    text = smtp_server.received[0].message.get_body(("plain",)).get_content()
+    assert "https://dagster.example.com/runs/run-1" in text
 
 
 @pytest.mark.parametrize("hours, expected", [(24, 1), (0, 0)])

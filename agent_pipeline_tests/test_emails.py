@@ -3,23 +3,28 @@ from __future__ import annotations
 from email import message_from_bytes, policy
 
 import pytest
+from markupsafe import escape
 
 from agent_pipeline.emails import (
     WINDOW_HEADER,
     build_digest_email,
     parse_address,
     parse_address_list,
+    run_link,
 )
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.ranking import validate_outcomes
 
+RUN_URL = "https://dagster.example.com/runs/5c6d"
 
-def build(top, recipients=("a@example.com", "b@example.com")):
+
+def build(top, recipients=("a@example.com", "b@example.com"), run_url=None):
     return build_digest_email(
         partition_key="2026-11-26-09:30",
         top=top,
         sender="Agent <agent@example.com>",
         recipients=list(recipients),
+        run_url=run_url,
     )
 
 
@@ -29,6 +34,18 @@ def parts(message):
     text = received.get_body(("plain",)).get_content()
     html = received.get_body(("html",)).get_content()
     return received, text, html
+
+
+def feed_item(n, **fields):
+    return {
+        "title": f"Item {n}",
+        "score": 90.0 - 10 * n,
+        "url": f"https://example.org/{n}",
+        "source": "Example News",
+        "published": "2026-11-01T08:00:00Z",
+        "reason": f"reason {n}",
+        **fields,
+    }
 
 
 def test_headers_name_the_window_and_the_people():
@@ -46,6 +63,53 @@ def test_headers_name_the_window_and_the_people():
         assert f"Item {n}" in text and f"Item {n}" in html
 
 
+def test_the_plain_text_part_carries_everything_the_html_part_does():
+    top = [feed_item(n) for n in range(5)]
+    _, text, _ = parts(build(top, run_url=RUN_URL))
+    assert text.splitlines()[:6] == [
+        "Top 5 for 2026-11-26 09:30–09:40 UTC",
+        "",
+        "1. Item 0",
+        "   Score 90 · Example News · 01 Nov 2026, 08:00 UTC",
+        "   reason 0",
+        "   https://example.org/0",
+    ]
+    assert text.endswith(f"This run in Dagster: {RUN_URL}\n")
+    # One blank line between items, none doubled.
+    assert "\n\n\n" not in text
+
+
+def test_each_item_shows_its_score_bar_source_published_time_and_reason():
+    top = [feed_item(0), feed_item(1, score=45.5, published="Sun, 01 Nov 2026 09:15:00 +0100")]
+    _, _, html = parts(build(top, run_url=RUN_URL))
+    assert 'href="https://example.org/0"' in html
+    assert "Example News · 01 Nov 2026, 08:00 UTC" in html
+    assert "01 Nov 2026, 08:15 UTC" in html  # an RSS date, shown in UTC
+    assert "reason 0" in html and "reason 1" in html
+    # Scores on the built-in 0-100 scale are bars of that length.
+    assert "width:90%" in html and "width:46%" in html
+    assert "score 90" in html and "score 45.5" in html
+    assert f'href="{RUN_URL}"' in html
+
+
+def test_scores_on_another_scale_are_drawn_against_the_best():
+    top = [feed_item(0, score=2.5), feed_item(1, score=1.25), feed_item(2, score=-1)]
+    _, _, html = parts(build(top))
+    assert "width:100%" in html and "width:50%" in html and "width:0%" in html
+
+
+def test_an_item_without_reason_shows_its_summary_and_odd_fields_are_shown_as_text():
+    top = [
+        {"title": "A", "score": 1, "summary": "the summary " * 40, "published": "last Tuesday"},
+        {"title": "B", "score": 1, "source": {"not": "text"}},
+    ]
+    _, text, html = parts(build(top))
+    assert "the summary the summary" in html
+    assert max(len(line) for line in text.splitlines()) < 260  # cut, one line
+    assert "last Tuesday" in text  # not a date: shown as the feed wrote it
+    assert "not" not in text.split("2. B")[1]  # a source that is no text is left out
+
+
 def test_agent_text_is_escaped_and_only_http_links_are_made():
     hostile = validate_outcomes(
         [
@@ -54,6 +118,8 @@ def test_agent_text_is_escaped_and_only_http_links_are_made():
                 "score": 2,
                 "url": "https://example.org/?a=1&b=\"2\"",
                 "summary": "<img src=x onerror=alert(1)>",
+                "source": "<b>bold</b>",
+                "reason": "</div><a href='https://evil.example'>win</a>",
             },
             {"title": "click me", "score": 1, "url": "javascript:alert(1)"},
         ]
@@ -61,10 +127,11 @@ def test_agent_text_is_escaped_and_only_http_links_are_made():
     # Also a hostile URL that reached the builder without validation.
     hostile.append({"title": "raw", "score": 0.5, "url": "javascript:alert(2)"})
     _, text, html = parts(build(hostile))
-    assert "<script>" not in html and "<img" not in html
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co" in html
-    assert "&lt;img src=x onerror=alert(1)&gt;" in html
-    assert 'href="https://example.org/?a=1&amp;b=&quot;2&quot;"' in html
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    assert escape('<script>alert("x")</script> & co') in html
+    assert escape("</div><a href='https://evil.example'>win</a>") in html
+    quoted_url = escape('https://example.org/?a=1&b="2"')
+    assert f'href="{quoted_url}"' in html
     assert "javascript:" not in html and "javascript:" not in text
     assert html.count("<a ") == 1
 
@@ -79,6 +146,19 @@ def test_titles_never_reach_headers():
 def test_empty_top_still_reads_well():
     _, text, html = parts(build([]))
     assert "found nothing" in text and "found nothing" in html
+
+
+@pytest.mark.parametrize(
+    "webserver, run_id, expected",
+    [
+        ("http://localhost:3000", "abc", "http://localhost:3000/runs/abc"),
+        ("https://dagster.example.com/", "abc", "https://dagster.example.com/runs/abc"),
+        ("http://localhost:3000", None, None),
+        (None, "abc", None),
+    ],
+)
+def test_run_link(webserver, run_id, expected):
+    assert run_link(webserver, run_id) == expected
 
 
 @pytest.mark.parametrize(

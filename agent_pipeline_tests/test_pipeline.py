@@ -123,13 +123,16 @@ def test_a_window_on_postgres_redis_and_smtp(production_env, postgres_url, smtp_
 def test_the_email_escapes_what_the_agent_wrote(production_env, smtp_server):
     production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:hostile")
     (window,) = window_keys(1)
-    assert run_window(window).success
+    result = run_window(window)
+    assert result.success
     (mail,) = smtp_server.received
     html = mail.message.get_body(("html",)).get_content()
     assert "<script>" not in html and "<img" not in html and "javascript:" not in html
     assert "&lt;b&gt;Bold&lt;/b&gt; &amp; &lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert mail.message["Bcc"] is None
-    assert html.count("<tr>") == 6  # the header row and five items
+    assert html.count('class="card"') == 5
+    # The email links to the run that made it, on the UI that DAGSTER_WEBSERVER_URL names.
+    assert f'href="http://localhost:3000/runs/{result.run_id}"' in html
 
 
 def test_a_window_sends_once_however_often_it_runs(production_env, postgres_url, smtp_server):

@@ -31,7 +31,6 @@ from dagster import DagsterInstance  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from agent_pipeline.agents import AgentCache, AgentContext  # noqa: E402
-from agent_pipeline.emails import build_digest_email  # noqa: E402
 from agent_pipeline.jobs import agent_job  # noqa: E402
 from agent_pipeline.partitions import window_bounds  # noqa: E402
 from agent_pipeline.ranking import (  # noqa: E402
@@ -64,10 +63,7 @@ def plain_run(window: str, resources: dict) -> None:
         validation = validate_outcomes(items)
         ranking = rank_outcomes(validation.outcomes)
         store.complete_run(row_id, build_result(validation, ranking))
-        message = build_digest_email(
-            partition_key=window, top=ranking.top,
-            sender=digest.sender(), recipients=digest.recipients(),
-        )
+        message = digest.build_email(window, ranking.top, None)
         if store.claim_email(row_id):
             smtp.send(message)
             store.record_email_sent(row_id)

@@ -37,6 +37,13 @@ def _mentions(phrase: str, text: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
+def keyword_reason(item: Mapping[str, Any], interests: list[str]) -> str:
+    """One line for the email: which interests the item mentions."""
+    text = f"{item.get('title', '')} {item.get('summary', '')}".lower()
+    matched = [phrase for phrase in interests if _mentions(phrase, text)]
+    return f"mentions {', '.join(matched)}" if matched else "mentions none of your interests"
+
+
 def keyword_score(item: Mapping[str, Any], interests: list[str]) -> float:
     """0-100: how many interests the item mentions, a title mention counting double."""
     if not interests:
@@ -66,4 +73,4 @@ def keywords_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
         if score is None:
             score = keyword_score(item, interests)
             context.cache.set("keyword-score", cache_content, score)
-        yield {**item, "score": score}
+        yield {**item, "score": score, "reason": keyword_reason(item, interests)}

@@ -1,11 +1,15 @@
-"""DigestSettings: who the digest email is from and to."""
+"""DigestSettings: who the digest email is from and to, and where it links to."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from email.message import EmailMessage
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from agent_pipeline.emails import parse_address, parse_address_list
+from agent_pipeline.emails import build_digest_email, parse_address, parse_address_list, run_link
 
 
 class DigestSettings(ConfigurableResource):
@@ -19,8 +23,26 @@ class DigestSettings(ConfigurableResource):
         "windows' emails already had.",
     )
 
+    webserver_url: str | None = Field(
+        default=None,
+        description="DAGSTER_WEBSERVER_URL: the Dagster UI as readers of the email reach it; "
+        "each email links to its run there.",
+    )
+
     def sender(self) -> str:
         return parse_address(self.email_from, "EMAIL_FROM")
 
     def recipients(self) -> list[str]:
         return parse_address_list(self.email_to, "EMAIL_TO")
+
+    def build_email(
+        self, partition_key: str, top: Sequence[Mapping[str, Any]], run_id: str | None
+    ) -> EmailMessage:
+        """The digest of a window, from this sender to these recipients, linking to run_id."""
+        return build_digest_email(
+            partition_key=partition_key,
+            top=top,
+            sender=self.sender(),
+            recipients=self.recipients(),
+            run_url=run_link(self.webserver_url, run_id),
+        )
