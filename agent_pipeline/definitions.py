@@ -4,12 +4,16 @@ from dagster import Definitions
 
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.schedules import agent_job_schedule
-from agent_pipeline.sensors import agent_runs_on_run_failure, agent_runs_sweeper
+from agent_pipeline.sensors import (
+    agent_job_failure_alert,
+    agent_runs_on_run_failure,
+    agent_runs_sweeper,
+)
 from agent_pipeline.settings import resources_from_env
 
 defs = Definitions(
     jobs=[agent_job],
     schedules=[agent_job_schedule],
-    sensors=[agent_runs_on_run_failure, agent_runs_sweeper],
+    sensors=[agent_runs_on_run_failure, agent_job_failure_alert, agent_runs_sweeper],
     resources=resources_from_env(),
 )

@@ -39,6 +39,9 @@ EMAIL_NOT_SENT, EMAIL_SENDING, EMAIL_SENT, EMAIL_FAILED, EMAIL_SKIPPED = (
 )
 EMAIL_CLAIMING_STATES = (EMAIL_SENDING, EMAIL_SENT)
 
+# Failure alerts: PENDING until delivered, then SENT.
+ALERT_PENDING, ALERT_SENT = "pending", "sent"
+
 agent_runs = Table(
     "agent_runs",
     metadata,
@@ -72,3 +75,25 @@ Index(
     postgresql_where=_claims_email,
     sqlite_where=_claims_email,
 )
+
+# One failure alert per window (or per run, for a run launched without one): the unique
+# alert_key is the claim, so a failed retry of a window already alerted adds nothing.
+agent_alerts = Table(
+    "agent_alerts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # The window's partition key, or "run:<run id>" for a run without a window.
+    Column("alert_key", String(100), nullable=False),
+    Column("partition_key", String(32)),
+    # The run whose failure raised the alert: the last attempt of the window.
+    Column("dagster_run_id", String(64), nullable=False),
+    Column("error_message", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("sent_at", DateTime),
+    # Why the last delivery failed; a later sensor tick tries again.
+    Column("delivery_error", Text),
+)
+Index("agent_alerts_one_per_key", agent_alerts.c.alert_key, unique=True)
+Index("agent_alerts_status", agent_alerts.c.status)

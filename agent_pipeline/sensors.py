@@ -1,5 +1,6 @@
-"""Sensors that keep agent_runs true to Dagster: every launched run's row ends succeeded or
-failed, even when the run's worker is killed and the op hooks never run."""
+"""Sensors that keep agent_runs true to Dagster (every launched run's row ends succeeded or
+failed, even when the run's worker is killed and the op hooks never run), and that alert
+someone when a window fails for good."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from dagster import (
     sensor,
 )
 
+from agent_pipeline.alerts import queue_alert, send_pending_alerts
 from agent_pipeline.jobs import agent_job
-from agent_pipeline.resources import AgentResource, AgentRunsStore
+from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Smtp
 
 PARTITION_TAG = "dagster/partition"
 # What Dagster writes when a run's process dies (the code server) or its worker is found dead
@@ -46,22 +48,79 @@ def agent_runs_on_run_failure(
     context: RunFailureSensorContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
     run = context.dagster_run
-    lost = loss_explanation(context.instance, run.run_id, "")
-    if lost:
-        message = f"run killed or lost: {lost}"
-    else:
-        # Failed before or outside its ops (a resource that would not open): the run's own
-        # error, first line, as the UI shows it.
-        error = getattr(context.failure_event.event_specific_data, "error", None)
-        while error is not None and error.cause is not None:  # past Dagster's wrappers
-            error = error.cause
-        detail = error.message.strip().splitlines()[0] if error and error.message else ""
-        message = f"run failed: {detail or context.failure_event.message or 'no reason given'}"
+    message = describe_run_failure(context.instance, run.run_id, context.failure_event)
     changed = agent_runs.fail_unfinished_run(
         run.run_id, run.tags.get(PARTITION_TAG), agent.agent, message
     )
     if changed:
         context.log.info(f"agent_runs row of run {run.run_id} marked failed: {message}")
+
+
+def describe_run_failure(instance: DagsterInstance, run_id: str, failure_event) -> str:
+    """One line on why a run failed: the engine's words when its worker was lost, else the
+    error of the op that failed, else the run's own error (it failed before its ops)."""
+    lost = loss_explanation(instance, run_id, "")
+    if lost:
+        return f"run killed or lost: {lost}"
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        error = _innermost(getattr(entry.dagster_event.event_specific_data, "error", None))
+        if error is not None:
+            return f"op {entry.step_key} failed: {_first_line(error)}"
+    error = _innermost(getattr(failure_event.event_specific_data, "error", None))
+    detail = _first_line(error) if error is not None else ""
+    return f"run failed: {detail or failure_event.message or 'no reason given'}"
+
+
+def _innermost(error):
+    """The original error under Dagster's wrappers (user code error, resource init error)."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error
+
+
+def _first_line(error) -> str:
+    lines = (error.message or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+# Dagster tags a failed run with this when run retries are on: "true" if the daemon will
+# launch a retry of it. Absent (retries off) or "false": this was the window's last attempt.
+WILL_RETRY_TAG = "dagster/will_retry"
+RETRY_NUMBER_TAG = "dagster/retry_number"
+
+
+@run_failure_sensor(
+    name="agent_job_failure_alert",
+    monitored_jobs=[agent_job],
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "Emails ALERT_EMAIL_TO (else EMAIL_TO) when a window of agent_job fails for good: "
+        "after Dagster's run retries, once per window, with the error and a link to the run. "
+        "Off when neither variable is set."
+    ),
+)
+def agent_job_failure_alert(
+    context: RunFailureSensorContext,
+    agent_runs: AgentRunsStore,
+    smtp: Smtp,
+    digest: DigestSettings,
+) -> None:
+    if not digest.alert_recipients():
+        return
+    # The run as stored now: the retry tag is added as the failure is recorded.
+    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        context.log.info(f"Run {run.run_id} failed; Dagster retries it, so no alert yet.")
+        return
+    window = run.tags.get(PARTITION_TAG)
+    message = describe_run_failure(context.instance, run.run_id, context.failure_event)
+    attempts = int(run.tags.get(RETRY_NUMBER_TAG, "0")) + 1
+    if queue_alert(agent_runs, window, run.run_id, message, attempts):
+        context.log.info(f"Alert queued for {window or run.run_id}: {message}")
+    else:
+        context.log.info(f"{window or run.run_id} was alerted already; no second alert.")
+    send_pending_alerts(agent_runs, smtp, digest, context.log)
 
 
 @sensor(
@@ -70,11 +129,16 @@ def agent_runs_on_run_failure(
     default_status=DefaultSensorStatus.RUNNING,
     description=(
         "Every 5 minutes, fails agent_runs rows still running whose Dagster run has ended or "
-        "is unknown: what the failure sensor missed while the daemon was down."
+        "is unknown (what the failure sensor missed while the daemon was down), and sends "
+        "the failure alerts whose delivery failed."
     ),
 )
 def agent_runs_sweeper(
-    context: SensorEvaluationContext, agent_runs: AgentRunsStore, agent: AgentResource
+    context: SensorEvaluationContext,
+    agent_runs: AgentRunsStore,
+    agent: AgentResource,
+    smtp: Smtp,
+    digest: DigestSettings,
 ) -> SkipReason:
     healed = []
     for row in agent_runs.unfinished_runs():
@@ -91,6 +155,9 @@ def agent_runs_sweeper(
             row["dagster_run_id"], row["partition_key"], agent.agent, message
         ):
             healed.append(row["id"])
+    # Alerts whose delivery failed (the SMTP server was down) go out from here.
+    alerted = send_pending_alerts(agent_runs, smtp, digest, context.log)
     return SkipReason(
-        f"marked {len(healed)} lost row(s) failed: {healed}" if healed else "no lost rows"
+        (f"marked {len(healed)} lost row(s) failed: {healed}" if healed else "no lost rows")
+        + (f"; delivered {len(alerted)} alert(s)" if alerted else "")
     )

@@ -124,6 +124,16 @@ def window_history_days(env: Mapping[str, str] = os.environ) -> int:
     return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, maximum=MAX_HISTORY_DAYS)
 
 
+def alert_recipients(env: Mapping[str, str] = os.environ) -> list[str]:
+    """ALERT_EMAIL_TO, else EMAIL_TO; none (alerts off) when neither is set. The outbox's
+    stand-in recipient does not count: nobody reads it."""
+    if env.get("ALERT_EMAIL_TO", "").strip():
+        return parse_address_list(env["ALERT_EMAIL_TO"], "ALERT_EMAIL_TO")
+    if env.get("EMAIL_TO", "").strip():
+        return parse_address_list(env["EMAIL_TO"], "EMAIL_TO")
+    return []
+
+
 def webserver_url(env: Mapping[str, str] = os.environ) -> str:
     """The Dagster UI as email readers reach it (DAGSTER_WEBSERVER_URL); `make dev`'s by
     default."""
@@ -187,6 +197,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         email_from=parse_address(email_from or OUTBOX_EMAIL_FROM, "EMAIL_FROM"),
         email_to=", ".join(parse_address_list(email_to or OUTBOX_EMAIL_TO, "EMAIL_TO")),
         only_new=_bool(env, "EMAIL_ONLY_NEW", True),
+        alert_email_to=", ".join(alert_recipients(env)),
         webserver_url=webserver_url(env),
     )
 

@@ -79,7 +79,9 @@ def postgres_url(postgres_database: str) -> Iterator[str]:
     """The session database, emptied of the project's tables after each test."""
     yield postgres_database
     with psycopg2.connect(postgres_database) as connection, connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS agent_runs, agent_runs_alembic_version")
+        cursor.execute(
+            "DROP TABLE IF EXISTS agent_runs, agent_alerts, agent_runs_alembic_version"
+        )
     connection.close()
     forget_migrations()
 

@@ -194,3 +194,41 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
         "agent_runs database"
     )
     assert [m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received] == [window]
+
+
+def test_a_window_that_fails_for_good_alerts_once_after_its_retries(
+    tmp_path, clean_env, postgres_url, redis_url, smtp_server
+):
+    """The agent fails on every attempt: Dagster retries the run twice (deploy/dagster.yaml),
+    and only the last failure sends the alert."""
+    settings = pipeline_settings(
+        tmp_path, postgres_url, redis_url, smtp_server,
+        AGENT="agent_pipeline_tests.sample_agents:broken",
+        ALERT_EMAIL_TO="oncall@example.com",
+        DAGSTER_WEBSERVER_URL="https://dagster.example.com",
+    )
+    window = agent_job.partitions_def.get_partition_keys()[-180]
+    with production_topology(tmp_path, postgres_url, settings) as topology:
+        export_storage_env(clean_env, topology)
+        daemon_log = tmp_path / "daemon.log"
+        # A run-status sensor only sees failures after its first tick.
+        wait_for(lambda: "Sensor agent_job_failure_alert skipped" in daemon_log.read_text(),
+                 "the alert sensor did not tick", 120, topology.processes)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
+        client.submit_job_execution(
+            "agent_job", repository_location_name="agent_pipeline",
+            tags={"dagster/partition": window},
+        )
+        wait_for(lambda: smtp_server.received, "no alert arrived", 240, topology.processes)
+        with DagsterInstance.from_config(str(topology.home)) as instance:
+            runs = instance.get_runs(filters=RunsFilter(tags={"dagster/partition": window}))
+    # The sensor reads failures in order: by the time the last one's alert is out, the
+    # earlier attempts have been seen, and sent nothing.
+    assert len(runs) == 3 and {run.status for run in runs} == {DagsterRunStatus.FAILURE}
+    (alert,) = smtp_server.received
+    last = next(run for run in runs if run.tags.get("dagster/retry_number") == "2")
+    assert alert.rcpt_tos == ["oncall@example.com"]
+    body = alert.message.get_content()
+    assert "after 3 attempts" in body
+    assert "op run_agent failed: RuntimeError: the agent fell over" in body
+    assert f"https://dagster.example.com/runs/{last.run_id}" in body

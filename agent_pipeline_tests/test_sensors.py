@@ -8,7 +8,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from agent_pipeline.resources import AgentResource
+from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
 from agent_pipeline.sensors import agent_runs_on_run_failure, agent_runs_sweeper
 
 WINDOW = "2026-11-26-09:30"
@@ -30,7 +30,12 @@ def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
         done = pg_store.start_run(failed.run_id + "-done", WINDOW, "keywords")
         pg_store.complete_run(done, {"top_five": []})
 
-        resources = {"agent_runs": pg_store, "agent": AgentResource()}
+        resources = {
+            "agent_runs": pg_store,
+            "agent": AgentResource(),
+            "smtp": Smtp(),
+            "digest": DigestSettings(email_from="a@example.com", email_to="b@example.com"),
+        }
         with build_sensor_context(instance=instance, resources=resources) as context:
             skip = agent_runs_sweeper(context)
         assert skip.skip_message.startswith("marked 3 lost row(s) failed")

@@ -19,6 +19,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
 from agent_pipeline.ranking import dedupe_key
 from agent_pipeline.schema import (
+    ALERT_PENDING,
+    ALERT_SENT,
     EMAIL_CLAIMING_STATES,
     EMAIL_FAILED,
     EMAIL_NOT_SENT,
@@ -29,6 +31,7 @@ from agent_pipeline.schema import (
     PENDING,
     RUNNING,
     SUCCEEDED,
+    agent_alerts,
     agent_runs,
 )
 from agent_pipeline.text import storable_text
@@ -360,4 +363,55 @@ class AgentRunsStore(ConfigurableResource):
                 update(agent_runs)
                 .where(agent_runs.c.id == row_id)
                 .values(email_status=state, **values)
+            )
+
+    # -- failure alerts ---------------------------------------------------------------------
+
+    def add_alert(
+        self,
+        alert_key: str,
+        partition_key: str | None,
+        dagster_run_id: str,
+        error_message: str,
+        attempts: int,
+    ) -> bool:
+        """Queue the failure alert of alert_key; False when it has one already."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    insert(agent_alerts).values(
+                        alert_key=alert_key,
+                        partition_key=partition_key,
+                        dagster_run_id=dagster_run_id,
+                        error_message=storable_text(error_message)[:ERROR_MESSAGE_LIMIT],
+                        attempts=attempts,
+                        created_at=utc_now(),
+                        status=ALERT_PENDING,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def pending_alerts(self, limit: int) -> list[dict[str, Any]]:
+        """Alerts not delivered yet, oldest first."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(agent_alerts)
+                .where(agent_alerts.c.status == ALERT_PENDING)
+                .order_by(agent_alerts.c.id)
+                .limit(limit)
+            ).mappings()
+            return [dict(row) for row in rows]
+
+    def record_alert_sent(self, alert_id: int) -> None:
+        self._set_alert(alert_id, status=ALERT_SENT, sent_at=utc_now(), delivery_error=None)
+
+    def record_alert_failed(self, alert_id: int, error: str) -> None:
+        self._set_alert(alert_id, delivery_error=error[:ERROR_MESSAGE_LIMIT])
+
+    def _set_alert(self, alert_id: int, **values: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(agent_alerts).where(agent_alerts.c.id == alert_id).values(**values)
             )

@@ -13,7 +13,7 @@ from agent_pipeline.emails import build_digest_email, parse_address, parse_addre
 
 
 class DigestSettings(ConfigurableResource):
-    """Sender and recipients of each window's top-five email."""
+    """Sender and recipients of each window's top-five email and of the failure alerts."""
 
     email_from: str = Field(description="EMAIL_FROM: the sender address.")
     email_to: str = Field(description="EMAIL_TO: recipient addresses, comma separated.")
@@ -23,6 +23,11 @@ class DigestSettings(ConfigurableResource):
         "windows' emails already had.",
     )
 
+    alert_email_to: str = Field(
+        default="",
+        description="ALERT_EMAIL_TO, else EMAIL_TO: who is emailed when a window fails for "
+        "good. Empty: alerts are off.",
+    )
     webserver_url: str | None = Field(
         default=None,
         description="DAGSTER_WEBSERVER_URL: the Dagster UI as readers of the email reach it; "
@@ -34,6 +39,12 @@ class DigestSettings(ConfigurableResource):
 
     def recipients(self) -> list[str]:
         return parse_address_list(self.email_to, "EMAIL_TO")
+
+    def alert_recipients(self) -> list[str]:
+        """Who gets failure alerts; none when alerts are off."""
+        if not self.alert_email_to.strip():
+            return []
+        return parse_address_list(self.alert_email_to, "ALERT_EMAIL_TO")
 
     def build_email(
         self, partition_key: str, top: Sequence[Mapping[str, Any]], run_id: str | None

@@ -1,0 +1,119 @@
+"""Failure alerts: one email per failed window, sent once Dagster has given up retrying it.
+Plain functions over the store and the Smtp resource; the sensors call them."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+from agent_pipeline.emails import WINDOW_HEADER, run_link, window_label
+from agent_pipeline.partitions import window_bounds
+from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
+from agent_pipeline.resources.digest import DigestSettings
+from agent_pipeline.resources.smtp import Smtp
+from agent_pipeline.text import storable_text
+
+# Alerts delivered per sensor tick; the rest wait for the next tick.
+ALERTS_PER_TICK = 10
+
+
+def alert_key(partition_key: str | None, run_id: str) -> str:
+    """What an alert is unique to: the window, or the run when it has none."""
+    return partition_key or f"run:{run_id}"
+
+
+def queue_alert(
+    store: AgentRunsStore,
+    partition_key: str | None,
+    run_id: str,
+    error_message: str,
+    attempts: int,
+) -> bool:
+    """Record the alert of a run that failed for good; False when its window has one."""
+    return store.add_alert(
+        alert_key(partition_key, run_id), partition_key, run_id, error_message, attempts
+    )
+
+
+def build_alert_email(
+    *,
+    partition_key: str | None,
+    run_id: str,
+    error_message: str,
+    attempts: int,
+    sender: str,
+    recipients: list[str],
+    run_url: str | None,
+) -> EmailMessage:
+    """A plain-text alert: the window, the error, the attempts, the link to the run."""
+    if partition_key:
+        what = f"window {window_label(*window_bounds(partition_key))}"
+    else:
+        what = f"run {run_id} (no window)"
+    # The error comes from the agent or a library: one line in the subject, never a header
+    # break; in full only in the body.
+    first_line = " ".join(storable_text(error_message).split())[:120]
+    message = EmailMessage()
+    message["Subject"] = f"agent_pipeline: {what} failed: {first_line}"
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
+    if partition_key:
+        message[WINDOW_HEADER] = partition_key
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    lines = [
+        f"agent_job failed for {what} after {tries}.",
+        "",
+        "Error:",
+        f"  {storable_text(error_message)}",
+        "",
+        f"Run: {run_id}",
+    ]
+    if run_url:
+        lines.append(f"Open it in Dagster: {run_url}")
+    lines += [
+        "",
+        "This is the only alert for this window. Once the cause is fixed, re-execute the run "
+        "from the Dagster UI, or backfill the window with the dagster CLI.",
+    ]
+    message.set_content("\n".join(lines) + "\n")
+    return message
+
+
+def send_pending_alerts(
+    store: AgentRunsStore,
+    smtp: Smtp,
+    digest: DigestSettings,
+    log: logging.Logger,
+    limit: int = ALERTS_PER_TICK,
+) -> list[str]:
+    """Deliver queued alerts, oldest first; the alert keys delivered. One attempt each: a
+    sensor tick must stay short, and the next tick tries again. Stops at the first failure,
+    as the server is likely down for the rest too."""
+    recipients = digest.alert_recipients()
+    if not recipients:
+        return []
+    delivered = []
+    for alert in store.pending_alerts(limit):
+        message = build_alert_email(
+            partition_key=alert["partition_key"],
+            run_id=alert["dagster_run_id"],
+            error_message=alert["error_message"],
+            attempts=alert["attempts"],
+            sender=digest.sender(),
+            recipients=recipients,
+            run_url=run_link(digest.webserver_url, alert["dagster_run_id"]),
+        )
+        try:
+            smtp.send_once(message)
+        except Exception as exc:
+            error = describe_error(exc)
+            store.record_alert_failed(alert["id"], error)
+            log.warning(f"Alert for {alert['alert_key']} not delivered, retried later: {error}")
+            break
+        store.record_alert_sent(alert["id"])
+        delivered.append(alert["alert_key"])
+    return delivered

@@ -1,0 +1,183 @@
+"""Failure alerts: one email per window that fails for good, through the sensors, against
+the loopback SMTP server. Dagster decides whether a failed run is retried (the will_retry
+tag it sets as the failure is stored); these tests let it decide."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    instance_for_test,
+)
+
+from agent_pipeline.jobs import agent_job
+from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
+from agent_pipeline.sensors import agent_job_failure_alert, agent_runs_sweeper
+from agent_pipeline.settings import resources_from_env
+
+WINDOW = "2026-11-26-09:30"
+WEBSERVER = "https://dagster.example.com"
+RUN_RETRIES = {"run_retries": {"enabled": True, "max_retries": 2}}
+
+
+@pytest.fixture
+def resources(pg_store, smtp_server):
+    return {
+        "agent_runs": pg_store,
+        "agent": AgentResource(),
+        "smtp": Smtp(host=smtp_server.host, port=smtp_server.port, security="none", retries=0),
+        "digest": DigestSettings(
+            email_from="agent@example.com",
+            email_to="team@example.com",
+            alert_email_to="oncall@example.com",
+            webserver_url=WEBSERVER,
+        ),
+    }
+
+
+def fail(
+    instance: DagsterInstance,
+    window: str | None = WINDOW,
+    retry_of: DagsterRun | None = None,
+    message: str | None = None,
+):
+    """A failed run of agent_job, stored as Dagster stores one; a retry when retry_of is
+    given (same run group, next retry number)."""
+    tags = {"dagster/partition": window} if window else {}
+    if retry_of is not None:
+        root = retry_of.root_run_id or retry_of.run_id
+        # The tags and ids Dagster's own re-execution gives a retry.
+        tags.update({
+            "dagster/retry_number": str(int(retry_of.tags.get("dagster/retry_number", 0)) + 1),
+            "dagster/root_run_id": root,
+            "dagster/parent_run_id": retry_of.run_id,
+        })
+    run = instance.add_run(
+        DagsterRun(
+            job_name="agent_job",
+            status=DagsterRunStatus.FAILURE,
+            tags=tags,
+            root_run_id=retry_of and (retry_of.root_run_id or retry_of.run_id),
+            parent_run_id=retry_of and retry_of.run_id,
+        )
+    )
+    event = instance.report_run_failed(run, message)
+    return instance.get_run_by_id(run.run_id), event
+
+
+def evaluate_alert(instance, run, event, resources) -> None:
+    with build_run_status_sensor_context(
+        sensor_name="agent_job_failure_alert",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=event,
+        resources=resources,
+    ).for_run_failure() as context:
+        agent_job_failure_alert(context)
+
+
+def test_one_alert_per_window_after_the_last_retry(resources, smtp_server):
+    with instance_for_test(overrides=RUN_RETRIES) as instance:
+        first, event = fail(instance)
+        assert first.tags["dagster/will_retry"] == "true"
+        evaluate_alert(instance, first, event, resources)
+        second, event = fail(instance, retry_of=first)
+        evaluate_alert(instance, second, event, resources)
+        assert smtp_server.received == []  # Dagster retries these: no alert yet
+
+        last, event = fail(instance, retry_of=second, message="the database went away")
+        assert last.tags["dagster/will_retry"] == "false"
+        evaluate_alert(instance, last, event, resources)
+        evaluate_alert(instance, last, event, resources)  # the same event seen twice
+        # A manual re-execution of the window that fails too: still the one alert.
+        again, event = fail(instance)
+        evaluate_alert(instance, again, event, resources)
+
+    (mail,) = smtp_server.received
+    assert mail.rcpt_tos == ["oncall@example.com"]
+    message = mail.message
+    assert message["Subject"] == (
+        "agent_pipeline: window 2026-11-26 09:30–09:40 UTC failed: "
+        "run failed: the database went away"
+    )
+    assert message["X-Agent-Pipeline-Window"] == WINDOW
+    body = message.get_content()
+    assert "after 3 attempts" in body
+    assert "run failed: the database went away" in body
+    assert f"Open it in Dagster: {WEBSERVER}/runs/{last.run_id}" in body
+
+
+def test_without_run_retries_the_first_failure_alerts(resources, smtp_server):
+    with instance_for_test() as instance:
+        run, event = fail(instance, message="bad\r\nBcc: victim@example.com")
+        assert "dagster/will_retry" not in run.tags
+        evaluate_alert(instance, run, event, resources)
+    (mail,) = smtp_server.received
+    assert mail.message["Bcc"] is None and "\n" not in mail.message["Subject"]
+    assert "after 1 attempt." in mail.message.get_content()
+
+
+def test_a_run_without_window_alerts_for_itself(resources, smtp_server):
+    with instance_for_test() as instance:
+        for _ in range(2):
+            run, event = fail(instance, window=None)
+            evaluate_alert(instance, run, event, resources)
+    assert len(smtp_server.received) == 2
+    assert "(no window)" in smtp_server.received[0].message["Subject"]
+
+
+def test_alerts_are_off_without_recipients(resources, smtp_server, pg_store):
+    resources["digest"] = DigestSettings(email_from="agent@example.com", email_to="t@example.com")
+    with instance_for_test() as instance:
+        run, event = fail(instance)
+        evaluate_alert(instance, run, event, resources)
+    assert smtp_server.received == []
+    assert pg_store.pending_alerts(10) == []
+
+
+def test_an_alert_the_server_refused_goes_out_from_the_sweeper(resources, smtp_server, pg_store):
+    smtp_server.fail_with = lambda: "421 4.3.0 down for maintenance"
+    with instance_for_test() as instance:
+        run, event = fail(instance)
+        evaluate_alert(instance, run, event, resources)  # does not raise: the alert waits
+        (pending,) = pg_store.pending_alerts(10)
+        assert "421" in pending["delivery_error"]
+
+        smtp_server.fail_with = None
+        for _ in range(2):
+            with build_sensor_context(instance=instance, resources=resources) as context:
+                agent_runs_sweeper(context)
+    assert len(smtp_server.received) == 1
+    assert pg_store.pending_alerts(10) == []
+
+
+def test_the_alert_names_the_op_that_failed_and_its_error(
+    clean_env, postgres_url, smtp_server, pg_store
+):
+    clean_env.setenv("DATABASE_URL", postgres_url)
+    clean_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:broken")
+    clean_env.setenv("SMTP_HOST", smtp_server.host)
+    clean_env.setenv("SMTP_PORT", str(smtp_server.port))
+    clean_env.setenv("SMTP_SECURITY", "none")
+    clean_env.setenv("EMAIL_FROM", "agent@example.com")
+    clean_env.setenv("EMAIL_TO", "team@example.com")
+    resources = resources_from_env(os.environ)
+    with instance_for_test() as instance:
+        result = agent_job.execute_in_process(
+            partition_key=WINDOW, resources=resources, instance=instance, raise_on_error=False
+        )
+        assert not result.success
+        run = instance.get_run_by_id(result.run_id)
+        (failure,) = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
+        evaluate_alert(instance, run, failure.dagster_event, resources)
+    (mail,) = smtp_server.received
+    assert mail.rcpt_tos == ["team@example.com"]  # EMAIL_TO, as ALERT_EMAIL_TO is unset
+    assert "op run_agent failed: RuntimeError: the agent fell over" in mail.message.get_content()
+    assert f"http://localhost:3000/runs/{run.run_id}" in mail.message.get_content()
