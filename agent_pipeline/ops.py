@@ -21,12 +21,14 @@ from dagster import (
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.delivery import deliver_once, redeliver_failed
 from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.logs import event_logger
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import (
     MAX_ITEMS,
     Validation,
     build_result,
     collect_outcomes,
+    drop_reasons_markdown,
     rank_outcomes,
     storable_json,
     top_five_markdown,
@@ -35,6 +37,7 @@ from agent_pipeline.ranking import (
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent_runs import describe_error
 from agent_pipeline.schema import RUNNING
+from agent_pipeline.settings import log_settings
 
 WARNINGS_LOGGED = 20
 
@@ -46,6 +49,18 @@ def _window(context: OpExecutionContext) -> tuple[str, datetime, datetime]:
             "partition", "agent_job runs one 10-minute window: launch it for a partition"
         )
     return (context.partition_key, *window_bounds(context.partition_key))
+
+
+def _logger(context: OpExecutionContext, agent: AgentResource) -> Any:
+    """The op's structured logger: JSON lines to the run's logs, stdout and LOG_FILE."""
+    return event_logger(
+        context.log,
+        log_settings(),
+        run_id=context.run_id,
+        window=context.partition_key if context.has_partition_key else None,
+        agent=agent.agent,
+        op=context.op_def.name,
+    )
 
 
 def _run_row(context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource) -> int:
@@ -61,6 +76,7 @@ def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
     row_id = _run_row(context, agent_runs, agent)
+    _logger(context, agent).info("Run recorded in agent_runs", row_id=row_id)
     context.add_output_metadata({"row_id": row_id, "database": agent_runs.describe()})
 
 
@@ -69,18 +85,19 @@ def record_run(
     description="Run the agent for the window and validate each outcome it returns.",
 )
 def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -> Validation:
+    log = _logger(context, agent)
     agent_callable = agent.load()
     cache = AgentCache(redis, agent.cache_ttl_seconds)
     cache_was_enabled = cache.enabled
     if not cache_was_enabled:
-        context.log.warning(f"Nothing is cached this run: {redis.unavailable_reason}.")
+        log.warning(f"Nothing is cached this run: {redis.unavailable_reason}.")
     window_key, window_start, window_end = _window(context)
     agent_context = AgentContext(
         partition_key=window_key,
         window_start=window_start,
         window_end=window_end,
         cache=cache,
-        log=context.log,
+        log=log,
         settings=agent.settings(),
         queue=redis,
     )
@@ -91,25 +108,35 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
     try:
         validation.agent_stats = storable_json(stats)
     except Exception as exc:  # a custom agent's stats must not cost the run
-        context.log.warning(f"Agent stats not stored: {exc}")
+        log.warning(f"Agent stats not stored: {exc}")
         stats = {"stats_not_stored": str(exc)}
         validation.agent_stats = stats
     duration = time.perf_counter() - started
     if cut:
-        context.log.warning(
+        log.warning(
             f"The agent returned more than {MAX_ITEMS:,} items; the rest were ignored."
         )
     if cache_was_enabled and not cache.enabled:
-        context.log.warning(f"Cache lost part way through: {redis.unavailable_reason}.")
+        log.warning(f"Cache lost part way through: {redis.unavailable_reason}.")
     for dropped in validation.dropped[:WARNINGS_LOGGED]:
-        context.log.warning(f"Dropped item {dropped.index}: {dropped.reason}")
+        log.warning(f"Dropped item {dropped.index}: {dropped.reason}")
     for warning in validation.warnings[:WARNINGS_LOGGED]:
-        context.log.warning(warning)
+        log.warning(warning)
+    log.info(
+        "Agent finished",
+        outcomes=len(validation.outcomes),
+        dropped=len(validation.dropped),
+        fixed=len(validation.warnings),
+        cache_hits=cache.hits,
+        cache_misses=cache.misses,
+        duration_seconds=round(duration, 3),
+    )
     context.add_output_metadata(
         {
             "agent": agent.agent,
             "outcomes": len(validation.outcomes),
             "dropped": len(validation.dropped),
+            "dropped_why": MetadataValue.md(drop_reasons_markdown(validation.dropped)),
             "fixed": len(validation.warnings),
             "duration_seconds": round(duration, 3),
             "cache_hits": cache.hits,
@@ -136,14 +163,22 @@ def rank_top_five(
     agent: AgentResource,
     digest: DigestSettings,
 ) -> list[dict[str, Any]]:
+    log = _logger(context, agent)
     window_key, _, _ = _window(context)
     sent = agent_runs.sent_item_keys(other_than_window=window_key) if digest.only_new else set()
     ranking = rank_outcomes(validation.outcomes, already_sent=sent)
     if ranking.already_sent_left_out:
-        context.log.info(
+        log.info(
             f"Left out {ranking.already_sent_left_out} item(s) already sent in earlier emails."
         )
     agent_runs.complete_run(_run_row(context, agent_runs, agent), build_result(validation, ranking))
+    log.info(
+        "Ranked",
+        top=len(ranking.top),
+        outcomes=len(ranking.ranked),
+        duplicates_removed=ranking.duplicates_removed,
+        best_score=ranking.top[0]["score"] if ranking.top else None,
+    )
     context.add_output_metadata(
         {
             "top_five": MetadataValue.md(top_five_markdown(ranking.top)),
@@ -165,6 +200,7 @@ def send_email(
     smtp: Smtp,
     digest: DigestSettings,
 ) -> None:
+    log = _logger(context, agent)
     row_id = _run_row(context, agent_runs, agent)
     row = agent_runs.get_run(row_id)
     if row["status"] == RUNNING:
@@ -182,7 +218,7 @@ def send_email(
             else "the agent found nothing"
         )
         agent_runs.record_email_skipped(row_id, reason)
-        context.log.info(f"No email: {reason}.")
+        log.info(f"No email: {reason}.")
         metadata["reason"] = reason
     else:
         message = digest.build_email(window_key, top_five, context.run_id)
@@ -191,17 +227,19 @@ def send_email(
         destination = deliver_once(agent_runs, smtp, row_id, message)
         if destination is None:
             agent_runs.record_email_skipped(row_id, "already sent for this window by another run")
-            context.log.info("No email: this window's email was already sent by another run.")
+            log.info("No email: this window's email was already sent by another run.")
             metadata["reason"] = "already sent for this window"
         else:
-            context.log.info(
+            log.info(
                 f"Emailed the top {len(top_five)} to {len(recipients)} recipient(s) via "
-                f"{destination}."
+                f"{destination}.",
+                recipients=len(recipients),
+                destination=destination,
             )
             metadata.update(sent=True, recipients=len(recipients), destination=destination)
-    caught_up = redeliver_failed(agent_runs, smtp, digest, context.log)
+    caught_up = redeliver_failed(agent_runs, smtp, digest, log)
     if caught_up:
-        context.log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
+        log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
     metadata["redelivered"] = len(caught_up)
     context.add_output_metadata(metadata)
 

@@ -7,6 +7,7 @@ import json
 import math
 import numbers
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -295,15 +296,26 @@ def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
     }
 
 
+def _markdown_cell(text: str) -> str:
+    # Pipes end a cell and brackets or angle brackets could form links or HTML.
+    return re.sub(r"([\\|\[\]<>`*_])", r"\\\1", text)
+
+
+def drop_reasons_markdown(dropped: list[Dropped]) -> str:
+    """Why items were dropped, most common reason first, as a Markdown table for the UI."""
+    if not dropped:
+        return "_Nothing dropped._"
+    counts = Counter(item.reason for item in dropped).most_common()
+    lines = ["| reason | items |", "| --- | --- |"]
+    lines += [f"| {_markdown_cell(reason)} | {count} |" for reason, count in counts]
+    return "\n".join(lines)
+
+
 def top_five_markdown(top: list[dict[str, Any]]) -> str:
     """The top five as a Markdown table for the Dagster UI; cells are escaped."""
     if not top:
         return "_No outcomes._"
-
-    def cell(text: str) -> str:
-        # Pipes end a cell and brackets or angle brackets could form links or HTML.
-        return re.sub(r"([\\|\[\]<>`*_])", r"\\\1", text)
-
+    cell = _markdown_cell
     lines = ["| # | score | title | url |", "| --- | --- | --- | --- |"]
     for rank, outcome in enumerate(top, start=1):
         url = outcome.get("url")

@@ -15,6 +15,7 @@ from agent_pipeline.agents import DEFAULT_AGENT, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.logs import LEVELS, LogSettings
 from agent_pipeline.ranking import safe_url
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent_runs import parse_database_url
@@ -124,6 +125,20 @@ def window_history_days(env: Mapping[str, str] = os.environ) -> int:
     return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, maximum=MAX_HISTORY_DAYS)
 
 
+def log_settings(env: Mapping[str, str] = os.environ) -> LogSettings:
+    """LOG_LEVEL, LOG_FILE, LOG_FILE_MAX_BYTES and LOG_FILE_BACKUPS."""
+    level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in LEVELS:
+        raise ConfigurationError("LOG_LEVEL", f"{level!r} is not one of {', '.join(LEVELS)}")
+    return LogSettings(
+        level=LEVELS[level],
+        file=env.get("LOG_FILE", "").strip() or None,
+        file_max_bytes=_int(env, "LOG_FILE_MAX_BYTES", LogSettings.file_max_bytes, minimum=1024),
+        file_backups=_int(env, "LOG_FILE_BACKUPS", LogSettings.file_backups, minimum=0,
+                          maximum=1000),
+    )
+
+
 def alert_recipients(env: Mapping[str, str] = os.environ) -> list[str]:
     """ALERT_EMAIL_TO, else EMAIL_TO; none (alerts off) when neither is set. The outbox's
     stand-in recipient does not count: nobody reads it."""
@@ -153,6 +168,7 @@ def webserver_url(env: Mapping[str, str] = os.environ) -> str:
 
 def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The job's resources, configured from env; a ConfigurationError names a bad variable."""
+    log_settings(env)  # fail at load, naming the LOG_ variable
     data_dir = local_data_dir(env)
 
     database_url = env.get("DATABASE_URL", "").strip()

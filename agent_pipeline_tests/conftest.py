@@ -167,3 +167,22 @@ def clean_env(monkeypatch, tmp_path) -> pytest.MonkeyPatch:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AGENT_PIPELINE_HOME", str(tmp_path / "home"))
     return monkeypatch
+
+
+# The interests of the pipeline tests: three of the sample feed's topics.
+INTERESTS = "dagster, postgres, redis"
+
+
+@pytest.fixture
+def production_env(clean_env, postgres_url, redis_url, smtp_server):
+    """The pipeline configured as in production: Postgres, Redis and SMTP, all real."""
+    clean_env.setenv("DATABASE_URL", postgres_url)
+    clean_env.setenv("REDIS_URL", redis_url)
+    clean_env.setenv("SMTP_HOST", smtp_server.host)
+    clean_env.setenv("SMTP_PORT", str(smtp_server.port))
+    clean_env.setenv("SMTP_SECURITY", "none")
+    clean_env.setenv("SMTP_RETRY_BACKOFF", "0.01")  # retries, but quick ones
+    clean_env.setenv("EMAIL_FROM", "Agent <agent@example.com>")
+    clean_env.setenv("EMAIL_TO", "ann@example.com, bob@example.com")
+    clean_env.setenv("AGENT_INTERESTS", INTERESTS)
+    return clean_env

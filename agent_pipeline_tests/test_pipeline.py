@@ -26,12 +26,10 @@ from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import rank_outcomes, validate_outcomes
 from agent_pipeline.schema import agent_runs
 from agent_pipeline.settings import resources_from_env
-from agent_pipeline_tests.conftest import SmtpCatcher
+from agent_pipeline_tests.conftest import INTERESTS, SmtpCatcher
 from agent_pipeline_tests.feed_server import ATOM, JSON_ITEMS, RSS2, FeedServer
 from agent_pipeline_tests.llm_server import LoopbackLlm, default_score
 from agent_pipeline_tests.services import free_port
-
-INTERESTS = "dagster, postgres, redis"
 
 
 def window_keys(count: int) -> list[str]:
@@ -67,20 +65,6 @@ def expected_top_five(window: str) -> list[dict]:
     )
     outcomes = keywords_agent(context)
     return rank_outcomes(validate_outcomes(outcomes).outcomes).top
-
-
-@pytest.fixture
-def production_env(clean_env, postgres_url, redis_url, smtp_server):
-    clean_env.setenv("DATABASE_URL", postgres_url)
-    clean_env.setenv("REDIS_URL", redis_url)
-    clean_env.setenv("SMTP_HOST", smtp_server.host)
-    clean_env.setenv("SMTP_PORT", str(smtp_server.port))
-    clean_env.setenv("SMTP_SECURITY", "none")
-    clean_env.setenv("SMTP_RETRY_BACKOFF", "0.01")  # retries, but quick ones
-    clean_env.setenv("EMAIL_FROM", "Agent <agent@example.com>")
-    clean_env.setenv("EMAIL_TO", "ann@example.com, bob@example.com")
-    clean_env.setenv("AGENT_INTERESTS", INTERESTS)
-    return clean_env
 
 
 def test_a_window_on_postgres_redis_and_smtp(production_env, postgres_url, smtp_server):

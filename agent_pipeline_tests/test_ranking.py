@@ -14,6 +14,7 @@ from agent_pipeline.ranking import (
     clean_text,
     collect_outcomes,
     dedupe_key,
+    drop_reasons_markdown,
     rank_outcomes,
     safe_url,
     top_five_markdown,
@@ -243,6 +244,20 @@ def test_markdown_table_escapes_cells():
     assert lines[0] == "| # | score | title | url |"
     assert lines[2] == r"| 1 | 2.5 | a \| b \<script\> | https://e.org/x\_y |"
     assert top_five_markdown([]) == "_No outcomes._"
+
+
+def test_drop_reasons_are_counted_most_common_first():
+    validation = validate_outcomes(
+        [{"title": "a"}, {"title": "b"}, {"score": 1}, "x", {"title": "c | d"}]
+    )
+    assert drop_reasons_markdown(validation.dropped).splitlines() == [
+        "| reason | items |",
+        "| --- | --- |",
+        "| missing score | 3 |",
+        "| missing title | 1 |",
+        "| item is a str, not a mapping | 1 |",
+    ]
+    assert drop_reasons_markdown([]) == "_Nothing dropped._"
 
 
 def test_the_top_leaves_out_items_already_sent():

@@ -64,7 +64,9 @@ class AgentContext:
     window_start: datetime
     window_end: datetime
     cache: AgentCache
-    log: logging.Logger
+    # Takes debug/info/warning/error calls, %-style arguments included: in a run, a structlog
+    # logger bound with the run, window, agent and op; any logging.Logger elsewhere.
+    log: logging.Logger | Any
     settings: Mapping[str, str] = field(default_factory=dict)
     # What the agent reports about its work (sources, cache, LLM calls, tokens): shown on the
     # run_agent op in the UI and kept in the row's result.

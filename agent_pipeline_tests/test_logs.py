@@ -1,0 +1,126 @@
+"""Structured logs: JSON lines bound with the run, window, agent and op, in the run's
+Dagster logs, on stdout and in the rotating LOG_FILE."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from agent_pipeline.agents.llm import SYSTEM_PROMPT
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.logs import LogSettings, event_logger
+from agent_pipeline.settings import log_settings
+from agent_pipeline_tests.feed_server import RSS2, FeedServer
+from agent_pipeline_tests.llm_server import LoopbackLlm
+from agent_pipeline_tests.test_pipeline import run_window, window_keys
+
+OPS = ["record_run", "run_agent", "rank_top_five", "send_email"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_outputs():
+    """Each test's LOG_FILE gets handlers of its own; none are left open afterwards."""
+    yield
+    event_logger(None, LogSettings())  # back to stdout only
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_a_run_logs_json_lines_to_dagster_stdout_and_the_file(production_env, tmp_path, capfd):
+    log_file = tmp_path / "logs" / "agent.log"
+    production_env.setenv("LOG_FILE", str(log_file))
+    (window,) = window_keys(1)
+    result = run_window(window)
+    assert result.success
+
+    in_file = log_file.read_text().splitlines()
+    events = [json.loads(line) for line in in_file]  # every line is one JSON object
+    assert [e["op"] for e in events if e["event"] == "Run recorded in agent_runs"] == OPS[:1]
+    assert {e["op"] for e in events} == set(OPS)
+    for event in events:
+        assert event["run_id"] == result.run_id
+        assert event["window"] == window
+        assert event["agent"] == "keywords"
+        assert event["level"] in ("info", "warning") and event["timestamp"].endswith("Z")
+    emailed = next(e for e in events if e["event"].startswith("Emailed the top 5"))
+    assert emailed["recipients"] == 2 and emailed["op"] == "send_email"
+    # The same lines in the run's logs in Dagster, and on stdout for a log collector.
+    assert [line for line in result.logs if line.startswith("{")] == in_file
+    stdout = capfd.readouterr().out
+    assert all(line in stdout.splitlines() for line in in_file)
+
+
+def test_log_level_filters_everywhere(production_env, tmp_path):
+    log_file = tmp_path / "agent.log"
+    production_env.setenv("LOG_FILE", str(log_file))
+    production_env.setenv("LOG_LEVEL", "warning")
+    production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:hostile")
+    result = run_window(window_keys(1)[0])
+    events = json_lines(log_file.read_text())
+    assert events and {e["level"] for e in events} == {"warning"}
+    assert any(e["event"].startswith("Dropped item") for e in events)
+    assert not [line for line in result.logs if line.startswith('{"event": "Agent finished"')]
+
+
+def test_the_file_rotates_by_size_and_keeps_the_configured_count(production_env, tmp_path):
+    log_file = tmp_path / "agent.log"
+    production_env.setenv("LOG_FILE", str(log_file))
+    production_env.setenv("LOG_FILE_MAX_BYTES", "2048")
+    production_env.setenv("LOG_FILE_BACKUPS", "2")
+    for window in window_keys(4):
+        assert run_window(window).success
+    files = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("agent.log"))
+    assert files == ["agent.log", "agent.log.1", "agent.log.2"]
+    for name in files:
+        assert (tmp_path / name).stat().st_size <= 2048
+        json_lines((tmp_path / name).read_text())  # whole lines only
+
+
+def test_no_secret_and_no_prompt_reaches_the_logs(production_env, tmp_path):
+    log_file = tmp_path / "agent.log"
+    production_env.setenv("LOG_FILE", str(log_file))
+    production_env.setenv("LOG_LEVEL", "DEBUG")
+    routes = {"/rss2.xml?token=feed-secret-77": (200, "application/rss+xml", RSS2)}
+    with FeedServer(routes) as feeds, LoopbackLlm() as llm:
+        production_env.setenv("AGENT", "triage")
+        production_env.setenv("AGENT_SOURCES", feeds.url("/rss2.xml?token=feed-secret-77"))
+        production_env.setenv("LLM_BASE_URL", llm.base_url)
+        production_env.setenv("LLM_API_KEY", "sk-live-secret-4242")
+        result = run_window(window_keys(1)[0])
+    assert result.success and llm.requests
+    text = log_file.read_text() + "\n".join(result.logs)
+    assert "Source http://127.0.0.1" in text  # the feed is named, without its query string
+    for secret in ("sk-live-secret-4242", "feed-secret-77"):
+        assert secret not in text
+    assert SYSTEM_PROMPT[:60] not in text
+
+
+def test_plain_logging_records_of_the_package_become_json_lines(tmp_path):
+    log_file = tmp_path / "agent.log"
+    event_logger(None, LogSettings(file=str(log_file)))
+    logging.getLogger("agent_pipeline.resources.smtp").warning("SMTP delivery failed (%s)", "x")
+    (event,) = json_lines(log_file.read_text())
+    assert event["event"] == "SMTP delivery failed (x)"
+    assert event["level"] == "warning" and event["logger"] == "agent_pipeline.resources.smtp"
+
+
+@pytest.mark.parametrize(
+    "name, value, problem",
+    [
+        ("LOG_LEVEL", "chatty", "'CHATTY' is not one of DEBUG, INFO, WARNING, ERROR"),
+        ("LOG_FILE_MAX_BYTES", "10MB", "'10MB' is not a whole number"),
+        ("LOG_FILE_MAX_BYTES", "10", "must be at least 1024"),
+        ("LOG_FILE_BACKUPS", "-1", "must be at least 0"),
+    ],
+)
+def test_bad_log_settings_name_the_variable(name, value, problem):
+    with pytest.raises(ConfigurationError, match=f"^{name}: {problem}"):
+        log_settings({name: value})
+
+
+def test_log_settings_defaults():
+    assert log_settings({}) == LogSettings(logging.INFO, None, 10 * 1024 * 1024, 5)
