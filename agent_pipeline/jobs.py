@@ -9,8 +9,10 @@ from agent_pipeline.settings import window_history_days
 
 @job(
     description=(
-        "Runs the agent for one 10-minute window, records the run in agent_runs, ranks what "
-        "the agent found and emails the top five."
+        "Runs the agent for one 10-minute window (a partition, in UTC), records the run in "
+        "agent_runs, ranks what the agent found and emails the top five. Launch it for a "
+        "partition from the Launchpad; each run's top five is in the top_five metadata of "
+        "rank_top_five."
     ),
     partitions_def=window_partitions(window_history_days()),
     # The ops form a chain: separate processes would buy no parallelism and cost about

@@ -71,7 +71,11 @@ def _run_row(context: OpExecutionContext, agent_runs: AgentRunsStore, agent: Age
     return agent_runs.start_run(context.run_id, window_key, agent.agent)
 
 
-@op(out=Out(Nothing), description="Insert this run's row into agent_runs, status running.")
+@op(
+    out=Out(Nothing),
+    description="Insert this run's row into agent_runs (status running): every launched run "
+    "leaves one row.",
+)
 def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
@@ -82,7 +86,8 @@ def record_run(
 
 @op(
     ins={"recorded": In(Nothing)},
-    description="Run the agent for the window and validate each outcome it returns.",
+    description="Run the agent (AGENT) for the window; keep each item it returns that is "
+    "valid, drop the others with a reason.",
 )
 def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -> Validation:
     log = _logger(context, agent)
@@ -155,7 +160,10 @@ def _metadata_value(value: Any) -> Any:
     return MetadataValue.json(storable_json(value))
 
 
-@op(description="Dedupe and rank the outcomes, keep the top five; the row ends succeeded.")
+@op(
+    description="Dedupe and rank the items and keep the top five (its top_five metadata); the "
+    "row ends succeeded."
+)
 def rank_top_five(
     context: OpExecutionContext,
     validation: Validation,
@@ -191,7 +199,10 @@ def rank_top_five(
     return ranking.top
 
 
-@op(description="Email the top five, at most once per window.")
+@op(
+    description="Email the top five to EMAIL_TO, at most once per window, and send the "
+    "emails of earlier windows whose delivery failed."
+)
 def send_email(
     context: OpExecutionContext,
     top_five: list[dict[str, Any]],

@@ -26,6 +26,25 @@ def test_defs_resolve_the_job_its_ops_and_resources():
     assert job.description
 
 
+def test_everything_the_ui_lists_says_what_it_is():
+    """The UI shows these descriptions to a newcomer: none may be missing or a stub."""
+    repository = defs.get_repository_def()
+    job = repository.get_job("agent_job")
+    described = {
+        "job agent_job": job.description,
+        **{f"op {node.name}": node.definition.description for node in job.nodes},
+        **{f"schedule {s.name}": s.description for s in repository.schedule_defs},
+        **{f"sensor {s.name}": s.description for s in repository.sensor_defs},
+        **{
+            f"resource {key}": resource.description
+            for key, resource in repository.get_top_level_resources().items()
+        },
+    }
+    assert len(described) == 1 + 4 + 1 + 3 + 5
+    short = {name: text for name, text in described.items() if len(text or "") < 40}
+    assert short == {}
+
+
 def test_the_partitions_are_ten_minute_utc_windows():
     partitions = defs.resolve_job_def("agent_job").partitions_def
     assert partitions.cron_schedule == "*/10 * * * *"
