@@ -155,12 +155,7 @@ def webserver_url(env: Mapping[str, str] = os.environ) -> str:
     url = env.get("DAGSTER_WEBSERVER_URL", "").strip() or DEFAULT_WEBSERVER_URL
     if safe_url(url) is None:
         raise ConfigurationError(
-            "ALERT_EMAIL_TO",
-    "DAGSTER_WEBSERVER_URL",
-    "LOG_LEVEL",
-    "LOG_FILE",
-    "LOG_FILE_MAX_BYTES",
-    "LOG_FILE_BACKUPS",
+            "DAGSTER_WEBSERVER_URL",
             f"{url!r} is not an http(s) URL such as {DEFAULT_WEBSERVER_URL}",
         )
     return url.rstrip("/")

@@ -71,6 +71,11 @@ def test_the_default_port_follows_the_security_mode(security, port):
         ({"LLM_PRICE_INPUT": "cheap"}, "LLM_PRICE_INPUT"),
         ({"LLM_CONCURRENCY": "1000"}, "LLM_CONCURRENCY"),
         ({"DATABASE_URL": "postgresql://u:p@host:port/db"}, "DATABASE_URL"),
+        ({"ALERT_EMAIL_TO": "oncall"}, "ALERT_EMAIL_TO"),
+        ({"DAGSTER_WEBSERVER_URL": "dagster.example.com"}, "DAGSTER_WEBSERVER_URL"),
+        ({"DAGSTER_WEBSERVER_URL": "javascript:alert(1)"}, "DAGSTER_WEBSERVER_URL"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"LOG_FILE_BACKUPS": "many"}, "LOG_FILE_BACKUPS"),
     ],
 )
 def test_bad_settings_name_the_variable(env, variable):
@@ -79,6 +84,27 @@ def test_bad_settings_name_the_variable(env, variable):
         resources_from_env(env)
     assert failure.value.variable == variable
     assert str(failure.value).startswith(f"{variable}: ")
+
+
+@pytest.mark.parametrize(
+    "env, alert_recipients",
+    [
+        ({}, []),  # the outbox's stand-in recipient gets no alerts
+        ({"EMAIL_TO": "team@example.com"}, ["team@example.com"]),
+        (
+            {"EMAIL_TO": "team@example.com", "ALERT_EMAIL_TO": "a@example.com, b@example.com"},
+            ["a@example.com", "b@example.com"],
+        ),
+    ],
+)
+def test_alerts_go_to_alert_email_to_else_email_to(env, alert_recipients):
+    assert resources_from_env(env)["digest"].alert_recipients() == alert_recipients
+
+
+def test_the_webserver_url_defaults_to_make_dev_and_loses_its_trailing_slash():
+    assert resources_from_env({})["digest"].webserver_url == "http://localhost:3000"
+    env = {"DAGSTER_WEBSERVER_URL": "https://dagster.example.com/"}
+    assert resources_from_env(env)["digest"].webserver_url == "https://dagster.example.com"
 
 
 def test_a_bad_setting_stops_the_code_location_from_loading(tmp_path):
