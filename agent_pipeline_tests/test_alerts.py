@@ -12,7 +12,6 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
-    build_run_status_sensor_context,
     build_sensor_context,
     instance_for_test,
 )
@@ -21,6 +20,7 @@ from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
 from agent_pipeline.sensors import agent_job_failure_alert, agent_runs_sweeper
 from agent_pipeline.settings import resources_from_env
+from agent_pipeline_tests.test_sensors import evaluate_failure_sensor
 
 WINDOW = "2026-11-26-09:30"
 WEBSERVER = "https://dagster.example.com"
@@ -73,14 +73,7 @@ def fail(
 
 
 def evaluate_alert(instance, run, event, resources) -> None:
-    with build_run_status_sensor_context(
-        sensor_name="agent_job_failure_alert",
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=event,
-        resources=resources,
-    ).for_run_failure() as context:
-        agent_job_failure_alert(context)
+    evaluate_failure_sensor(agent_job_failure_alert, instance, run, event, resources)
 
 
 def test_one_alert_per_window_after_the_last_retry(resources, smtp_server):

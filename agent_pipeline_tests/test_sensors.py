@@ -14,6 +14,18 @@ from agent_pipeline.sensors import agent_runs_on_run_failure, agent_runs_sweeper
 WINDOW = "2026-11-26-09:30"
 
 
+def evaluate_failure_sensor(sensor, instance, run, event, resources) -> None:
+    """One evaluation of a run-failure sensor for one failed run, as the daemon makes it."""
+    with build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=event,
+        resources=resources,
+    ).for_run_failure() as context:
+        sensor(context)
+
+
 def add_run(instance: DagsterInstance, status: DagsterRunStatus) -> DagsterRun:
     run = DagsterRun(job_name="agent_job", status=status, tags={"dagster/partition": WINDOW})
     return instance.add_run(run)
@@ -64,14 +76,7 @@ def test_the_failure_sensor_fails_a_running_row_and_inserts_a_missing_one(pg_sto
         resources = {"agent_runs": pg_store, "agent": AgentResource()}
         for run in (killed, never_started):
             event = instance.report_run_failed(run)
-            with build_run_status_sensor_context(
-                sensor_name="agent_runs_on_run_failure",
-                dagster_instance=instance,
-                dagster_run=run,
-                dagster_event=event,
-                resources=resources,
-            ).for_run_failure() as context:
-                agent_runs_on_run_failure(context)
+            evaluate_failure_sensor(agent_runs_on_run_failure, instance, run, event, resources)
 
     killed_row = pg_store.find_run(killed.run_id)
     assert killed_row["status"] == "failed"
@@ -89,12 +94,8 @@ def test_the_failure_sensor_keeps_the_hooks_message(pg_store):
         run = add_run(instance, DagsterRunStatus.FAILURE)
         pg_store.start_run(run.run_id, WINDOW, "keywords")
         pg_store.fail_run(run.run_id, "RuntimeError: the agent fell over")
-        with build_run_status_sensor_context(
-            sensor_name="agent_runs_on_run_failure",
-            dagster_instance=instance,
-            dagster_run=run,
-            dagster_event=instance.report_run_failed(run),
-            resources={"agent_runs": pg_store, "agent": AgentResource()},
-        ).for_run_failure() as context:
-            agent_runs_on_run_failure(context)
+        evaluate_failure_sensor(
+            agent_runs_on_run_failure, instance, run, instance.report_run_failed(run),
+            {"agent_runs": pg_store, "agent": AgentResource()},
+        )
     assert pg_store.find_run(run.run_id)["error_message"] == "RuntimeError: the agent fell over"
