@@ -4,11 +4,16 @@ someone when a window fails for good."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
+    RunsFilter,
     SensorEvaluationContext,
     SkipReason,
     run_failure_sensor,
@@ -56,9 +61,13 @@ def agent_runs_on_run_failure(
         context.log.info(f"agent_runs row of run {run.run_id} marked failed: {message}")
 
 
-def describe_run_failure(instance: DagsterInstance, run_id: str, failure_event) -> str:
+def describe_run_failure(instance: DagsterInstance, run_id: str, failure_event=None) -> str:
     """One line on why a run failed: the engine's words when its worker was lost, else the
-    error of the op that failed, else the run's own error (it failed before its ops)."""
+    error of the op that failed, else the run's own error (it failed before its ops). The
+    failure event is looked up when not given."""
+    if failure_event is None:
+        failures = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+        failure_event = failures[-1].dagster_event if failures else None
     lost = loss_explanation(instance, run_id, "")
     if lost:
         return f"run killed or lost: {lost}"
@@ -66,6 +75,8 @@ def describe_run_failure(instance: DagsterInstance, run_id: str, failure_event) 
         error = _innermost(getattr(entry.dagster_event.event_specific_data, "error", None))
         if error is not None:
             return f"op {entry.step_key} failed: {_first_line(error)}"
+    if failure_event is None:
+        return "run failed: no reason given"
     error = _innermost(getattr(failure_event.event_specific_data, "error", None))
     detail = _first_line(error) if error is not None else ""
     return f"run failed: {detail or failure_event.message or 'no reason given'}"
@@ -87,6 +98,11 @@ def _first_line(error) -> str:
 # launch a retry of it. Absent (retries off) or "false": this was the window's last attempt.
 WILL_RETRY_TAG = "dagster/will_retry"
 RETRY_NUMBER_TAG = "dagster/retry_number"
+# The sweeper's safety net for alerts: how far back it looks, how many runs, and how long it
+# leaves a fresh failure to the sensor.
+MISSED_ALERT_LOOKBACK_HOURS = 24
+MISSED_ALERTS_PER_SWEEP = 100
+RETRY_DECISION_GRACE_SECONDS = 60
 
 
 @run_failure_sensor(
@@ -112,15 +128,41 @@ def agent_job_failure_alert(
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
     if run.tags.get(WILL_RETRY_TAG) == "true":
         context.log.info(f"Run {run.run_id} failed; Dagster retries it, so no alert yet.")
-        return
-    window = run.tags.get(PARTITION_TAG)
-    message = describe_run_failure(context.instance, run.run_id, context.failure_event)
-    attempts = int(run.tags.get(RETRY_NUMBER_TAG, "0")) + 1
-    if queue_alert(agent_runs, window, run.run_id, message, attempts):
-        context.log.info(f"Alert queued for {window or run.run_id}: {message}")
-    else:
-        context.log.info(f"{window or run.run_id} was alerted already; no second alert.")
+    elif queue_final_failure_alert(context.instance, run, agent_runs, context.failure_event):
+        context.log.info(f"Alert queued for {run.tags.get(PARTITION_TAG) or run.run_id}.")
     send_pending_alerts(agent_runs, smtp, digest, context.log)
+
+
+def queue_final_failure_alert(
+    instance: DagsterInstance, run: DagsterRun, store: AgentRunsStore, failure_event=None
+) -> bool:
+    """Queue the alert of a failed run that Dagster will not retry; False when it will, or
+    when its window has an alert already."""
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        return False
+    message = describe_run_failure(instance, run.run_id, failure_event)
+    attempts = int(run.tags.get(RETRY_NUMBER_TAG, "0")) + 1
+    return queue_alert(store, run.tags.get(PARTITION_TAG), run.run_id, message, attempts)
+
+
+def queue_missed_alerts(
+    instance: DagsterInstance, store: AgentRunsStore, now: datetime
+) -> int:
+    """Alerts for the runs of the last day that failed for good without one: failures the
+    alert sensor never saw (the daemon was down, the sensor had not ticked yet, or the
+    database was down when it looked). Runs that failed in the last minute are left to the
+    sensor: Dagster tags a failed run with its retry decision just after storing the
+    failure."""
+    records = instance.get_run_records(
+        filters=RunsFilter(
+            job_name=agent_job.name,
+            statuses=[DagsterRunStatus.FAILURE],
+            updated_after=now - timedelta(hours=MISSED_ALERT_LOOKBACK_HOURS),
+            updated_before=now - timedelta(seconds=RETRY_DECISION_GRACE_SECONDS),
+        ),
+        limit=MISSED_ALERTS_PER_SWEEP,
+    )
+    return sum(queue_final_failure_alert(instance, r.dagster_run, store) for r in records)
 
 
 @sensor(
@@ -129,8 +171,9 @@ def agent_job_failure_alert(
     default_status=DefaultSensorStatus.RUNNING,
     description=(
         "Every 5 minutes, fails agent_runs rows still running whose Dagster run has ended or "
-        "is unknown (what the failure sensor missed while the daemon was down), and sends "
-        "the failure alerts whose delivery failed."
+        "is unknown, and alerts on windows of the last day that failed for good without an "
+        "alert: what the failure sensors missed while the daemon or a database was down. "
+        "Also sends the alerts whose delivery failed."
     ),
 )
 def agent_runs_sweeper(
@@ -155,7 +198,9 @@ def agent_runs_sweeper(
             row["dagster_run_id"], row["partition_key"], agent.agent, message
         ):
             healed.append(row["id"])
-    # Alerts whose delivery failed (the SMTP server was down) go out from here.
+    if digest.alert_recipients():
+        queue_missed_alerts(context.instance, agent_runs, datetime.now(UTC))
+    # Alerts whose delivery failed (the SMTP server was down) go out from here too.
     alerted = send_pending_alerts(agent_runs, smtp, digest, context.log)
     return SkipReason(
         (f"marked {len(healed)} lost row(s) failed: {healed}" if healed else "no lost rows")

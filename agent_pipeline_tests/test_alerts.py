@@ -5,6 +5,7 @@ tag it sets as the failure is stored); these tests let it decide."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import (
@@ -18,7 +19,12 @@ from dagster import (
 
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
-from agent_pipeline.sensors import agent_job_failure_alert, agent_runs_sweeper
+from agent_pipeline.sensors import (
+    RETRY_DECISION_GRACE_SECONDS,
+    agent_job_failure_alert,
+    agent_runs_sweeper,
+    queue_missed_alerts,
+)
 from agent_pipeline.settings import resources_from_env
 from agent_pipeline_tests.test_sensors import evaluate_failure_sensor
 
@@ -174,3 +180,20 @@ def test_the_alert_names_the_op_that_failed_and_its_error(
     assert mail.rcpt_tos == ["team@example.com"]  # EMAIL_TO, as ALERT_EMAIL_TO is unset
     assert "op run_agent failed: RuntimeError: the agent fell over" in mail.message.get_content()
     assert f"http://localhost:3000/runs/{run.run_id}" in mail.message.get_content()
+
+
+def test_the_sweeper_alerts_on_final_failures_the_sensor_never_saw(resources, pg_store):
+    with instance_for_test(overrides=RUN_RETRIES) as instance:
+        retried, _ = fail(instance, window="2026-11-26-09:00")
+        final, _ = fail(instance, window="2026-11-26-09:10", message="the disk is full")
+        final = instance.add_run_tags(final.run_id, {"dagster/will_retry": "false"}) or final
+        fail(instance, window="2026-11-26-09:20")
+        now = datetime.now(UTC)
+        # A failure of the last minute is the sensor's: its retry decision may still come.
+        assert queue_missed_alerts(instance, pg_store, now) == 0
+        later = now + timedelta(seconds=RETRY_DECISION_GRACE_SECONDS + 1)
+        assert queue_missed_alerts(instance, pg_store, later) == 1
+        assert queue_missed_alerts(instance, pg_store, later) == 0  # once
+    (alert,) = pg_store.pending_alerts(10)
+    assert alert["partition_key"] == "2026-11-26-09:10"
+    assert alert["error_message"] == "run failed: the disk is full"
