@@ -29,9 +29,9 @@ install: $(INSTALLED)
 system-packages:
 	@if [ ! -x "$(CHROMIUM)" ] || ! command -v docker-compose > /dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-	    echo "Installing Debian's chromium, chromium-driver and docker-compose for the tests ..."; \
+	    echo "Installing Debian's chromium and docker-compose for the tests ..."; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      chromium chromium-driver docker-compose > /dev/null || exit 1; \
+	      chromium docker-compose > /dev/null || exit 1; \
 	  elif [ ! -x "$(CHROMIUM)" ]; then \
 	    echo "The browser tests need Chromium at $(CHROMIUM): install Debian's chromium" \
 	      "package, or run make test CHROMIUM=/path/to/chromium"; exit 1; \

@@ -4,6 +4,7 @@ Plain functions over the store and the Smtp resource; the sensors call them."""
 from __future__ import annotations
 
 import logging
+import smtplib
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -12,7 +13,7 @@ from agent_pipeline.emails import WINDOW_HEADER, run_link, window_label
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.digest import DigestSettings
-from agent_pipeline.resources.smtp import Smtp
+from agent_pipeline.resources.smtp import Smtp, rejects_message
 from agent_pipeline.text import storable_text
 
 # Alerts delivered per sensor tick; the rest wait for the next tick.
@@ -52,18 +53,16 @@ def build_alert_email(
         what = f"window {window_label(*window_bounds(partition_key))}"
     else:
         what = f"run {run_id} (no window)"
-    # The error comes from the agent or a library: one line in the subject, never a header
-    # break; in full only in the body.
-    first_line = " ".join(storable_text(error_message).split())[:120]
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
     message = EmailMessage()
-    message["Subject"] = f"agent_pipeline: {what} failed: {first_line}"
+    # The error often carries the agent's words: it goes in the body, never in a header.
+    message["Subject"] = f"agent_pipeline: {what} failed after {tries}"
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
     if partition_key:
         message[WINDOW_HEADER] = partition_key
-    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
     lines = [
         f"agent_job failed for {what} after {tries}.",
         "",
@@ -90,28 +89,39 @@ def send_pending_alerts(
     log: logging.Logger,
     limit: int = ALERTS_PER_TICK,
 ) -> list[str]:
-    """Deliver queued alerts, oldest first; the alert keys delivered. One attempt each: a
-    sensor tick must stay short, and the next tick tries again. Stops at the first failure,
-    as the server is likely down for the rest too."""
+    """Deliver queued alerts, oldest first; the alert keys delivered. Each is claimed before
+    its one attempt, so two sensor evaluations never send the same alert. A message the
+    server rejects for good is marked failed and the others go on; any other failure (the
+    server down, a refused login) leaves it pending for the next tick and stops there, as it
+    would fail the rest too."""
     recipients = digest.alert_recipients()
     if not recipients:
         return []
     delivered = []
     for alert in store.pending_alerts(limit):
-        message = build_alert_email(
-            partition_key=alert["partition_key"],
-            run_id=alert["dagster_run_id"],
-            error_message=alert["error_message"],
-            attempts=alert["attempts"],
-            sender=digest.sender(),
-            recipients=recipients,
-            run_url=run_link(digest.webserver_url, alert["dagster_run_id"]),
-        )
+        if not store.claim_alert(alert["id"]):
+            continue
         try:
-            smtp.send_once(message)
+            smtp.send_once(
+                build_alert_email(
+                    partition_key=alert["partition_key"],
+                    run_id=alert["dagster_run_id"],
+                    error_message=alert["error_message"],
+                    attempts=alert["attempts"],
+                    sender=digest.sender(),
+                    recipients=recipients,
+                    run_url=run_link(digest.webserver_url, alert["dagster_run_id"]),
+                )
+            )
         except Exception as exc:
             error = describe_error(exc)
-            store.record_alert_failed(alert["id"], error)
+            # An alert that cannot be built (a partition tag that is no window) will not
+            # build next time either.
+            if rejects_message(exc) or not isinstance(exc, smtplib.SMTPException | OSError):
+                store.record_alert_rejected(alert["id"], error)
+                log.warning(f"Alert for {alert['alert_key']} given up: {error}")
+                continue
+            store.release_alert(alert["id"], error)
             log.warning(f"Alert for {alert['alert_key']} not delivered, retried later: {error}")
             break
         store.record_alert_sent(alert["id"])

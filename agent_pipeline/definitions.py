@@ -3,13 +3,18 @@ from __future__ import annotations
 from dagster import Definitions
 
 from agent_pipeline.jobs import agent_job
+from agent_pipeline.logs import configure_output
 from agent_pipeline.schedules import agent_job_schedule
 from agent_pipeline.sensors import (
     agent_job_failure_alert,
     agent_runs_on_run_failure,
     agent_runs_sweeper,
 )
-from agent_pipeline.settings import resources_from_env
+from agent_pipeline.settings import log_settings, resources_from_env
+
+# The package's plain logging records (the resources' warnings) become JSON lines on stdout
+# and in LOG_FILE in every process that loads the code location, the code server included.
+configure_output(log_settings())
 
 defs = Definitions(
     jobs=[agent_job],

@@ -4,12 +4,11 @@ Plain functions over the store and the Smtp resource."""
 from __future__ import annotations
 
 import logging
-import smtplib
 from email.message import EmailMessage
 
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.digest import DigestSettings
-from agent_pipeline.resources.smtp import Smtp, is_transient
+from agent_pipeline.resources.smtp import Smtp, is_transient, rejects_message
 
 # Windows caught up per run: a long outage is worked off over several runs, not in one.
 REDELIVERIES_PER_RUN = 10
@@ -61,6 +60,6 @@ def redeliver_failed(
             log.warning(f"Redelivery of window {window} failed again: {describe_error(exc)}")
             # A message the server rejects for good must not hold up the others; anything
             # else (the server down, a timeout) would fail for the rest too.
-            if not (isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500):
+            if not rejects_message(exc):
                 break
     return delivered

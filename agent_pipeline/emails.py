@@ -188,12 +188,12 @@ def _published(outcome: Mapping[str, Any]) -> str:
     if not raw:
         return ""
     try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
         try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
             when = parsedate_to_datetime(raw)  # RSS dates: "Sun, 01 Nov 2026 08:00:00 GMT"
-        except (TypeError, ValueError):
-            return raw
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return f"{when.astimezone(UTC):%d %b %Y, %H:%M} UTC"
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return f"{when.astimezone(UTC):%d %b %Y, %H:%M} UTC"
+    except (TypeError, ValueError, OverflowError):  # year 1 at +05:00 has no UTC time
+        return raw

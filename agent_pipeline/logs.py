@@ -2,7 +2,13 @@
 the Dagster run id, the window, the agent and the op, and each line goes to three places:
 Dagster (the run's logs in the UI), stdout (for container log collectors) and, when
 LOG_FILE is set, a file rotated by size. Records of the plain `logging` loggers under
-`agent_pipeline` (the resources' retry warnings) reach stdout and the file as JSON too."""
+`agent_pipeline` (the resources' retry warnings) reach stdout and the file as JSON too, in
+every process that has loaded definitions.py.
+
+Dagster's own console logger also prints each event of a run, ours included, as a
+human-readable line on stderr, as it does for every Dagster job: collectors that want JSON
+read stdout. The rotating file expects one writer at a time, which the run queue's
+max_concurrent_runs: 1 gives."""
 
 from __future__ import annotations
 
@@ -52,7 +58,10 @@ class JsonLineFormatter(logging.Formatter):
             "event": record.getMessage(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            # As structlog's TimeStamper writes it: UTC with a Z.
+            "timestamp": datetime.fromtimestamp(record.created, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
         }
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
@@ -117,7 +126,9 @@ class _Outputs:
     def error(self, line: str) -> None:
         self._emit(logging.ERROR, line)
 
-    critical = error
+    def critical(self, line: str) -> None:
+        self._emit(logging.CRITICAL, line)
+
     exception = error
 
 

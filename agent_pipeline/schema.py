@@ -39,8 +39,10 @@ EMAIL_NOT_SENT, EMAIL_SENDING, EMAIL_SENT, EMAIL_FAILED, EMAIL_SKIPPED = (
 )
 EMAIL_CLAIMING_STATES = (EMAIL_SENDING, EMAIL_SENT)
 
-# Failure alerts: PENDING until delivered, then SENT.
-ALERT_PENDING, ALERT_SENT = "pending", "sent"
+# Failure alerts: PENDING until a sensor claims one (SENDING) for a delivery attempt; then
+# SENT, or back to PENDING after a failure worth retrying, or FAILED when the server
+# rejected the message for good.
+ALERT_PENDING, ALERT_SENDING, ALERT_SENT, ALERT_FAILED = "pending", "sending", "sent", "failed"
 
 agent_runs = Table(
     "agent_runs",
@@ -91,8 +93,11 @@ agent_alerts = Table(
     Column("attempts", Integer, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("status", String(20), nullable=False),
+    # When a sensor took it for a delivery attempt: a claim older than the claim timeout is
+    # taken as lost with its process.
+    Column("claimed_at", DateTime),
     Column("sent_at", DateTime),
-    # Why the last delivery failed; a later sensor tick tries again.
+    # Why the last delivery failed.
     Column("delivery_error", Text),
 )
 Index("agent_alerts_one_per_key", agent_alerts.c.alert_key, unique=True)

@@ -103,6 +103,9 @@ RETRY_NUMBER_TAG = "dagster/retry_number"
 MISSED_ALERT_LOOKBACK_HOURS = 24
 MISSED_ALERTS_PER_SWEEP = 100
 RETRY_DECISION_GRACE_SECONDS = 60
+# A retry Dagster promised but has not launched in this long is taken as not coming.
+RETRY_LAUNCH_GRACE_MINUTES = 15
+PARENT_RUN_TAG = "dagster/parent_run_id"
 
 
 @run_failure_sensor(
@@ -124,10 +127,15 @@ def agent_job_failure_alert(
 ) -> None:
     if not digest.alert_recipients():
         return
-    # The run as stored now: the retry tag is added as the failure is recorded.
+    # The run as stored now: Dagster adds its retry decision just after the failure.
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-    if run.tags.get(WILL_RETRY_TAG) == "true":
+    decision = run.tags.get(WILL_RETRY_TAG)
+    if decision == "true":
         context.log.info(f"Run {run.run_id} failed; Dagster retries it, so no alert yet.")
+    elif decision is None and context.instance.run_retries_enabled:
+        # Undecided yet: alerting now could spend the window's one alert on an attempt that
+        # is retried. The sweeper alerts once the decision is in.
+        context.log.info(f"Run {run.run_id} failed; retry undecided, left to the sweeper.")
     elif queue_final_failure_alert(context.instance, run, agent_runs, context.failure_event):
         context.log.info(f"Alert queued for {run.tags.get(PARTITION_TAG) or run.run_id}.")
     send_pending_alerts(agent_runs, smtp, digest, context.log)
@@ -136,10 +144,7 @@ def agent_job_failure_alert(
 def queue_final_failure_alert(
     instance: DagsterInstance, run: DagsterRun, store: AgentRunsStore, failure_event=None
 ) -> bool:
-    """Queue the alert of a failed run that Dagster will not retry; False when it will, or
-    when its window has an alert already."""
-    if run.tags.get(WILL_RETRY_TAG) == "true":
-        return False
+    """Queue the alert of a failed run; False when its window has an alert already."""
     message = describe_run_failure(instance, run.run_id, failure_event)
     attempts = int(run.tags.get(RETRY_NUMBER_TAG, "0")) + 1
     return queue_alert(store, run.tags.get(PARTITION_TAG), run.run_id, message, attempts)
@@ -150,9 +155,9 @@ def queue_missed_alerts(
 ) -> int:
     """Alerts for the runs of the last day that failed for good without one: failures the
     alert sensor never saw (the daemon was down, the sensor had not ticked yet, or the
-    database was down when it looked). Runs that failed in the last minute are left to the
-    sensor: Dagster tags a failed run with its retry decision just after storing the
-    failure."""
+    database was down when it looked), or saw before Dagster had decided on a retry, and
+    promised retries that never came. Runs that failed in the last minute are left to the
+    sensor."""
     records = instance.get_run_records(
         filters=RunsFilter(
             job_name=agent_job.name,
@@ -162,7 +167,22 @@ def queue_missed_alerts(
         ),
         limit=MISSED_ALERTS_PER_SWEEP,
     )
-    return sum(queue_final_failure_alert(instance, r.dagster_run, store) for r in records)
+    queued = 0
+    for record in records:
+        run = record.dagster_run
+        if run.tags.get(WILL_RETRY_TAG) == "true" and (
+            record.update_timestamp > now - timedelta(minutes=RETRY_LAUNCH_GRACE_MINUTES)
+            or _has_retry(instance, run.run_id)
+        ):
+            continue
+        queued += queue_final_failure_alert(instance, run, store)
+    return queued
+
+
+def _has_retry(instance: DagsterInstance, run_id: str) -> bool:
+    """Whether a run was re-executed: Dagster declines a promised retry when its backfill
+    has ended, and then the failure was final after all."""
+    return bool(instance.get_runs(filters=RunsFilter(tags={PARENT_RUN_TAG: run_id}), limit=1))
 
 
 @sensor(

@@ -130,13 +130,29 @@ def log_settings(env: Mapping[str, str] = os.environ) -> LogSettings:
     level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
     if level not in LEVELS:
         raise ConfigurationError("LOG_LEVEL", f"{level!r} is not one of {', '.join(LEVELS)}")
+    log_file = env.get("LOG_FILE", "").strip() or None
+    if log_file:
+        _check_log_file(Path(log_file))
     return LogSettings(
         level=LEVELS[level],
-        file=env.get("LOG_FILE", "").strip() or None,
+        file=log_file,
         file_max_bytes=_int(env, "LOG_FILE_MAX_BYTES", LogSettings.file_max_bytes, minimum=1024),
-        file_backups=_int(env, "LOG_FILE_BACKUPS", LogSettings.file_backups, minimum=0,
-                          maximum=1000),
+        # At least 1: Python's RotatingFileHandler never rotates with no backups to keep.
+        file_backups=_int(env, "LOG_FILE_BACKUPS", LogSettings.file_backups, maximum=1000),
     )
+
+
+def _check_log_file(path: Path) -> None:
+    """Fail at load, not in every run, when LOG_FILE cannot be written."""
+    if path.is_dir():
+        raise ConfigurationError("LOG_FILE", f"{str(path)!r} is a folder, not a file")
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigurationError(
+            "LOG_FILE", f"cannot write {str(path)!r}: {folder} is not a writable folder"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigurationError("LOG_FILE", f"cannot write {str(path)!r}")
 
 
 def alert_recipients(env: Mapping[str, str] = os.environ) -> list[str]:
@@ -158,7 +174,7 @@ def webserver_url(env: Mapping[str, str] = os.environ) -> str:
             "DAGSTER_WEBSERVER_URL",
             f"{url!r} is not an http(s) URL such as {DEFAULT_WEBSERVER_URL}",
         )
-    return url.rstrip("/")
+    return url
 
 
 def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:

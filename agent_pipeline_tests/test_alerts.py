@@ -4,6 +4,7 @@ tag it sets as the failure is stored); these tests let it decide."""
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -17,10 +18,12 @@ from dagster import (
     instance_for_test,
 )
 
+from agent_pipeline.alerts import send_pending_alerts
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
 from agent_pipeline.sensors import (
     RETRY_DECISION_GRACE_SECONDS,
+    RETRY_LAUNCH_GRACE_MINUTES,
     agent_job_failure_alert,
     agent_runs_sweeper,
     queue_missed_alerts,
@@ -30,6 +33,7 @@ from agent_pipeline_tests.test_sensors import evaluate_failure_sensor
 
 WINDOW = "2026-11-26-09:30"
 WEBSERVER = "https://dagster.example.com"
+LOG = logging.getLogger("test")
 RUN_RETRIES = {"run_retries": {"enabled": True, "max_retries": 2}}
 
 
@@ -95,16 +99,17 @@ def test_one_alert_per_window_after_the_last_retry(resources, smtp_server):
         assert last.tags["dagster/will_retry"] == "false"
         evaluate_alert(instance, last, event, resources)
         evaluate_alert(instance, last, event, resources)  # the same event seen twice
-        # A manual re-execution of the window that fails too: still the one alert.
+        # A later re-execution of the window that fails for good too: still the one alert.
         again, event = fail(instance)
-        evaluate_alert(instance, again, event, resources)
+        instance.add_run_tags(again.run_id, {"dagster/will_retry": "false"})
+        evaluate_alert(instance, instance.get_run_by_id(again.run_id), event, resources)
 
     (mail,) = smtp_server.received
     assert mail.rcpt_tos == ["oncall@example.com"]
     message = mail.message
+    # The error, often the agent's words, stays out of the headers.
     assert message["Subject"] == (
-        "agent_pipeline: window 2026-11-26 09:30–09:40 UTC failed: "
-        "run failed: the database went away"
+        "agent_pipeline: window 2026-11-26 09:30–09:40 UTC failed after 3 attempts"
     )
     assert message["X-Agent-Pipeline-Window"] == WINDOW
     body = message.get_content()
@@ -119,8 +124,9 @@ def test_without_run_retries_the_first_failure_alerts(resources, smtp_server):
         assert "dagster/will_retry" not in run.tags
         evaluate_alert(instance, run, event, resources)
     (mail,) = smtp_server.received
-    assert mail.message["Bcc"] is None and "\n" not in mail.message["Subject"]
+    assert mail.message["Bcc"] is None and "bad" not in mail.message["Subject"]
     assert "after 1 attempt." in mail.message.get_content()
+    assert "bad Bcc: victim@example.com" in " ".join(mail.message.get_content().split())
 
 
 def test_a_run_without_window_alerts_for_itself(resources, smtp_server):
@@ -197,3 +203,54 @@ def test_the_sweeper_alerts_on_final_failures_the_sensor_never_saw(resources, pg
     (alert,) = pg_store.pending_alerts(10)
     assert alert["partition_key"] == "2026-11-26-09:10"
     assert alert["error_message"] == "run failed: the disk is full"
+
+
+def test_an_undecided_retry_is_left_to_the_sweeper(resources, smtp_server, pg_store):
+    with instance_for_test(overrides=RUN_RETRIES) as instance:
+        run, event = fail(instance)
+        # As the sensor may find it: the failure stored, the retry decision not yet.
+        stored = instance.get_run_by_id(run.run_id)
+        undecided = stored.with_tags(
+            {k: v for k, v in stored.tags.items() if k != "dagster/will_retry"}
+        )
+        evaluate_alert(instance, undecided, event, resources)
+    assert smtp_server.received == [] and pg_store.pending_alerts(10) == []
+
+
+def test_a_promised_retry_that_never_came_is_alerted(pg_store):
+    with instance_for_test(overrides=RUN_RETRIES) as instance:
+        promised, _ = fail(instance, window="2026-11-26-09:00")
+        retried, _ = fail(instance, window="2026-11-26-09:10")
+        instance.add_run(  # its retry, which succeeded
+            DagsterRun(
+                job_name="agent_job",
+                status=DagsterRunStatus.SUCCESS,
+                tags={"dagster/partition": "2026-11-26-09:10",
+                      "dagster/parent_run_id": retried.run_id,
+                      "dagster/root_run_id": retried.run_id},
+            )
+        )
+        assert promised.tags["dagster/will_retry"] == "true"
+        now = datetime.now(UTC)
+        assert queue_missed_alerts(instance, pg_store, now + timedelta(minutes=2)) == 0
+        later = now + timedelta(minutes=RETRY_LAUNCH_GRACE_MINUTES + 1)
+        assert queue_missed_alerts(instance, pg_store, later) == 1
+    # 09:00 never got the retry it was promised; 09:10 got its retry.
+    assert [a["partition_key"] for a in pg_store.pending_alerts(10)] == ["2026-11-26-09:00"]
+
+
+def test_two_deliveries_at_once_send_an_alert_once(resources, smtp_server, pg_store):
+    pg_store.add_alert(WINDOW, WINDOW, "run-1", "run failed: x", 1)
+    (alert,) = pg_store.pending_alerts(10)
+    assert pg_store.claim_alert(alert["id"])  # another sensor evaluation is sending it
+    assert send_pending_alerts(pg_store, resources["smtp"], resources["digest"], LOG) == []
+    assert smtp_server.received == []
+
+
+def test_a_rejected_alert_does_not_hold_up_the_others(resources, smtp_server, pg_store):
+    for n in range(3):
+        pg_store.add_alert(f"2026-11-26-09:{n}0", f"2026-11-26-09:{n}0", f"run-{n}", "x", 1)
+    smtp_server.fail_with = lambda: "554 5.7.1 rejected" if smtp_server.attempts == 1 else None
+    delivered = send_pending_alerts(pg_store, resources["smtp"], resources["digest"], LOG)
+    assert delivered == ["2026-11-26-09:10", "2026-11-26-09:20"]
+    assert pg_store.pending_alerts(10) == []  # the rejected one is not tried again

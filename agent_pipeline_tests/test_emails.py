@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from email import message_from_bytes, policy
 
 import pytest
@@ -92,10 +93,26 @@ def test_each_item_shows_its_score_bar_source_published_time_and_reason():
     assert f'href="{RUN_URL}"' in html
 
 
-def test_scores_on_another_scale_are_drawn_against_the_best():
-    top = [feed_item(0, score=2.5), feed_item(1, score=1.25), feed_item(2, score=-1)]
-    _, _, html = parts(build(top))
-    assert "width:100%" in html and "width:50%" in html and "width:0%" in html
+def bar_widths(html: str) -> list[int]:
+    return [int(width) for width in re.findall(r'<div style="width:(\d+)%;height:8px', html)]
+
+
+def test_scores_of_0_to_100_are_drawn_as_they_are():
+    top = [feed_item(0, score=30), feed_item(1, score=0.4), feed_item(2, score=0)]
+    assert bar_widths(parts(build(top))[2]) == [30, 1, 0]  # a positive score is a sliver
+
+
+def test_scores_outside_0_to_100_are_drawn_against_the_best():
+    top = [feed_item(0, score=250), feed_item(1, score=125), feed_item(2, score=-1)]
+    assert bar_widths(parts(build(top))[2]) == [100, 50, 0]
+
+
+@pytest.mark.parametrize(
+    "published", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "32 Foo 2026"]
+)
+def test_a_published_time_that_is_no_utc_date_is_shown_as_written(published):
+    _, text, _ = parts(build([feed_item(0, published=published)]))
+    assert f"Example News · {published}" in text
 
 
 def test_an_item_without_reason_shows_its_summary_and_odd_fields_are_shown_as_text():

@@ -54,7 +54,7 @@ def test_a_run_logs_json_lines_to_dagster_stdout_and_the_file(production_env, tm
     assert all(line in stdout.splitlines() for line in in_file)
 
 
-def test_log_level_filters_everywhere(production_env, tmp_path):
+def test_log_level_filters_everywhere(production_env, tmp_path, capfd):
     log_file = tmp_path / "agent.log"
     production_env.setenv("LOG_FILE", str(log_file))
     production_env.setenv("LOG_LEVEL", "warning")
@@ -63,7 +63,9 @@ def test_log_level_filters_everywhere(production_env, tmp_path):
     events = json_lines(log_file.read_text())
     assert events and {e["level"] for e in events} == {"warning"}
     assert any(e["event"].startswith("Dropped item") for e in events)
-    assert not [line for line in result.logs if line.startswith('{"event": "Agent finished"')]
+    assert {e["level"] for e in json_lines(capfd.readouterr().out)} == {"warning"}
+    in_dagster = [json.loads(line) for line in result.logs if line.startswith("{")]
+    assert in_dagster and {e["level"] for e in in_dagster} == {"warning"}
 
 
 def test_the_file_rotates_by_size_and_keeps_the_configured_count(production_env, tmp_path):
@@ -106,6 +108,7 @@ def test_plain_logging_records_of_the_package_become_json_lines(tmp_path):
     (event,) = json_lines(log_file.read_text())
     assert event["event"] == "SMTP delivery failed (x)"
     assert event["level"] == "warning" and event["logger"] == "agent_pipeline.resources.smtp"
+    assert event["timestamp"].endswith("Z")
 
 
 @pytest.mark.parametrize(
@@ -114,7 +117,7 @@ def test_plain_logging_records_of_the_package_become_json_lines(tmp_path):
         ("LOG_LEVEL", "chatty", "'CHATTY' is not one of DEBUG, INFO, WARNING, ERROR"),
         ("LOG_FILE_MAX_BYTES", "10MB", "'10MB' is not a whole number"),
         ("LOG_FILE_MAX_BYTES", "10", "must be at least 1024"),
-        ("LOG_FILE_BACKUPS", "-1", "must be at least 0"),
+        ("LOG_FILE_BACKUPS", "0", "must be at least 1"),
     ],
 )
 def test_bad_log_settings_name_the_variable(name, value, problem):

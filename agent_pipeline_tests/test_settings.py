@@ -76,6 +76,9 @@ def test_the_default_port_follows_the_security_mode(security, port):
         ({"DAGSTER_WEBSERVER_URL": "javascript:alert(1)"}, "DAGSTER_WEBSERVER_URL"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FILE_BACKUPS": "many"}, "LOG_FILE_BACKUPS"),
+        ({"LOG_FILE_BACKUPS": "0"}, "LOG_FILE_BACKUPS"),
+        ({"LOG_FILE": "/etc/passwd/agent.log"}, "LOG_FILE"),
+        ({"LOG_FILE": "/tmp"}, "LOG_FILE"),
     ],
 )
 def test_bad_settings_name_the_variable(env, variable):
@@ -101,10 +104,10 @@ def test_alerts_go_to_alert_email_to_else_email_to(env, alert_recipients):
     assert resources_from_env(env)["digest"].alert_recipients() == alert_recipients
 
 
-def test_the_webserver_url_defaults_to_make_dev_and_loses_its_trailing_slash():
+def test_the_webserver_url_defaults_to_make_dev():
     assert resources_from_env({})["digest"].webserver_url == "http://localhost:3000"
     env = {"DAGSTER_WEBSERVER_URL": "https://dagster.example.com/"}
-    assert resources_from_env(env)["digest"].webserver_url == "https://dagster.example.com"
+    assert resources_from_env(env)["digest"].webserver_url == "https://dagster.example.com/"
 
 
 def test_a_bad_setting_stops_the_code_location_from_loading(tmp_path):

@@ -1,4 +1,4 @@
-"""AgentRunsStore: the one owner of the `agent_runs` table."""
+"""AgentRunsStore: the one owner of the `agent_runs` and `agent_alerts` tables."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
 from agent_pipeline.ranking import dedupe_key
 from agent_pipeline.schema import (
+    ALERT_FAILED,
     ALERT_PENDING,
+    ALERT_SENDING,
     ALERT_SENT,
     EMAIL_CLAIMING_STATES,
     EMAIL_FAILED,
@@ -40,6 +42,9 @@ ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 # Any fixed number: it serialises migrations of concurrent first uses on Postgres.
 MIGRATION_LOCK_ID = 7_262_010
 ERROR_MESSAGE_LIMIT = 4_000
+# A delivery attempt takes at most about SMTP_TIMEOUT per step; a claim older than this
+# belongs to a process that died, and the alert is tried again.
+ALERT_CLAIM_TIMEOUT = timedelta(minutes=10)
 
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
@@ -393,22 +398,51 @@ class AgentRunsStore(ConfigurableResource):
             return False
         return True
 
-    def pending_alerts(self, limit: int) -> list[dict[str, Any]]:
-        """Alerts not delivered yet, oldest first."""
+    def pending_alerts(self, limit: int, max_age_hours: int = 24) -> list[dict[str, Any]]:
+        """Alerts of the last max_age_hours waiting for delivery (pending, or claimed by a
+        process that has not finished in ALERT_CLAIM_TIMEOUT), oldest first."""
+        now = utc_now()
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(agent_alerts)
-                .where(agent_alerts.c.status == ALERT_PENDING)
+                .where(
+                    self._alert_claimable(now),
+                    agent_alerts.c.created_at >= now - timedelta(hours=max_age_hours),
+                )
                 .order_by(agent_alerts.c.id)
                 .limit(limit)
             ).mappings()
             return [dict(row) for row in rows]
 
+    def claim_alert(self, alert_id: int) -> bool:
+        """Take an alert for one delivery attempt; False when another process has it."""
+        now = utc_now()
+        with self.engine.begin() as connection:
+            claimed = connection.execute(
+                update(agent_alerts)
+                .where(agent_alerts.c.id == alert_id, self._alert_claimable(now))
+                .values(status=ALERT_SENDING, claimed_at=now)
+            )
+        return claimed.rowcount == 1
+
+    @staticmethod
+    def _alert_claimable(now: datetime) -> Any:
+        return or_(
+            agent_alerts.c.status == ALERT_PENDING,
+            (agent_alerts.c.status == ALERT_SENDING)
+            & (agent_alerts.c.claimed_at < now - ALERT_CLAIM_TIMEOUT),
+        )
+
     def record_alert_sent(self, alert_id: int) -> None:
         self._set_alert(alert_id, status=ALERT_SENT, sent_at=utc_now(), delivery_error=None)
 
-    def record_alert_failed(self, alert_id: int, error: str) -> None:
-        self._set_alert(alert_id, delivery_error=error[:ERROR_MESSAGE_LIMIT])
+    def release_alert(self, alert_id: int, error: str) -> None:
+        """The attempt failed in a way worth retrying: the alert waits for the next one."""
+        self._set_alert(alert_id, status=ALERT_PENDING, delivery_error=error[:ERROR_MESSAGE_LIMIT])
+
+    def record_alert_rejected(self, alert_id: int, error: str) -> None:
+        """The server rejected this alert for good: it is not tried again."""
+        self._set_alert(alert_id, status=ALERT_FAILED, delivery_error=error[:ERROR_MESSAGE_LIMIT])
 
     def _set_alert(self, alert_id: int, **values: Any) -> None:
         with self.engine.begin() as connection:

@@ -28,6 +28,16 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, smtplib.SMTPException | OSError)
 
 
+def rejects_message(exc: BaseException) -> bool:
+    """The server refused this one message for good (a 5xx reply to it): other messages may
+    still go through. Not a refused login, which fails every message."""
+    return (
+        isinstance(exc, smtplib.SMTPResponseException)
+        and exc.smtp_code >= 500
+        and not isinstance(exc, smtplib.SMTPAuthenticationError)
+    )
+
+
 class Smtp(ConfigurableResource):
     """An SMTP server (STARTTLS, implicit TLS or plain), or a local outbox folder of .eml
     files when SMTP_HOST is unset."""

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("claimed_at", sa.DateTime),
         sa.Column("sent_at", sa.DateTime),
         sa.Column("delivery_error", sa.Text),
     )
