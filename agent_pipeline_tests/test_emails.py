@@ -88,23 +88,31 @@ def test_each_item_shows_its_score_bar_source_published_time_and_reason():
     assert "01 Nov 2026, 08:15 UTC" in html  # an RSS date, shown in UTC
     assert "reason 0" in html and "reason 1" in html
     # Scores on the built-in 0-100 scale are bars of that length.
-    assert "width:90%" in html and "width:46%" in html
+    assert bar_pixels(html) == [144, 74]
     assert "score 90" in html and "score 45.5" in html
     assert f'href="{RUN_URL}"' in html
 
 
-def bar_widths(html: str) -> list[int]:
-    return [int(width) for width in re.findall(r'<div style="width:(\d+)%;height:8px', html)]
+def bar_pixels(html: str) -> list[int]:
+    """Each item's filled bar, in pixels of the 160 px track."""
+    widths = []
+    for kind, width in re.findall(r'<td class="(bar|track)" width="(\d+)"', html):
+        if kind == "bar":
+            widths.append(int(width))
+        elif width == "160":  # a track with no bar before it
+            widths.append(0)
+    return widths
 
 
 def test_scores_of_0_to_100_are_drawn_as_they_are():
     top = [feed_item(0, score=30), feed_item(1, score=0.4), feed_item(2, score=0)]
-    assert bar_widths(parts(build(top))[2]) == [30, 1, 0]  # a positive score is a sliver
+    # 30% of 160 px; a positive score is a sliver (1%, 2 px), zero is the bare track.
+    assert bar_pixels(parts(build(top))[2]) == [48, 2, 0]
 
 
 def test_scores_outside_0_to_100_are_drawn_against_the_best():
     top = [feed_item(0, score=250), feed_item(1, score=125), feed_item(2, score=-1)]
-    assert bar_widths(parts(build(top))[2]) == [100, 50, 0]
+    assert bar_pixels(parts(build(top))[2]) == [160, 80, 0]
 
 
 @pytest.mark.parametrize(
