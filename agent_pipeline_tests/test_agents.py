@@ -17,14 +17,15 @@ from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.resources.redis import Redis
 
 
-def agent_context(cache: AgentCache, interests: str) -> AgentContext:
+def agent_context(cache: AgentCache, interests: str, **settings: str) -> AgentContext:
+    """The context of the window 2026-11-26 09:30-09:40, told interests and settings."""
     return AgentContext(
         partition_key="2026-11-26-09:30",
         window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
         window_end=datetime(2026, 11, 26, 9, 40, tzinfo=UTC),
         cache=cache,
         log=logging.getLogger("test"),
-        settings={"interests": interests},
+        settings={"interests": interests, **settings},
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent_pipeline.agents.llm import SYSTEM_PROMPT
 from agent_pipeline.errors import ConfigurationError
-from agent_pipeline.logs import LogSettings, event_logger
+from agent_pipeline.logs import LogSettings, configure_output
 from agent_pipeline.settings import log_settings
 from agent_pipeline_tests.feed_server import RSS2, FeedServer
 from agent_pipeline_tests.llm_server import LoopbackLlm
@@ -23,7 +23,7 @@ OPS = ["record_run", "run_agent", "rank_top_five", "send_email"]
 def fresh_outputs():
     """Each test's LOG_FILE gets handlers of its own; none are left open afterwards."""
     yield
-    event_logger(None, LogSettings())  # back to stdout only
+    configure_output(LogSettings())  # back to stdout only
 
 
 def json_lines(text: str) -> list[dict]:
@@ -103,7 +103,7 @@ def test_no_secret_and_no_prompt_reaches_the_logs(production_env, tmp_path):
 
 def test_plain_logging_records_of_the_package_become_json_lines(tmp_path):
     log_file = tmp_path / "agent.log"
-    event_logger(None, LogSettings(file=str(log_file)))
+    configure_output(LogSettings(file=str(log_file)))
     logging.getLogger("agent_pipeline.resources.smtp").warning("SMTP delivery failed (%s)", "x")
     (event,) = json_lines(log_file.read_text())
     assert event["event"] == "SMTP delivery failed (x)"

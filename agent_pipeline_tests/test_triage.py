@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import logging
-from datetime import UTC, datetime
-
 import httpx
 import pytest
 
@@ -24,6 +21,7 @@ from agent_pipeline.resources.redis import Redis
 from agent_pipeline_tests.feed_server import ATOM, JSON_ITEMS, RSS091, RSS1, RSS2, FeedServer
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply, default_score
 from agent_pipeline_tests.services import free_port
+from agent_pipeline_tests.test_agents import agent_context
 
 ROUTES = {
     "/rss2.xml": (200, "application/rss+xml", RSS2),
@@ -41,14 +39,7 @@ ROUTES = {
 
 
 def context(cache: AgentCache, **settings) -> AgentContext:
-    return AgentContext(
-        partition_key="2026-11-26-09:30",
-        window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
-        window_end=datetime(2026, 11, 26, 9, 40, tzinfo=UTC),
-        cache=cache,
-        log=logging.getLogger("test-triage"),
-        settings={"interests": "dagster, postgres, redis, llm agents", **settings},
-    )
+    return agent_context(cache, "dagster, postgres, redis, llm agents", **settings)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ mappings with at least `title` (str) and `score` (number)."""
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,7 +65,7 @@ class AgentContext:
     cache: AgentCache
     # Takes debug/info/warning/error calls, %-style arguments included: in a run, a structlog
     # logger bound with the run, window, agent and op; any logging.Logger elsewhere.
-    log: logging.Logger | Any
+    log: Any
     settings: Mapping[str, str] = field(default_factory=dict)
     # What the agent reports about its work (sources, cache, LLM calls, tokens): shown on the
     # run_agent op in the UI and kept in the row's result.
