@@ -76,12 +76,12 @@ def postgres_database(postgres_admin_dsn: str) -> Iterator[str]:
 
 @pytest.fixture
 def postgres_url(postgres_database: str) -> Iterator[str]:
-    """The session database, emptied of the project's tables after each test."""
+    """The session database, emptied after each test: the project's tables and Dagster's
+    own (runs a test's daemon left queued or started would otherwise be picked up, retried
+    and alerted on by the next test's daemon)."""
     yield postgres_database
     with psycopg2.connect(postgres_database) as connection, connection.cursor() as cursor:
-        cursor.execute(
-            "DROP TABLE IF EXISTS agent_runs, agent_alerts, agent_runs_alembic_version"
-        )
+        cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     connection.close()
     forget_migrations()
 
