@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
-    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -23,20 +22,9 @@ from dagster import (
 from agent_pipeline.alerts import queue_alert, send_pending_alerts
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Smtp
+from agent_pipeline.run_failures import describe_loss, describe_run_failure
 
 PARTITION_TAG = "dagster/partition"
-# What Dagster writes when a run's process dies (the code server) or its worker is found dead
-# or timed out (run monitoring); more telling than the generic run failure message.
-_LOSS_MARKERS = ("terminated by signal", "unexpectedly exited", "run worker", "timed out")
-
-
-def loss_explanation(instance: DagsterInstance, run_id: str, fallback: str) -> str:
-    """The engine's own words for why a run ended without its ops finishing."""
-    for entry in reversed(instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)):
-        message = entry.message or ""
-        if any(marker in message for marker in _LOSS_MARKERS):
-            return message
-    return fallback
 
 
 @run_failure_sensor(
@@ -59,39 +47,6 @@ def agent_runs_on_run_failure(
     )
     if changed:
         context.log.info(f"agent_runs row of run {run.run_id} marked failed: {message}")
-
-
-def describe_run_failure(instance: DagsterInstance, run_id: str, failure_event=None) -> str:
-    """One line on why a run failed: the engine's words when its worker was lost, else the
-    error of the op that failed, else the run's own error (it failed before its ops). The
-    failure event is looked up when not given."""
-    if failure_event is None:
-        failures = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
-        failure_event = failures[-1].dagster_event if failures else None
-    lost = loss_explanation(instance, run_id, "")
-    if lost:
-        return f"run killed or lost: {lost}"
-    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
-        error = _innermost(getattr(entry.dagster_event.event_specific_data, "error", None))
-        if error is not None:
-            return f"op {entry.step_key} failed: {_first_line(error)}"
-    if failure_event is None:
-        return "run failed: no reason given"
-    error = _innermost(getattr(failure_event.event_specific_data, "error", None))
-    detail = _first_line(error) if error is not None else ""
-    return f"run failed: {detail or failure_event.message or 'no reason given'}"
-
-
-def _innermost(error):
-    """The original error under Dagster's wrappers (user code error, resource init error)."""
-    while error is not None and error.cause is not None:
-        error = error.cause
-    return error
-
-
-def _first_line(error) -> str:
-    lines = (error.message or "").strip().splitlines()
-    return lines[0] if lines else ""
 
 
 # Dagster tags a failed run with this when run retries are on: "true" if the daemon will
@@ -157,11 +112,16 @@ def queue_missed_alerts(
     alert sensor never saw (the daemon was down, the sensor had not ticked yet, or the
     database was down when it looked), or saw before Dagster had decided on a retry, and
     promised retries that never came. Runs that failed in the last minute are left to the
-    sensor."""
+    sensor.
+
+    A canceled run counts when Dagster saw it fail first (it carries the retry decision): a
+    run ended by run monitoring's time limit is failed, and ends canceled when its worker's
+    own cancel event lands after that; Dagster may then not retry it. A run stopped from the
+    UI has no retry decision, and no alert."""
     records = instance.get_run_records(
         filters=RunsFilter(
             job_name=agent_job.name,
-            statuses=[DagsterRunStatus.FAILURE],
+            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
             updated_after=now - timedelta(hours=MISSED_ALERT_LOOKBACK_HOURS),
             updated_before=now - timedelta(seconds=RETRY_DECISION_GRACE_SECONDS),
         ),
@@ -170,6 +130,8 @@ def queue_missed_alerts(
     queued = 0
     for record in records:
         run = record.dagster_run
+        if run.status == DagsterRunStatus.CANCELED and WILL_RETRY_TAG not in run.tags:
+            continue
         if run.tags.get(WILL_RETRY_TAG) == "true" and (
             record.update_timestamp > now - timedelta(minutes=RETRY_LAUNCH_GRACE_MINUTES)
             or _has_retry(instance, run.run_id)
@@ -208,12 +170,12 @@ def agent_runs_sweeper(
         run = context.instance.get_run_by_id(row["dagster_run_id"] or "")
         if run is not None and not run.is_finished:
             continue
-        reason = (
-            f"Dagster has no run {row['dagster_run_id']}"
-            if run is None
-            else loss_explanation(context.instance, run.run_id, f"the run ended {run.status.value}")
-        )
-        message = f"run killed or lost: {reason}"
+        if run is None:
+            message = f"run killed or lost: Dagster has no run {row['dagster_run_id']}"
+        else:
+            message = describe_loss(context.instance, run.run_id) or (
+                f"run killed or lost: the run ended {run.status.value}"
+            )
         if agent_runs.fail_unfinished_run(
             row["dagster_run_id"], row["partition_key"], agent.agent, message
         ):

@@ -30,6 +30,12 @@ def broken(context):
     raise RuntimeError("the agent fell over")
 
 
+def hangs(context):
+    """Stuck, as on a network call that never returns: only run monitoring ends it."""
+    time.sleep(3600)
+    return []
+
+
 def nothing(context):
     return []
 

@@ -254,3 +254,27 @@ def test_a_rejected_alert_does_not_hold_up_the_others(resources, smtp_server, pg
     delivered = send_pending_alerts(pg_store, resources["smtp"], resources["digest"], LOG)
     assert delivered == ["2026-11-26-09:10", "2026-11-26-09:20"]
     assert pg_store.pending_alerts(10) == []  # the rejected one is not tried again
+
+
+def test_a_timed_out_run_that_ended_canceled_is_alerted_but_a_stopped_one_is_not(pg_store):
+    """Run monitoring fails a run over its time limit; the worker's cancel event can land
+    after that failure and end the run canceled, and Dagster then may not retry it."""
+    with instance_for_test(overrides=RUN_RETRIES) as instance:
+        timed_out, _ = fail(instance, window="2026-11-26-09:00")
+        instance.report_run_canceled(timed_out)
+        stopped = instance.add_run(
+            DagsterRun(job_name="agent_job", status=DagsterRunStatus.STARTED,
+                       tags={"dagster/partition": "2026-11-26-09:10"})
+        )
+        instance.report_run_canceling(stopped)  # Terminate in the UI
+        instance.report_run_canceled(stopped)
+        assert {instance.get_run_by_id(r.run_id).status for r in (timed_out, stopped)} == {
+            DagsterRunStatus.CANCELED
+        }
+        now = datetime.now(UTC)
+        # A retry was promised: the sweeper waits for it first.
+        assert queue_missed_alerts(instance, pg_store, now + timedelta(minutes=2)) == 0
+        later = now + timedelta(minutes=RETRY_LAUNCH_GRACE_MINUTES + 1)
+        assert queue_missed_alerts(instance, pg_store, later) == 1
+    (alert,) = pg_store.pending_alerts(10)
+    assert alert["partition_key"] == "2026-11-26-09:00"

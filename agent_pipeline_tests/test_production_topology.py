@@ -238,3 +238,55 @@ def test_a_window_that_fails_for_good_alerts_once_after_its_retries(
     assert "after 3 attempts" in body
     assert "op run_agent failed: RuntimeError: the agent fell over" in body
     assert f"https://dagster.example.com/runs/{last.run_id}" in body
+
+
+def test_a_run_that_hangs_is_ended_by_run_monitoring_and_the_queue_moves_on(
+    tmp_path, clean_env, postgres_url, redis_url, smtp_server
+):
+    """deploy/dagster.yaml ends any run after 20 minutes (run monitoring's
+    max_runtime_seconds). A run's `dagster/max_runtime` tag sets the same limit for that run
+    alone; 10 seconds here, so that the path takes a minute, not twenty."""
+    settings = pipeline_settings(
+        tmp_path, postgres_url, redis_url, smtp_server,
+        AGENT="agent_pipeline_tests.sample_agents:hangs",
+    )
+    hung_window, next_window = agent_job.partitions_def.get_partition_keys()[-191:-189]
+    with production_topology(tmp_path, postgres_url, settings) as topology:
+        export_storage_env(clean_env, topology)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
+        hung, queued = (
+            client.submit_job_execution(
+                "agent_job", repository_location_name="agent_pipeline",
+                tags={"dagster/partition": window, "dagster/max_runtime": "10"},
+            )
+            for window in (hung_window, next_window)
+        )
+        with DagsterInstance.from_config(str(topology.home)) as instance:
+            (record,) = wait_for_runs(
+                {"instance": instance, "processes": topology.processes}, [hung]
+            )
+            messages = [entry.message for entry in instance.all_logs(hung)]
+
+            # One run at a time: the run queued behind the hung one starts once it has ended.
+            def queued_run_left_the_queue():
+                run = instance.get_run_by_id(queued)
+                return run.status != DagsterRunStatus.QUEUED
+
+            wait_for(queued_run_left_the_queue, "the queue did not move on", 120,
+                     topology.processes)
+
+        def row_failed():
+            found = [r for r in rows(postgres_url) if r["dagster_run_id"] == hung]
+            return found and found[0]["status"] == "failed" and found[0]
+
+        row = wait_for(row_failed, "the hung run's row was not failed", 60, topology.processes)
+    # Dagster fails the run; when the worker's own cancel event lands after that failure, the
+    # run ends canceled instead (a race inside Dagster; the sweeper's alert covers it).
+    assert record.dagster_run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+    assert "Exceeded maximum runtime of 10 seconds." in messages
+    assert row["partition_key"] == hung_window
+    assert row["completed_at"] is not None
+    # The run's own reason, not the op's interruption.
+    assert row["error_message"] == (
+        "run terminated: Canceling due to exceeding maximum runtime of 10 seconds."
+    )

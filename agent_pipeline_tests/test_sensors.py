@@ -38,6 +38,10 @@ def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
         canceled = add_run(instance, DagsterRunStatus.CANCELED)
         for run in (failed, started, canceled):
             pg_store.start_run(run.run_id, WINDOW, "keywords")
+        stopped = add_run(instance, DagsterRunStatus.STARTED)
+        pg_store.start_run(stopped.run_id, WINDOW, "keywords")
+        instance.report_run_canceling(stopped)  # Terminate in the UI, with Dagster's words
+        instance.report_run_canceled(stopped)
         pg_store.start_run("run-dagster-never-had", WINDOW, "keywords")
         done = pg_store.start_run(failed.run_id + "-done", WINDOW, "keywords")
         pg_store.complete_run(done, {"top_five": []})
@@ -50,7 +54,7 @@ def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
         }
         with build_sensor_context(instance=instance, resources=resources) as context:
             skip = agent_runs_sweeper(context)
-        assert skip.skip_message.startswith("marked 3 lost row(s) failed")
+        assert skip.skip_message.startswith("marked 4 lost row(s) failed")
 
     def row(run_id):
         return pg_store.find_run(run_id)
@@ -58,6 +62,9 @@ def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
     assert row(started.run_id)["status"] == "running"
     assert row(failed.run_id)["error_message"] == "run killed or lost: the run ended FAILURE"
     assert row(canceled.run_id)["error_message"] == "run killed or lost: the run ended CANCELED"
+    assert row(stopped.run_id)["error_message"] == (
+        "run terminated: Sending run termination request."
+    )
     assert row("run-dagster-never-had")["error_message"] == (
         "run killed or lost: Dagster has no run run-dagster-never-had"
     )
@@ -99,3 +106,23 @@ def test_the_failure_sensor_keeps_the_hooks_message(pg_store):
             {"agent_runs": pg_store, "agent": AgentResource()},
         )
     assert pg_store.find_run(run.run_id)["error_message"] == "RuntimeError: the agent fell over"
+
+
+def test_a_terminated_runs_row_gets_the_reason_it_was_terminated(pg_store):
+    """Run monitoring's time limit cancels the run with its reason, then the launcher sends
+    its own cancel event; the row names the reason."""
+    with DagsterInstance.ephemeral() as instance:
+        run = add_run(instance, DagsterRunStatus.FAILURE)
+        pg_store.start_run(run.run_id, WINDOW, "keywords")
+        instance.report_run_canceling(
+            run, message="Canceling due to exceeding maximum runtime of 1200 seconds."
+        )
+        instance.report_run_canceling(run, message="Sending run termination request.")
+        evaluate_failure_sensor(
+            agent_runs_on_run_failure, instance, run,
+            instance.report_run_failed(run, "Exceeded maximum runtime of 1200 seconds."),
+            {"agent_runs": pg_store, "agent": AgentResource()},
+        )
+    assert pg_store.find_run(run.run_id)["error_message"] == (
+        "run terminated: Canceling due to exceeding maximum runtime of 1200 seconds."
+    )

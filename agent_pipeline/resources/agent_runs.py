@@ -198,8 +198,8 @@ class AgentRunsStore(ConfigurableResource):
             )
 
     def fail_run(self, dagster_run_id: str, error_message: str) -> bool:
-        error_message = storable_text(error_message)
         """Mark the run's row failed; False when the run has no row (it failed before one)."""
+        error_message = storable_text(error_message)
         with self.engine.begin() as connection:
             updated = connection.execute(
                 update(agent_runs)
