@@ -193,7 +193,9 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
         "run failed: agent_pipeline.errors.DatabaseUnavailableError: cannot reach the "
         "agent_runs database"
     )
-    assert [m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received] == [window]
+    # A schedule tick during the test may email its own window: count this window's only.
+    windows = [m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received]
+    assert windows.count(window) == 1
 
 
 def test_a_window_that_fails_for_good_alerts_once_after_its_retries(
