@@ -37,11 +37,14 @@ def _mentions(phrase: str, text: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
-def keyword_reason(item: Mapping[str, Any], interests: list[str]) -> str:
-    """One line for the email: which interests the item mentions."""
-    text = f"{item.get('title', '')} {item.get('summary', '')}".lower()
-    matched = [phrase for phrase in interests if _mentions(phrase, text)]
+def mentions_reason(matched: list[str]) -> str:
+    """One line for the email: which interests (or their words) the item mentions."""
     return f"mentions {', '.join(matched)}" if matched else "mentions none of your interests"
+
+
+def keyword_reason(item: Mapping[str, Any], interests: list[str]) -> str:
+    text = f"{item.get('title', '')} {item.get('summary', '')}".lower()
+    return mentions_reason([phrase for phrase in interests if _mentions(phrase, text)])
 
 
 def keyword_score(item: Mapping[str, Any], interests: list[str]) -> float:

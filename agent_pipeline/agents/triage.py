@@ -16,7 +16,7 @@ from typing import Any
 from rank_bm25 import BM25Plus
 
 from agent_pipeline.agents import AgentContext
-from agent_pipeline.agents.keywords import parse_interests
+from agent_pipeline.agents.keywords import mentions_reason, parse_interests
 from agent_pipeline.agents.llm import PROMPT_VERSION, LlmError, LlmScorer, LlmSettings
 from agent_pipeline.agents.sources import (
     SourceError,
@@ -98,8 +98,7 @@ def bm25_scores(items: list[Mapping[str, Any]], interests: str) -> list[dict[str
     results = []
     for matched, value in zip(matched_terms, raw, strict=True):
         score = round(100.0 * value / best, 1) if matched and best > 0 else 0.0
-        reason = f"mentions {', '.join(matched)}" if matched else "mentions none of your interests"
-        results.append({"score": score, "reason": reason})
+        results.append({"score": score, "reason": mentions_reason(matched)})
     return results
 
 
