@@ -13,11 +13,13 @@ from dagster import EnvVar
 
 from agent_pipeline.agents import DEFAULT_AGENT, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
+from agent_pipeline.agents.llm import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_MODEL
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.logs import LEVELS, LogSettings
 from agent_pipeline.ranking import safe_url
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
+from agent_pipeline.resources.agent import DEFAULT_CACHE_TTL_SECONDS
 from agent_pipeline.resources.agent_runs import parse_database_url
 from agent_pipeline.resources.smtp import SECURITY_MODES
 
@@ -240,7 +242,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         raise ConfigurationError(
             "AGENT_SOURCES", "must name at least one feed URL or file for the triage agent"
         )
-    llm_base_url = env.get("LLM_BASE_URL", "").strip() or "https://api.openai.com/v1"
+    llm_base_url = env.get("LLM_BASE_URL", "").strip() or DEFAULT_BASE_URL
     if not llm_base_url.startswith(("http://", "https://")):
         raise ConfigurationError("LLM_BASE_URL", "must be an http(s) URL")
     per_million = {"maximum": 1e6, "unit": " per million tokens"}
@@ -252,13 +254,13 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         scorer=scorer,
         llm_base_url=llm_base_url,
         llm_api_key=_secret(env, "LLM_API_KEY"),
-        llm_model=env.get("LLM_MODEL", "").strip() or "gpt-4o-mini",
-        llm_concurrency=_int(env, "LLM_CONCURRENCY", 8, maximum=64),
+        llm_model=env.get("LLM_MODEL", "").strip() or DEFAULT_MODEL,
+        llm_concurrency=_int(env, "LLM_CONCURRENCY", DEFAULT_CONCURRENCY, maximum=64),
         llm_price_input=None if price_input < 0 else price_input,
         llm_price_output=None if price_output < 0 else price_output,
         agent=agent_spec,
         interests=env.get("AGENT_INTERESTS", "").strip() or DEFAULT_INTERESTS,
-        cache_ttl_seconds=_int(env, "AGENT_CACHE_TTL", 7 * 24 * 3600),
+        cache_ttl_seconds=_int(env, "AGENT_CACHE_TTL", DEFAULT_CACHE_TTL_SECONDS),
     )
     return {
         "agent_runs": agent_runs,

@@ -29,6 +29,10 @@ RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ITEM_CHARS = 2_000
 MAX_REASON_CHARS = 300
 MAX_RETRY_AFTER_SECONDS = 60.0
+# What LLM_BASE_URL, LLM_MODEL and LLM_CONCURRENCY default to.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_CONCURRENCY = 8
 
 
 class LlmError(Exception):
@@ -44,7 +48,7 @@ class LlmSettings:
     base_url: str
     api_key: str = field(repr=False)
     model: str
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY
     timeout_seconds: float = 30.0
     max_retries: int = 4
     backoff_seconds: float = 1.0

@@ -17,7 +17,13 @@ from rank_bm25 import BM25Plus
 
 from agent_pipeline.agents import AgentContext
 from agent_pipeline.agents.keywords import mentions_reason, parse_interests
-from agent_pipeline.agents.llm import PROMPT_VERSION, LlmError, LlmScorer, LlmSettings
+from agent_pipeline.agents.llm import (
+    DEFAULT_CONCURRENCY,
+    PROMPT_VERSION,
+    LlmError,
+    LlmScorer,
+    LlmSettings,
+)
 from agent_pipeline.agents.sources import (
     SourceError,
     fetch_url,
@@ -216,7 +222,7 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
     if scorer_name == "llm" and misses:
         llm = LlmSettings(
             base_url=settings["llm_base_url"], api_key=settings["llm_api_key"],
-            model=model, concurrency=int(settings.get("llm_concurrency", 8)),
+            model=model, concurrency=int(settings.get("llm_concurrency", DEFAULT_CONCURRENCY)),
         )
         with LlmScorer(llm, interests, context.log) as scorer:
             failures = score_with_llm(context, scorer, misses, key_of, scores)

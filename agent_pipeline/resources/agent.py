@@ -7,6 +7,10 @@ from pydantic import Field
 
 from agent_pipeline.agents import DEFAULT_AGENT, Agent, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
+from agent_pipeline.agents.llm import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_MODEL
+
+# What AGENT_CACHE_TTL defaults to: a week.
+DEFAULT_CACHE_TTL_SECONDS = 7 * 24 * 3600
 
 
 class AgentResource(ConfigurableResource):
@@ -21,7 +25,8 @@ class AgentResource(ConfigurableResource):
         description="AGENT_INTERESTS: what matters to the user, comma separated.",
     )
     cache_ttl_seconds: int = Field(
-        default=7 * 24 * 3600, description="AGENT_CACHE_TTL: seconds a cached score is kept."
+        default=DEFAULT_CACHE_TTL_SECONDS,
+        description="AGENT_CACHE_TTL: seconds a cached score is kept.",
     )
 
     sources: str = Field(
@@ -29,12 +34,14 @@ class AgentResource(ConfigurableResource):
     )
     scorer: str = Field(default="keyword", description="AGENT_SCORER: llm or keyword (triage).")
     llm_base_url: str = Field(
-        default="https://api.openai.com/v1",
+        default=DEFAULT_BASE_URL,
         description="LLM_BASE_URL: an OpenAI-compatible API (OpenAI, Ollama, vLLM).",
     )
     llm_api_key: str | None = Field(default=None, description="LLM_API_KEY (an EnvVar).")
-    llm_model: str = Field(default="gpt-4o-mini", description="LLM_MODEL.")
-    llm_concurrency: int = Field(default=8, description="LLM_CONCURRENCY: calls at once.")
+    llm_model: str = Field(default=DEFAULT_MODEL, description="LLM_MODEL.")
+    llm_concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY, description="LLM_CONCURRENCY: calls at once."
+    )
     llm_price_input: float | None = Field(
         default=None, description="LLM_PRICE_INPUT: price per million prompt tokens."
     )
