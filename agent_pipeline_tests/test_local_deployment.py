@@ -19,12 +19,11 @@ from agent_pipeline.jobs import agent_job
 from agent_pipeline.schema import agent_runs
 from agent_pipeline_tests.topology import (
     BIN,
-    Topology,
     graphql,
     launch_window,
     local_dev,
     run_status,
-    wait_until,
+    wait_for,
 )
 
 RUN_SECONDS = 120
@@ -57,13 +56,6 @@ query {
   }
 }
 """
-
-
-def wait_for(check, what: str, timeout: float, dev: Topology):
-    try:
-        return wait_until(check, what, timeout)
-    except TimeoutError as exc:
-        pytest.fail(f"{exc}\n{dev.processes.logs()}")
 
 
 def agent_rows(home: Path) -> list[dict]:
@@ -110,7 +102,9 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
             rows = [r for r in agent_rows(tmp_path) if r["partition_key"] in backfilled]
             return len(rows) == 3 and all(r["email_status"] == "sent" for r in rows) and rows
 
-        rows = wait_for(three_succeeded, "the backfill did not finish", RUN_SECONDS * 3, dev)
+        rows = wait_for(
+            three_succeeded, "the backfill did not finish", RUN_SECONDS * 3, dev.processes
+        )
         # Rows in insertion order: the queue ran the backfill's windows oldest first.
         assert [r["partition_key"] for r in rows] == backfilled
         assert all(r["status"] == "succeeded" and len(r["result"]["top_five"]) == 5 for r in rows)
@@ -121,7 +115,7 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
         run_id = launch_window(port, launched)
         status = wait_for(lambda: run_status(port, run_id) in FINISHED and
                           run_status(port, run_id), "the launched run did not finish",
-                          RUN_SECONDS, dev)
+                          RUN_SECONDS, dev.processes)
         assert status == "SUCCESS"
         events = graphql(port, RUN_PAGE_QUERY, {"runId": run_id})["logsForRun"]["events"]
         (top_five,) = [
@@ -175,7 +169,7 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
             rows = [r for r in agent_rows(tmp_path) if r["dagster_run_id"] == run_id]
             return rows and rows[0]["status"] == "running" and run_worker_pid(port, run_id)
 
-        pid = wait_for(hanging_in_the_agent, "the run did not start", RUN_SECONDS, dev)
+        pid = wait_for(hanging_in_the_agent, "the run did not start", RUN_SECONDS, dev.processes)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
 
@@ -183,7 +177,7 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
             (row,) = [r for r in agent_rows(tmp_path) if r["dagster_run_id"] == run_id]
             return row["status"] == "failed" and row
 
-        row = wait_for(row_failed, "the killed run's row was not marked failed", 120, dev)
+        row = wait_for(row_failed, "the killed run's row was not marked failed", 120, dev.processes)
         seconds = time.monotonic() - killed_at
         assert row["error_message"].startswith("run killed or lost: ")
         assert "signal 9" in row["error_message"] and row["completed_at"] is not None
@@ -194,7 +188,7 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
         flag.unlink()
         rerun = launch_window(port, window)
         wait_for(lambda: run_status(port, rerun) in FINISHED, "the re-run did not finish",
-                 RUN_SECONDS, dev)
+                 RUN_SECONDS, dev.processes)
         assert run_status(port, rerun) == "SUCCESS"
     # A schedule tick during the test may add a run of another window: look at this one only.
     rows = [r for r in agent_rows(tmp_path) if r["partition_key"] == window]

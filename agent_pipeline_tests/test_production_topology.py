@@ -13,18 +13,11 @@ from sqlalchemy.engine import make_url
 from agent_pipeline.jobs import agent_job
 from agent_pipeline_tests.services import TcpProxy, free_port
 from agent_pipeline_tests.test_pipeline import rows
-from agent_pipeline_tests.topology import BIN, Processes, production_topology, wait_until
+from agent_pipeline_tests.topology import BIN, production_topology, wait_for
 
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(check, what: str, timeout: float, processes: Processes):
-    try:
-        return wait_until(check, what, timeout)
-    except TimeoutError as exc:
-        pytest.fail(f"{exc}\n{processes.logs()}")
 
 
 def pipeline_settings(tmp_path, database_url, redis_url, smtp_server, **extra) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
@@ -79,6 +80,15 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float) -> Any:
             return value
         time.sleep(0.5)
     raise TimeoutError(f"{what} within {timeout:.0f}s")
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float, processes: Processes) -> Any:
+    """wait_until in a test: a timeout fails the test with the processes' logs."""
+    try:
+        return wait_until(check, what, timeout)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\n{processes.logs()}")
+
 
 
 def wait_for_webserver(port: int) -> None:
