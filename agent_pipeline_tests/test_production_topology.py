@@ -239,20 +239,24 @@ def test_a_run_that_hangs_is_ended_by_run_monitoring_and_the_queue_moves_on(
     tmp_path, clean_env, postgres_url, redis_url, smtp_server
 ):
     """deploy/dagster.yaml ends any run after 20 minutes (run monitoring's
-    max_runtime_seconds). A run's `dagster/max_runtime` tag sets the same limit for that run
-    alone; 10 seconds here, so that the path takes a minute, not twenty."""
+    max_runtime_seconds); 10 seconds here, so that the path takes a minute, not twenty. The
+    limit is the instance's, not a run tag's, so that a schedule tick's run of the same hanging
+    agent cannot hold the queue for 20 minutes either."""
     settings = pipeline_settings(
         tmp_path, postgres_url, redis_url, smtp_server,
         AGENT="agent_pipeline_tests.sample_agents:hangs",
     )
     hung_window, next_window = agent_job.partitions_def.get_partition_keys()[-191:-189]
-    with production_topology(tmp_path, postgres_url, settings) as topology:
+    ten_seconds = {"run_monitoring": {"max_runtime_seconds": 10}}
+    with production_topology(
+        tmp_path, postgres_url, settings, instance_changes=ten_seconds
+    ) as topology:
         export_storage_env(clean_env, topology)
         client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
         hung, queued = (
             client.submit_job_execution(
                 "agent_job", repository_location_name="agent_pipeline",
-                tags={"dagster/partition": window, "dagster/max_runtime": "10"},
+                tags={"dagster/partition": window},
             )
             for window in (hung_window, next_window)
         )

@@ -117,11 +117,16 @@ class Topology:
 
 @contextmanager
 def production_topology(
-    workdir: Path, postgres_url: str, settings: Mapping[str, str], code: tuple[str, ...] = ()
+    workdir: Path,
+    postgres_url: str,
+    settings: Mapping[str, str],
+    code: tuple[str, ...] = (),
+    instance_changes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[Topology]:
     """Start code server, webserver and daemon in workdir; settings are the pipeline's
     variables (DATABASE_URL, SMTP_HOST, ...); code selects the code server's target
-    (default: -m agent_pipeline.definitions)."""
+    (default: -m agent_pipeline.definitions); instance_changes updates sections of
+    deploy/dagster.yaml (e.g. {"run_monitoring": {"max_runtime_seconds": 10}})."""
     database = make_url(postgres_url)
     storage = {
         "DAGSTER_POSTGRES_HOST": database.host or "127.0.0.1",
@@ -135,6 +140,8 @@ def production_topology(
     home.mkdir(parents=True, exist_ok=True)
     instance_config = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     del instance_config["run_launcher"]  # the one change: no Docker engine here
+    for section, values in (instance_changes or {}).items():
+        instance_config[section].update(values)
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
 
     code_port, web_port = free_port(), free_port()
