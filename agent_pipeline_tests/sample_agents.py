@@ -104,9 +104,12 @@ def many(context):
 
 def hang_while_flagged(context):
     """Hangs while the file HANG_FLAG exists (five minutes at most), then is the keywords
-    agent: a worker to kill half way, and a quick re-run once the flag is gone."""
+    agent: a worker to kill half way, and a quick re-run once the flag is gone. With
+    HANG_WINDOW set, only that window hangs: a schedule tick's run of another window goes
+    through instead of holding the one run slot."""
     flag = os.environ.get("HANG_FLAG", "")
-    deadline = time.monotonic() + 300
-    while flag and os.path.exists(flag) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    if os.environ.get("HANG_WINDOW", context.partition_key) == context.partition_key:
+        deadline = time.monotonic() + 300
+        while flag and os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.2)
     yield from keywords_agent(context)

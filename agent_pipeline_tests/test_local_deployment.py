@@ -155,12 +155,13 @@ def run_worker_pid(port: int, run_id: str) -> int | None:
 def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_path):
     flag = tmp_path / "hang"
     flag.touch()
+    window = agent_job.partitions_def.get_partition_keys()[-150]
     settings = {
         "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
         "AGENT": "agent_pipeline_tests.sample_agents:hang_while_flagged",
         "HANG_FLAG": str(flag),
+        "HANG_WINDOW": window,
     }
-    window = agent_job.partitions_def.get_partition_keys()[-150]
     with local_dev(tmp_path, settings) as dev:
         port = dev.web_port
         run_id = launch_window(port, window)
