@@ -1,15 +1,18 @@
-"""Feeds served over loopback HTTP: paths map to (status, content type, body); an ETag is
-sent with each 200, and a request carrying it gets a 304."""
+"""Feeds served over loopback HTTP: paths map to (status, content type, body[, headers]); an
+ETag is sent with each 200, and a request carrying it gets a 304. Also a server that sends
+its answer one byte at a time."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FeedServer:
-    def __init__(self, routes: dict[str, tuple[int, str, bytes]]):
+    def __init__(self, routes: dict[str, tuple], host: str = "127.0.0.1"):
         self.routes = routes
         self.requests: list[tuple[str, str | None]] = []  # (path, If-None-Match)
         server = self
@@ -21,9 +24,10 @@ class FeedServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 condition = self.headers.get("If-None-Match")
                 server.requests.append((self.path, condition))
-                status, content_type, body = server.routes.get(
+                status, content_type, body, *extra = server.routes.get(
                     self.path, (404, "text/plain", b"not found")
                 )
+                headers = extra[0] if extra else {}
                 etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
                 if status == 200 and condition == etag:
                     self.send_response(304)
@@ -35,15 +39,18 @@ class FeedServer:
                 self.send_header("Content-Length", str(len(body)))
                 if status == 200:
                     self.send_header("ETag", etag)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self._server = ThreadingHTTPServer((host, 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        return f"http://{self.host}:{self._server.server_address[1]}{path}"
 
     def __enter__(self) -> FeedServer:
         self._thread.start()
@@ -52,6 +59,57 @@ class FeedServer:
     def __exit__(self, *exc_info: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class DripServer:
+    """Answers every connection with a valid feed, one byte every `interval` seconds, headers
+    first: each byte comes well within any per-read timeout, the whole answer takes minutes.
+    `sent` counts the bytes it got out before the client hung up."""
+
+    def __init__(self, body: bytes, interval: float = 0.2):
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\n"
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        self.answer = head.encode() + body
+        self.interval = interval
+        self.sent = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def url(self, path: str = "/feed.xml") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._drip, args=(connection,), daemon=True).start()
+
+    def _drip(self, connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)
+            for byte in self.answer:
+                if self._stopped.is_set():
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client gave up
+                self.sent += 1
+                time.sleep(self.interval)
+
+    def __enter__(self) -> DripServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._listener.close()
 
 
 RSS2 = b"""<?xml version="1.0"?>

@@ -25,9 +25,13 @@ from agent_pipeline.agents.llm import (
     LlmSettings,
 )
 from agent_pipeline.agents.sources import (
+    DEFAULT_POLICY,
+    FetchPolicy,
     SourceError,
-    fetch_url,
-    http_client,
+    check_source,
+    download_all,
+    is_url,
+    parse_items,
     parse_sources,
     read_file,
     source_label,
@@ -51,30 +55,58 @@ class ScoringFailed(AgentPipelineError):
     """The LLM scored none of the items: a wrong key, a down API."""
 
 
-def collect_items(context: AgentContext, sources: list[str]) -> tuple[list[dict], dict[str, str]]:
+def collect_items(
+    context: AgentContext, sources: list[str], policy: FetchPolicy = DEFAULT_POLICY
+) -> tuple[list[dict], dict[str, str]]:
     """Items of every source that could be read, and the error of each one that could not.
-    An unchanged HTTP feed costs one conditional GET: a 304 reuses its cached items."""
-    items: list[dict] = []
+    HTTP sources are fetched concurrently within the policy's budget; an unchanged one costs
+    a conditional GET, and a 304 reuses its cached items."""
     failures: dict[str, str] = {}
-    with http_client() as client:
-        for source in sources:
-            try:
-                if source.startswith(("http://", "https://")):
-                    remembered = context.cache.get("feed", {"url": source}) or {}
-                    fetched, validators = fetch_url(client, source, remembered.get("validators"))
-                    found = remembered.get("items", []) if fetched.not_modified else fetched.items
-                    if not fetched.not_modified:
-                        context.cache.set(
-                            "feed", {"url": source}, {"validators": validators, "items": found}
-                        )
-                else:
-                    found = read_file(source).items
-            except SourceError as exc:
-                failures[source_label(source)] = str(exc)
-                context.log.warning(f"Source {source_label(source)} skipped: {exc}")
+    warnings: dict[str, str] = {}
+    found: dict[str, list[dict]] = {}
+    remembered: dict[str, dict] = {}
+    for source in sources:
+        try:
+            check_source(source)
+            if not is_url(source):
+                fetched = read_file(source)
+                found[source] = fetched.items
+                if fetched.warning:
+                    warnings[source_label(source)] = fetched.warning
+            else:
+                remembered[source] = context.cache.get("feed", {"url": source}) or {}
+        except SourceError as exc:
+            failures[source_label(source)] = str(exc)
+    downloads = download_all(
+        {url: cached.get("validators") for url, cached in remembered.items()}, policy
+    )
+    for url, result in downloads.items():
+        try:
+            if isinstance(result, SourceError):
+                raise result
+            if result.not_modified:
+                found[url] = remembered[url].get("items", [])
                 continue
-            context.log.info(f"Source {source_label(source)}: {len(found)} items")
-            items.extend(found)
+            fetched = parse_items(result.data, url, result.content_type)
+        except SourceError as exc:
+            failures[source_label(url)] = str(exc)
+            continue
+        if fetched.warning:
+            warnings[source_label(url)] = fetched.warning
+        found[url] = fetched.items
+        context.cache.set("feed", {"url": url}, {"validators": result.validators,
+                                                 "items": fetched.items})
+    items: list[dict] = []
+    for source in sources:  # in the configured order, whatever order the fetches ended in
+        if source in found:
+            context.log.info(f"Source {source_label(source)}: {len(found[source])} items")
+            items.extend(found[source])
+    for label, error in failures.items():
+        context.log.warning(f"Source {label} skipped: {error}")
+    for label, warning in warnings.items():
+        context.log.warning(f"Source {label}: {warning}")
+    if warnings:
+        context.stats["sources_warnings"] = warnings
     if sources and len(failures) == len(sources):
         details = "; ".join(f"{source}: {error}" for source, error in failures.items())
         raise AllSourcesFailed(f"every source failed: {details}")
