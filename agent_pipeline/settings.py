@@ -14,6 +14,7 @@ from dagster import EnvVar
 from agent_pipeline.agents import DEFAULT_AGENT, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
 from agent_pipeline.agents.llm import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_MODEL
+from agent_pipeline.agents.sources import SourceError, check_source, parse_sources, source_label
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.logs import LEVELS, LogSettings
@@ -179,6 +180,18 @@ def webserver_url(env: Mapping[str, str] = os.environ) -> str:
     return url
 
 
+def check_sources(text: str) -> None:
+    """A ConfigurationError naming the first AGENT_SOURCES entry that is no usable URL or
+    path (its label only: a URL's query string may hold a token)."""
+    for position, source in enumerate(parse_sources(text), start=1):
+        try:
+            check_source(source)
+        except SourceError as exc:
+            raise ConfigurationError(
+                "AGENT_SOURCES", f"entry {position} ({source_label(source)!r}): {exc}"
+            ) from None
+
+
 def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The job's resources, configured from env; a ConfigurationError names a bad variable."""
     log_settings(env)  # fail at load, naming the LOG_ variable
@@ -242,6 +255,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         raise ConfigurationError(
             "AGENT_SOURCES", "must name at least one feed URL or file for the triage agent"
         )
+    check_sources(env.get("AGENT_SOURCES", ""))
     llm_base_url = env.get("LLM_BASE_URL", "").strip() or DEFAULT_BASE_URL
     if not llm_base_url.startswith(("http://", "https://")):
         raise ConfigurationError("LLM_BASE_URL", "must be an http(s) URL")

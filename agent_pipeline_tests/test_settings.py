@@ -131,3 +131,20 @@ def test_the_llm_scorer_is_the_default_with_a_key_and_the_key_is_an_env_var():
     agent = resources_from_env(env)["agent"]
     assert agent.scorer == "llm" and agent.llm_api_key == EnvVar("LLM_API_KEY")
     assert resources_from_env({})["agent"].scorer == "keyword"
+
+
+@pytest.mark.parametrize(
+    "sources, problem",
+    [
+        ("https://ok.example.org/rss, http://feeds.example.org:abc/rss?token=s3cret",
+         "entry 2 ('http://feeds.example.org:abc/rss'): not a valid URL"),
+        ("http://feeds.example.org:99999/rss", "entry 1 ('http://feeds.example.org:99999/rss')"),
+        ("gopher://feeds.example.org/", "unsupported scheme 'gopher'"),
+    ],
+)
+def test_a_bad_source_is_named_at_load_without_its_query(sources, problem):
+    env = {"AGENT": "triage", "AGENT_SOURCES": sources}
+    with pytest.raises(ConfigurationError) as failure:
+        resources_from_env(env)
+    assert failure.value.variable == "AGENT_SOURCES"
+    assert problem in str(failure.value) and "s3cret" not in str(failure.value)
