@@ -66,8 +66,10 @@ class DripServer:
     first: each byte comes well within any per-read timeout, the whole answer takes minutes.
     `sent` counts the bytes it got out before the client hung up."""
 
-    def __init__(self, body: bytes, interval: float = 0.2):
-        head = "HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\n"
+    def __init__(
+        self, body: bytes, interval: float = 0.2, content_type: str = "application/rss+xml"
+    ):
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
         head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         self.answer = head.encode() + body
         self.interval = interval

@@ -20,6 +20,9 @@ class Reply:
     body: str | None = None  # the raw HTTP body, instead of a completion
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # A reply of this many bytes, streamed in chunks with no Content-Length, instead of a
+    # completion: what a broken or hostile API may send.
+    huge_bytes: int = 0
 
 
 def title_of(request: dict[str, Any]) -> str:
@@ -43,6 +46,7 @@ class LoopbackLlm:
         self.calls_per_title: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        self.huge_bytes_sent = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -86,6 +90,9 @@ class LoopbackLlm:
                     # next request once it has the answer, so it is never counted twice.
                     with llm._lock:
                         llm.in_flight -= 1
+                if reply.huge_bytes:
+                    self._send_huge(reply.huge_bytes)
+                    return
                 if reply.body is not None:
                     body = reply.body
                 elif reply.status != 200:
@@ -113,5 +120,22 @@ class LoopbackLlm:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _send_huge(self, size: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = b'{"choices": [{"message": {"content": "' + b"x" * 65_000
+                sent = 0
+                try:
+                    while sent < size:
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                        with llm._lock:
+                            llm.huge_bytes_sent += len(chunk)
+                except OSError:
+                    pass  # the client stopped reading and hung up
+                self.close_connection = True
 
         return Handler

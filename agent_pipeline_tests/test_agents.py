@@ -14,6 +14,7 @@ from agent_pipeline.agents.keywords import (
     parse_interests,
 )
 from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.resources.agent import AgentResource
 from agent_pipeline.resources.redis import Redis
 
 
@@ -107,3 +108,19 @@ def test_load_agent_errors_name_the_variable(spec, problem):
         load_agent(spec)
     assert str(failure.value).startswith("AGENT: ")
     assert problem in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "agent, scorer, gets_key",
+    [
+        ("triage", "llm", True),
+        ("triage", "keyword", False),
+        ("keywords", "llm", False),
+        ("agent_pipeline_tests.sample_agents:many", "llm", False),
+    ],
+)
+def test_the_llm_key_goes_only_to_the_scorer_that_calls_the_llm(agent, scorer, gets_key):
+    resource = AgentResource(agent=agent, scorer=scorer, llm_api_key="sk-secret")
+    settings = resource.settings()
+    assert ("llm_api_key" in settings) is gets_key
+    assert ("sk-secret" in settings.values()) is gets_key

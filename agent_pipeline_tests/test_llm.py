@@ -9,13 +9,16 @@ from email.utils import format_datetime
 import pytest
 
 from agent_pipeline.agents.llm import (
+    MAX_COMPLETION_TOKENS,
     LlmError,
     LlmScorer,
     LlmSettings,
     MalformedAnswer,
+    ScoringDeadline,
     parse_answer,
     retry_after_seconds,
 )
+from agent_pipeline_tests.feed_server import DripServer
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply, default_score
 
 LOG = logging.getLogger("test-llm")
@@ -146,7 +149,7 @@ def test_a_hanging_connection_times_out():
         with scorer(llm, [], timeout_seconds=0.3, max_retries=1) as llm_scorer:
             (result,) = llm_scorer.score_all(items(1), llm_scorer.score)
     # Both attempts gave up at the timeout rather than waiting out the 3 s answer.
-    assert isinstance(result, LlmError) and str(result) == "ReadTimeout after 2 attempts"
+    assert isinstance(result, LlmError) and str(result) == "no answer within 0.3 s after 2 attempts"
 
 
 @pytest.mark.parametrize(
@@ -177,3 +180,45 @@ def test_retry_after_seconds():
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
     in_five = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
     assert 3 <= retry_after_seconds(in_five) <= 5
+
+
+def test_a_huge_reply_is_cut_at_the_byte_cap_and_costs_only_its_item(caplog):
+    """200 MB for one item: reading stops at 64 KiB, the item goes unscored (after the one
+    more chance a malformed answer gets), the others are scored."""
+    def script(request, call):
+        huge = "item 1" in request["messages"][-1]["content"]
+        return Reply(huge_bytes=200_000_000) if huge else Reply()
+
+    with LoopbackLlm(script) as llm, scorer(llm, []) as llm_scorer:
+        results = llm_scorer.score_all(items(3), llm_scorer.score)
+    assert results[1] is None and results[0] is not None and results[2] is not None
+    assert llm_scorer.usage.rejected_answers == 1
+    assert "the API's reply is larger than 65,536 bytes" in caplog.text
+    # Two tries of 200 MB offered; what left the server is what the socket buffers took.
+    assert llm.huge_bytes_sent < 20_000_000
+    assert {request["max_tokens"] for request in llm.requests} == {MAX_COMPLETION_TOKENS}
+
+
+def test_an_api_that_drips_its_headers_meets_the_request_deadline():
+    completion = json.dumps(
+        {"choices": [{"message": {"content": '{"score": 5, "reason": "ok"}'}}]}
+    ).encode()
+    with DripServer(completion, content_type="application/json") as api:
+        settings = LlmSettings(base_url=f"http://127.0.0.1:{api.port}/v1", api_key="sk-test",
+                               model="m", timeout_seconds=1, max_retries=0)
+        with LlmScorer(settings, "dagster", LOG) as llm_scorer:
+            (result,) = llm_scorer.score_all(items(1), llm_scorer.score)
+    assert isinstance(result, LlmError) and str(result) == "no answer within 1 s after 1 attempts"
+    assert api.sent < 60  # given up inside the status line or the headers
+
+
+def test_the_scoring_budget_leaves_the_rest_unscored():
+    with LoopbackLlm(lambda request, call: Reply(delay=0.3)) as llm:
+        with scorer(llm, concurrency=1, scoring_budget_seconds=1.0) as llm_scorer:
+            results = llm_scorer.score_all(items(10), llm_scorer.score)
+    scored = [r for r in results if isinstance(r, tuple)]
+    late = [r for r in results if isinstance(r, ScoringDeadline)]
+    assert scored and late and len(scored) + len(late) == 10
+    assert results[: len(scored)] == scored  # in order: the budget ran out, then nothing
+    assert str(late[0]) == "the run's scoring budget of 1 s ran out"
+    assert len(llm.requests) <= len(scored) + 1  # the one cut short at the budget

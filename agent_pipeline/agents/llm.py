@@ -1,6 +1,8 @@
 """Scoring items with an LLM behind any OpenAI-compatible chat-completions API (OpenAI, a local
 Ollama or vLLM). Plain Python: retries with backoff, bounded concurrency, validated answers,
-summed token usage."""
+summed token usage. The API is a remote server like any other: each request has one deadline
+(headers included) and a byte cap on its reply, each answer a token cap, and the run's scoring
+a budget of time; an answer that breaks a rule costs its item the score, never the run."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from agent_pipeline.agents.bounded_http import LoopThread, ResponseTooLarge, bounded_request
+
 # Part of every cache key: bump it when the prompt changes, so old scores are not reused.
 PROMPT_VERSION = 1
 SYSTEM_PROMPT = (
@@ -33,10 +37,22 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_CONCURRENCY = 8
+# The answer is one small JSON object: a few hundred bytes. These bound what a broken or
+# hostile API can make a run read and pay for.
+MAX_COMPLETION_TOKENS = 300
+MAX_REPLY_BYTES = 65_536
+# Past any model's context: a larger count in a reply's usage is a broken report.
+MAX_REPORTED_TOKENS = 10_000_000
+# All the scoring of one run; what is left unscored then waits for a later run.
+SCORING_BUDGET_SECONDS = 240.0
 
 
 class LlmError(Exception):
     """A call that failed for good: retries spent, or an answer the API itself refused."""
+
+
+class ScoringDeadline(LlmError):
+    """The run's scoring budget ran out before this item was scored."""
 
 
 class MalformedAnswer(Exception):
@@ -49,9 +65,13 @@ class LlmSettings:
     api_key: str = field(repr=False)
     model: str
     concurrency: int = DEFAULT_CONCURRENCY
+    # One request, from connecting to the last byte of the reply.
     timeout_seconds: float = 30.0
     max_retries: int = 4
     backoff_seconds: float = 1.0
+    scoring_budget_seconds: float = SCORING_BUDGET_SECONDS
+    max_reply_bytes: int = MAX_REPLY_BYTES
+    max_tokens: int = MAX_COMPLETION_TOKENS
 
 
 @dataclass
@@ -61,6 +81,8 @@ class Usage:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Items whose answers broke a rule (malformed, too large) twice, and went unscored.
+    rejected_answers: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, answer: Mapping[str, Any]) -> None:
@@ -68,14 +90,20 @@ class Usage:
         prompt = completion = 0
         if isinstance(usage, Mapping):
             try:  # an API that reports usage oddly must not cost the item its score
-                prompt = max(int(usage.get("prompt_tokens") or 0), 0)
-                completion = max(int(usage.get("completion_tokens") or 0), 0)
-            except (TypeError, ValueError):
+                prompt = min(max(int(usage.get("prompt_tokens") or 0), 0), MAX_REPORTED_TOKENS)
+                completion = min(
+                    max(int(usage.get("completion_tokens") or 0), 0), MAX_REPORTED_TOKENS
+                )
+            except (TypeError, ValueError, OverflowError):
                 prompt = completion = 0
         with self._lock:
             self.calls += 1
             self.prompt_tokens += prompt
             self.completion_tokens += completion
+
+    def reject(self) -> None:
+        with self._lock:
+            self.rejected_answers += 1
 
     def cost(self, price_input: float | None, price_output: float | None) -> float | None:
         """Cost in the prices' currency, prices per million tokens; None without prices."""
@@ -131,7 +159,9 @@ def item_prompt(item: Mapping[str, Any], interests: str) -> str:
 
 
 class LlmScorer:
-    """Scores items against interests; one client, at most `concurrency` calls at once."""
+    """Scores items against interests; one client, at most `concurrency` calls at once, all
+    within the scoring budget that starts when the scorer is made. Requests run on an event
+    loop of the scorer's own, where a deadline cancels them wherever they are."""
 
     def __init__(
         self,
@@ -142,14 +172,21 @@ class LlmScorer:
     ):
         self.settings, self.interests, self.log, self._sleep = settings, interests, log, sleep
         self.usage = Usage()
-        self._client = httpx.Client(
-            base_url=settings.base_url.rstrip("/") + "/",
-            headers={"Authorization": f"Bearer {settings.api_key}"},
-            timeout=settings.timeout_seconds,
+        self._deadline = time.monotonic() + settings.scoring_budget_seconds
+        self._loop = LoopThread()
+        self._client = self._loop.run(self._open_client())
+
+    async def _open_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.settings.base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {self.settings.api_key}"},
+            timeout=self.settings.timeout_seconds,
+            trust_env=False,
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._loop.run(self._client.aclose())
+        self._loop.close()
 
     def __enter__(self) -> LlmScorer:
         return self
@@ -157,27 +194,49 @@ class LlmScorer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _remaining(self) -> float:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise ScoringDeadline(
+                f"the run's scoring budget of {self.settings.scoring_budget_seconds:g} s ran out"
+            )
+        return remaining
+
     def _call(self, prompt: str) -> dict[str, Any]:
         """One chat completion, retried on 429, 5xx, timeouts and dropped connections."""
         body = {
             "model": self.settings.model,
             "temperature": 0,
+            "max_tokens": self.settings.max_tokens,
             "response_format": {"type": "json_object"},
             "messages": [
                 {"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": prompt},
             ],
         }
+        timeout = self.settings.timeout_seconds
         for attempt in range(self.settings.max_retries + 1):
             wait = None
+            remaining = self._remaining()
             try:
-                response = self._client.post("chat/completions", json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                response = self._loop.run(
+                    bounded_request(
+                        self._client, "POST", "chat/completions", json=body,
+                        max_bytes=self.settings.max_reply_bytes,
+                        deadline_seconds=min(timeout, remaining),
+                    )
+                )
+            except ResponseTooLarge as exc:
+                raise MalformedAnswer(f"the API's reply is {exc}") from None
+            except (TimeoutError, httpx.TimeoutException):
+                self._remaining()  # the budget, not the API, may have run out
+                problem = f"no answer within {timeout:g} s"
+            except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}"
             else:
                 if response.status_code == 200:
                     try:
-                        answer = response.json()
+                        answer = json.loads(response.content)
                     except ValueError:
                         raise MalformedAnswer("the API's reply is not JSON") from None
                     if not isinstance(answer, dict):
@@ -197,7 +256,7 @@ class LlmScorer:
                 raise LlmError(f"{problem} after {attempt + 1} attempts")
             if wait is None:  # exponential backoff with full jitter
                 wait = random.uniform(0, self.settings.backoff_seconds * 2**attempt)
-            self._sleep(wait)
+            self._sleep(min(wait, self._remaining()))
         raise AssertionError("unreachable")
 
     def _redact(self, text: str) -> str:
@@ -217,6 +276,7 @@ class LlmScorer:
             except (MalformedAnswer, KeyError, IndexError, TypeError) as exc:
                 if attempt == 2:
                     self.log.warning(f"Dropped {title!r}: malformed answer ({exc})")
+                    self.usage.reject()
                     return None
         return None
 

@@ -23,6 +23,7 @@ from agent_pipeline.agents.llm import (
     LlmError,
     LlmScorer,
     LlmSettings,
+    ScoringDeadline,
 )
 from agent_pipeline.agents.sources import (
     DEFAULT_POLICY,
@@ -258,9 +259,11 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
         )
         with LlmScorer(llm, interests, context.log) as scorer:
             failures = score_with_llm(context, scorer, misses, key_of, scores)
+        late = sum(isinstance(failure, ScoringDeadline) for failure in failures)
         stats.update(llm_calls=scorer.usage.calls, prompt_tokens=scorer.usage.prompt_tokens,
                      completion_tokens=scorer.usage.completion_tokens,
-                     llm_failures=len(failures))
+                     llm_failures=len(failures) - late, llm_unscored_at_deadline=late,
+                     llm_answers_rejected=scorer.usage.rejected_answers)
         if failures and len(failures) == len(misses):
             raise ScoringFailed(f"no item could be scored: {failures[0]}")
         price_in, price_out = settings.get("llm_price_input"), settings.get("llm_price_output")

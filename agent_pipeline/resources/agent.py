@@ -53,16 +53,18 @@ class AgentResource(ConfigurableResource):
         return load_agent(self.agent)
 
     def settings(self) -> dict[str, str]:
-        """What the agent is told; the API key too, which the agent needs and never logs."""
+        """What the agent is told. The API key goes only to the built-in triage agent when it
+        scores with the LLM: no other agent needs it, so none gets it."""
         settings = {
             "interests": self.interests,
             "sources": self.sources,
             "scorer": self.scorer,
             "llm_base_url": self.llm_base_url,
-            "llm_api_key": self.llm_api_key or "",
             "llm_model": self.llm_model,
             "llm_concurrency": str(self.llm_concurrency),
         }
+        if self.agent.strip() == "triage" and self.scorer == "llm":
+            settings["llm_api_key"] = self.llm_api_key or ""
         if self.llm_price_input is not None and self.llm_price_output is not None:
             settings["llm_price_input"] = str(self.llm_price_input)
             settings["llm_price_output"] = str(self.llm_price_output)
