@@ -7,8 +7,9 @@ import json
 import math
 import numbers
 import re
+import reprlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -25,18 +26,30 @@ MAX_SUMMARY_CHARS = 2_000
 MAX_URL_CHARS = 2_048
 MAX_EXTRA_FIELDS = 20
 MAX_EXTRA_JSON_CHARS = 10_000
-# Past this many items the agent's output is cut (with a warning), which bounds the memory
-# and time of a run whatever the agent does.
-MAX_ITEMS = 100_000
+# All of one outcome's extra fields together: what one outcome may add to the stored row.
+MAX_EXTRAS_CHARS_PER_ITEM = 10_000
+# Scores are finite numbers within this bound; an item scored past it is dropped (its score
+# means nothing next to the others', and 100 * 1e307 overflows where the email scales it).
+MAX_ABS_SCORE = 1e12
+# An agent's output is read up to this many items (an endless generator stops here, said in
+# the log); of the valid ones, the best MAX_OUTCOMES_KEPT by score are kept and checked in
+# full, the rest counted. Memory and time stay bounded and the top is never cut off.
+MAX_ITEMS_READ = 1_000_000
+MAX_OUTCOMES_KEPT = 1_000
 # What one agent_runs row keeps: the schedule writes 52,560 rows a year.
 MAX_STORED_OUTCOMES = 100
 MAX_STORED_DROPS = 50
+MAX_RESULT_BYTES = 1_000_000
 PREVIEW_CHARS = 200
+# Distinct drop reasons counted by name; any further ones are counted together.
+MAX_DROP_REASONS = 50
+OTHER_REASONS = "other reasons"
 
 KNOWN_FIELDS = ("title", "score", "url", "summary", "id")
 # C0/C1 control characters, CR and LF included: none of them belongs in a one-line title,
 # and CR/LF is how a value breaks out of an email header.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_WHITESPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True)
@@ -51,12 +64,44 @@ class Dropped:
 
 @dataclass
 class Validation:
+    """What came of an agent's output: the kept outcomes, cleaned, and an account of the
+    rest. Everything in it is bounded, whatever the agent returned."""
+
+    # The best valid outcomes by score, at most MAX_OUTCOMES_KEPT, in the agent's order.
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    # Valid outcomes the agent returned, kept or not.
+    valid_total: int = 0
+    # The first MAX_STORED_DROPS dropped items; every drop is counted by reason.
     dropped: list[Dropped] = field(default_factory=list)
-    # Fixes made to kept items (a URL removed, a title cut), one line each.
+    dropped_reasons: Counter[str] = field(default_factory=Counter)
+    # Fixes made to kept items (a URL removed, a title cut), one line each, the first
+    # MAX_STORED_DROPS of them.
     warnings: list[str] = field(default_factory=list)
+    warnings_total: int = 0
+    # The agent went on past MAX_ITEMS_READ items: the rest were not read.
+    read_cut: bool = False
     # What the agent reported about its work (AgentContext.stats).
     agent_stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped_reasons.values())
+
+    @property
+    def not_kept(self) -> int:
+        return self.valid_total - len(self.outcomes)
+
+    def drop(self, index: int, reason: str, item: Any) -> None:
+        if reason not in self.dropped_reasons and len(self.dropped_reasons) >= MAX_DROP_REASONS:
+            reason = OTHER_REASONS
+        self.dropped_reasons[reason] += 1
+        if len(self.dropped) < MAX_STORED_DROPS:  # a preview costs a repr: only those kept
+            self.dropped.append(Dropped(index, reason, _preview(item)))
+
+    def warn(self, warning: str) -> None:
+        self.warnings_total += 1
+        if len(self.warnings) < MAX_STORED_DROPS:
+            self.warnings.append(warning)
 
 
 @dataclass(frozen=True)
@@ -67,9 +112,9 @@ class Ranking:
     already_sent_left_out: int = 0
 
 
-def collect_outcomes(raw: Any, limit: int = MAX_ITEMS) -> tuple[list[Any], bool]:
-    """The agent's return value as a list of at most limit items, and whether it was cut; or
-    AgentOutputError if it is no list of items at all."""
+def iterate_outcomes(raw: Any) -> Iterator[Any]:
+    """The agent's return value as an iterator of items, or AgentOutputError if it is no
+    list of items at all."""
     if raw is None:
         raise AgentOutputError("the agent returned None; expected an iterable of mappings")
     if isinstance(raw, str | bytes | bytearray | Mapping):
@@ -77,20 +122,19 @@ def collect_outcomes(raw: Any, limit: int = MAX_ITEMS) -> tuple[list[Any], bool]
             f"the agent returned a {type(raw).__name__}; expected an iterable of mappings"
         )
     try:
-        iterator = iter(raw)
+        return iter(raw)
     except TypeError:
         raise AgentOutputError(
             f"the agent returned a {type(raw).__name__}, which is not iterable; "
             "expected an iterable of mappings"
         ) from None
-    items = list(itertools.islice(iterator, limit + 1))
-    return items[:limit], len(items) > limit
 
 
 def clean_text(value: str, limit: int) -> str:
     """One line of text: control characters become spaces, whitespace collapses, and the
-    result is cut to limit characters."""
-    text = " ".join(_CONTROL_CHARS.sub(" ", storable_text(value)).split())
+    result is cut to limit characters. Only a bounded prefix is looked at, so a huge value
+    costs no more than a long one."""
+    text = " ".join(_CONTROL_CHARS.sub(" ", storable_text(value[: limit * 8])).split())
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return text
@@ -101,7 +145,7 @@ def safe_url(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
         return None
     url = value.strip()
-    if url != storable_text(url) or _CONTROL_CHARS.search(url) or any(c.isspace() for c in url):
+    if url != storable_text(url) or _CONTROL_CHARS.search(url) or _WHITESPACE.search(url):
         return None
     try:
         parts = urlsplit(url)
@@ -112,12 +156,28 @@ def safe_url(value: Any) -> str | None:
     return url
 
 
+class _PreviewRepr(reprlib.Repr):
+    """reprlib's bounded repr (a huge or deeply nested item costs little), with a failing
+    __repr__ shown as the type's name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = PREVIEW_CHARS
+        self.maxlevel = 3
+
+    def repr_instance(self, obj: Any, level: int) -> str:
+        try:
+            text = repr(obj)
+        except Exception:  # a hostile __repr__ must not break validation
+            return f"<{type(obj).__name__}>"
+        return text if len(text) <= self.maxother else text[: self.maxother] + "..."
+
+
+_PREVIEW = _PreviewRepr()
+
+
 def _preview(item: Any) -> str:
-    try:
-        text = repr(item)
-    except Exception:  # a hostile __repr__ must not break validation
-        text = f"<{type(item).__name__}>"
-    return clean_text(text, PREVIEW_CHARS)
+    return clean_text(_PREVIEW.repr(item), PREVIEW_CHARS)
 
 
 def parse_score(score: Any) -> float | str:
@@ -132,6 +192,8 @@ def parse_score(score: Any) -> float | str:
         return "score is out of range"
     if not math.isfinite(value):
         return f"score is {value}, not a finite number"
+    if abs(value) > MAX_ABS_SCORE:
+        return f"score is outside ±{MAX_ABS_SCORE:g}"
     return value
 
 
@@ -139,10 +201,14 @@ class _NotStorable(Exception):
     pass
 
 
-def _storable(value: Any, depth: int = 0) -> Any:
-    """A copy of a JSON value that Postgres can store (see text.py), or _NotStorable."""
+def _storable(value: Any, room: list[int], depth: int = 0) -> Any:
+    """A copy of a JSON value that Postgres can store (see text.py), or _NotStorable. room
+    holds the characters still allowed: a huge value is refused part way, not copied whole."""
     if depth > 20:
         raise _NotStorable("nested too deep")
+    room[0] -= len(value) + 2 if isinstance(value, str) else 1
+    if room[0] < 0:
+        raise _NotStorable("too large")
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
@@ -152,24 +218,30 @@ def _storable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return storable_text(value)
     if isinstance(value, list | tuple):
-        return [_storable(item, depth + 1) for item in value]
+        return [_storable(item, room, depth + 1) for item in value]
     if isinstance(value, dict):
         if not all(isinstance(key, str) for key in value):
             raise _NotStorable("keys that are not text")
-        return {storable_text(k): _storable(v, depth + 1) for k, v in value.items()}
+        return {storable_text(k): _storable(v, room, depth + 1) for k, v in value.items()}
     raise _NotStorable(f"a {type(value).__name__}")
 
 
-def storable_json(value: Any) -> Any:
-    """value made storable and at most MAX_EXTRA_JSON_CHARS as JSON; _NotStorable if not."""
-    stored = _storable(value)
-    if len(json.dumps(stored)) > MAX_EXTRA_JSON_CHARS:
-        raise _NotStorable(f"over {MAX_EXTRA_JSON_CHARS:,} characters as JSON")
-    return stored
+def storable_json(value: Any, limit: int = MAX_EXTRA_JSON_CHARS) -> tuple[Any, int]:
+    """value made storable and its length as JSON, at most limit; _NotStorable if not."""
+    over = _NotStorable(f"over {limit:,} characters as JSON")
+    try:
+        stored = _storable(value, [limit])
+    except _NotStorable as problem:
+        raise over if str(problem) == "too large" else problem from None
+    size = len(json.dumps(stored))
+    if size > limit:
+        raise over
+    return stored, size
 
 
-def validate_outcome(item: Any, index: int, warnings: list[str]) -> dict[str, Any] | str:
-    """The cleaned outcome, or the reason it is dropped. Fixes are appended to warnings."""
+def screen_outcome(item: Any) -> tuple[str, float] | str:
+    """The cleaned title and the score, or the reason the item is dropped: the checks every
+    item gets, cheap whatever else it carries."""
     if not isinstance(item, Mapping):
         return f"item is a {type(item).__name__}, not a mapping"
     if "title" not in item:
@@ -182,60 +254,100 @@ def validate_outcome(item: Any, index: int, warnings: list[str]) -> dict[str, An
         return "empty title"
     if "score" not in item:
         return "missing score"
-    score = parse_score(item["score"])
-    if isinstance(score, str):
-        return score
+    return title, parse_score(item["score"])
 
+
+def complete_outcome(
+    item: Mapping[str, Any], index: int, title: str, score: float, validation: Validation
+) -> dict[str, Any]:
+    """The cleaned outcome of a screened item: its optional and extra fields checked, fixes
+    noted in validation's warnings."""
     outcome: dict[str, Any] = {"title": title, "score": score}
     if item.get("url") is not None:
         url = safe_url(item["url"])
         if url is None:
-            warnings.append(f"item {index}: url removed (only absolute http(s) URLs are kept)")
+            validation.warn(f"item {index}: url removed (only absolute http(s) URLs are kept)")
         else:
             outcome["url"] = url
     if item.get("summary") is not None:
         if isinstance(item["summary"], str):
             outcome["summary"] = clean_text(item["summary"], MAX_SUMMARY_CHARS)
         else:
-            warnings.append(f"item {index}: summary removed (not text)")
+            validation.warn(f"item {index}: summary removed (not text)")
     if item.get("id") is not None:
         item_id = item["id"]
         if isinstance(item_id, str | int) and not isinstance(item_id, bool):
             outcome["id"] = clean_text(str(item_id), MAX_TITLE_CHARS)
         else:
-            warnings.append(f"item {index}: id removed (not text or an integer)")
-    extras = 0
+            validation.warn(f"item {index}: id removed (not text or an integer)")
+    extras = extras_chars = 0
     for key, value in item.items():
         if key in KNOWN_FIELDS:
             continue
         name = clean_text(key, 100) if isinstance(key, str) else ""
         # A key such as "title\x00" must not come back as "title" over the checked value.
         if not name or name in KNOWN_FIELDS or name in outcome:
-            warnings.append(f"item {index}: field {_preview(key)} removed (bad or clashing name)")
-        elif extras >= MAX_EXTRA_FIELDS:
-            warnings.append(
+            validation.warn(f"item {index}: field {_preview(key)} removed (bad or clashing name)")
+            continue
+        if extras >= MAX_EXTRA_FIELDS:
+            validation.warn(
                 f"item {index}: field {_preview(key)} removed (over {MAX_EXTRA_FIELDS} fields)"
             )
-        else:
-            try:
-                outcome[name] = storable_json(value)
-                extras += 1
-            except _NotStorable as problem:
-                warnings.append(
-                    f"item {index}: field {_preview(key)} removed (not JSON-able: {problem})"
+            continue
+        room = MAX_EXTRAS_CHARS_PER_ITEM - extras_chars
+        try:
+            stored, size = storable_json(value, min(MAX_EXTRA_JSON_CHARS, room))
+        except _NotStorable as problem:
+            why = f"not JSON-able: {problem}"
+            if str(problem).startswith("over "):
+                why = str(problem) if room >= MAX_EXTRA_JSON_CHARS else (
+                    f"the item's extra fields would pass {MAX_EXTRAS_CHARS_PER_ITEM:,} "
+                    "characters as JSON"
                 )
+            validation.warn(f"item {index}: field {_preview(key)} removed ({why})")
+            continue
+        outcome[name] = stored
+        extras += 1
+        extras_chars += size
     return outcome
 
 
-def validate_outcomes(items: Iterable[Any]) -> Validation:
-    """Every item checked on its own: kept (cleaned), or dropped with its reason."""
+def _rank_key(candidate: tuple) -> tuple:
+    return candidate[:3]  # (-score, casefolded title, position): best first
+
+
+def validate_outcomes(
+    items: Iterable[Any], keep: int = MAX_OUTCOMES_KEPT, read_limit: int = MAX_ITEMS_READ
+) -> Validation:
+    """Every item read is screened: dropped with its reason, or a valid outcome. The best
+    `keep` valid outcomes (by score, then title, then position: the ranking's order) are
+    checked in full and kept; the rest are counted. At most read_limit items are read."""
     validation = Validation()
-    for index, item in enumerate(items):
-        checked = validate_outcome(item, index, validation.warnings)
-        if isinstance(checked, str):
-            validation.dropped.append(Dropped(index, checked, _preview(item)))
-        else:
-            validation.outcomes.append(checked)
+    candidates: list[tuple] = []
+    for index, item in enumerate(itertools.islice(items, read_limit + 1)):
+        if index == read_limit:
+            validation.read_cut = True
+            break
+        screened = screen_outcome(item)
+        if isinstance(screened, str):
+            validation.drop(index, screened, item)
+            continue
+        title, score = screened
+        if isinstance(score, str):
+            validation.drop(index, score, item)
+            continue
+        validation.valid_total += 1
+        candidates.append((-score, title.casefold(), index, item, title, score))
+        if len(candidates) >= 2 * keep:  # prune in batches: a sort per item would cost more
+            candidates.sort(key=_rank_key)
+            del candidates[keep:]
+    candidates.sort(key=_rank_key)
+    del candidates[keep:]
+    candidates.sort(key=lambda candidate: candidate[2])  # back to the agent's order
+    validation.outcomes = [
+        complete_outcome(item, index, title, score, validation)
+        for _, _, index, item, title, score in candidates
+    ]
     return validation
 
 
@@ -280,20 +392,35 @@ def rank_outcomes(
     )
 
 
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
 def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
-    """The bounded JSON document stored in agent_runs.result."""
-    return {
+    """The JSON document stored in agent_runs.result: at most MAX_RESULT_BYTES, whatever the
+    agent returned. The ranked outcomes after the top five fill what room is left."""
+    result: dict[str, Any] = {
         "top_five": ranking.top,
-        "outcomes": ranking.ranked[:MAX_STORED_OUTCOMES],
-        "outcomes_total": len(ranking.ranked),
+        "outcomes": [],
+        "outcomes_total": validation.valid_total,
+        "outcomes_ranked": len(ranking.ranked),
+        "outcomes_not_kept": validation.not_kept,
         "duplicates_removed": ranking.duplicates_removed,
         "already_sent_left_out": ranking.already_sent_left_out,
         "dropped": [dropped.as_dict() for dropped in validation.dropped[:MAX_STORED_DROPS]],
-        "dropped_total": len(validation.dropped),
+        "dropped_total": validation.dropped_total,
         "warnings": validation.warnings[:MAX_STORED_DROPS],
-        "warnings_total": len(validation.warnings),
+        "warnings_total": validation.warnings_total,
         "agent_stats": validation.agent_stats,
     }
+    room = MAX_RESULT_BYTES - _json_size(result)
+    for outcome in ranking.ranked[:MAX_STORED_OUTCOMES]:
+        size = _json_size(outcome) + 1
+        if size > room:
+            break
+        result["outcomes"].append(outcome)
+        room -= size
+    return result
 
 
 def _markdown_cell(text: str) -> str:
@@ -301,11 +428,11 @@ def _markdown_cell(text: str) -> str:
     return re.sub(r"([\\|\[\]<>`*_])", r"\\\1", text)
 
 
-def drop_reasons_markdown(dropped: list[Dropped]) -> str:
+def drop_reasons_markdown(reasons: Counter[str]) -> str:
     """Why items were dropped, most common reason first, as a Markdown table for the UI."""
-    if not dropped:
+    if not reasons:
         return "_Nothing dropped._"
-    counts = Counter(item.reason for item in dropped).most_common()
+    counts = reasons.most_common()
     lines = ["| reason | items |", "| --- | --- |"]
     lines += [f"| {_markdown_cell(reason)} | {count} |" for reason, count in counts]
     return "\n".join(lines)

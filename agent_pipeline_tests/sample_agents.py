@@ -113,3 +113,25 @@ def hang_while_flagged(context):
         while flag and os.path.exists(flag) and time.monotonic() < deadline:
             time.sleep(0.2)
     yield from keywords_agent(context)
+
+
+def huge_scores(context):
+    """Two items scored 1e307 among ordinary ones."""
+    yield {"title": "Overflowing", "score": 1e307}
+    yield {"title": "Negative overflow", "score": -1e307}
+    for n in range(6):
+        yield {"title": f"Ordinary {n}", "score": n}
+
+
+# Ten JSON fields of about 8 KB each, shared by every item as an agent's records often are.
+FAT_FIELDS = {f"field{n}": {"text": "x" * 8_000} for n in range(10)}
+
+
+def many_with_extras(context):
+    """100,000 items with ten 8 KB extra fields, a 2 KB summary and a 2 KB URL each; the best
+    one comes last."""
+    summary, path = "s" * 2_000, "p" * 2_000
+    for n in range(100_000):
+        yield {"title": f"item {n:06d}", "score": n % 1000, "summary": summary,
+               "url": f"https://example.org/{n}/{path}", **FAT_FIELDS}
+    yield {"title": "the best, last", "score": 5_000, **FAT_FIELDS}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 import random
 from decimal import Decimal
@@ -8,13 +9,14 @@ import pytest
 
 from agent_pipeline.errors import AgentOutputError
 from agent_pipeline.ranking import (
+    MAX_RESULT_BYTES,
     MAX_STORED_OUTCOMES,
     MAX_TITLE_CHARS,
     build_result,
     clean_text,
-    collect_outcomes,
     dedupe_key,
     drop_reasons_markdown,
+    iterate_outcomes,
     rank_outcomes,
     safe_url,
     top_five_markdown,
@@ -32,25 +34,42 @@ from agent_pipeline.ranking import (
         (42, "int, which is not iterable"),
     ],
 )
-def test_collect_outcomes_rejects_what_is_no_list_of_items(raw, message):
+def test_what_is_no_list_of_items_is_refused(raw, message):
     with pytest.raises(AgentOutputError, match=message):
-        collect_outcomes(raw)
+        iterate_outcomes(raw)
 
 
-def test_collect_outcomes_drains_generators():
-    assert collect_outcomes({"n": n} for n in range(3)) == ([{"n": 0}, {"n": 1}, {"n": 2}], False)
+def test_generators_are_drained():
+    validation = validate_outcomes(iterate_outcomes({"title": "t", "score": n} for n in range(3)))
+    assert validation.valid_total == 3 and len(validation.outcomes) == 3
 
 
-def test_collect_outcomes_stops_at_the_limit_and_says_so():
+def test_reading_stops_at_the_limit_and_says_so():
     def endless():
         n = 0
         while True:
-            yield {"n": n}
+            yield {"title": f"t{n}", "score": n}
             n += 1
 
-    items, cut = collect_outcomes(endless(), limit=5)
-    assert [item["n"] for item in items] == [0, 1, 2, 3, 4] and cut
-    assert collect_outcomes([{}] * 5, limit=5) == ([{}] * 5, False)
+    validation = validate_outcomes(endless(), read_limit=5)
+    assert [o["score"] for o in validation.outcomes] == [0, 1, 2, 3, 4] and validation.read_cut
+    assert not validate_outcomes([{"title": "t", "score": 1}] * 5, read_limit=5).read_cut
+
+
+def test_the_best_are_kept_wherever_they_come_and_the_rest_counted():
+    """Kept: the best by score, ties by title then position, as the ranking orders them;
+    the best item last among 10,000 is still in the top."""
+    items = [{"title": f"item {n:05d}", "score": n % 100} for n in range(10_000)]
+    items.append({"title": "the best", "score": 1_000})
+    validation = validate_outcomes(items, keep=150)
+    assert validation.valid_total == 10_001 and validation.not_kept == 10_001 - 150
+    kept = {o["title"] for o in validation.outcomes}
+    assert "the best" in kept
+    expected_99 = sorted(f"item {n:05d}" for n in range(99, 10_000, 100))
+    expected_98 = sorted(f"item {n:05d}" for n in range(98, 10_000, 100))[:49]
+    assert kept == {"the best", *expected_99, *expected_98}
+    top = rank_outcomes(validation.outcomes).top
+    assert [o["title"] for o in top] == ["the best", *expected_99[:4]]
 
 
 @pytest.mark.parametrize("key", ["title\x00", " title", "score\r\n", "url\t", "id "])
@@ -86,6 +105,8 @@ def test_extra_fields_are_capped_per_item():
         ({"title": "t", "score": math.inf}, "score is inf"),
         ({"title": "t", "score": -math.inf}, "score is -inf"),
         ({"title": "t", "score": 10**400}, "score is out of range"),
+        ({"title": "t", "score": 1e307}, "score is outside ±1e+12"),
+        ({"title": "t", "score": -2e12}, "score is outside ±1e+12"),
     ],
 )
 def test_invalid_items_are_dropped_with_their_reason(item, reason):
@@ -236,6 +257,33 @@ def test_result_is_bounded():
     assert result["dropped_total"] == 300 and len(result["dropped"]) == 50
 
 
+def test_the_stored_result_stays_under_a_megabyte_whatever_the_items_carry():
+    fat = {f"field{n}": "x" * 8_000 for n in range(10)}
+    items = [
+        {"title": f"item {n} " + "t" * 500, "score": n, "summary": "s" * 5_000,
+         "url": "https://example.org/" + "u" * 2_000, "id": f"id-{n}", **fat}
+        for n in range(2_000)
+    ]
+    validation = validate_outcomes(items)
+    result = build_result(validation, rank_outcomes(validation.outcomes))
+    size = len(json.dumps(result, separators=(",", ":")).encode())
+    assert size <= MAX_RESULT_BYTES
+    assert [o["score"] for o in result["top_five"]] == [1999, 1998, 1997, 1996, 1995]
+    assert 0 < len(result["outcomes"]) < MAX_STORED_OUTCOMES  # as many as fit
+    # One 8,000-character field fits in an item's 10,000 for extras; the other nine do not.
+    assert sum(key.startswith("field") for key in result["top_five"][0]) == 1
+    assert result["warnings_total"] == 1_000 * 9 and len(result["warnings"]) == 50
+    assert result["outcomes_total"] == 2_000 and result["outcomes_not_kept"] == 1_000
+
+
+def test_many_distinct_drop_reasons_are_counted_in_bounded_space():
+    kinds = [type(f"Kind{n}", (), {}) for n in range(200)]
+    validation = validate_outcomes([kind() for kind in kinds])
+    assert validation.dropped_total == 200 and len(validation.dropped_reasons) == 51
+    assert validation.dropped_reasons["other reasons"] == 150
+    assert len(validation.dropped) == 50
+
+
 def test_markdown_table_escapes_cells():
     table = top_five_markdown(
         [{"title": "a | b <script>", "score": 2.5, "url": "https://e.org/x_y"}]
@@ -250,14 +298,14 @@ def test_drop_reasons_are_counted_most_common_first():
     validation = validate_outcomes(
         [{"title": "a"}, {"title": "b"}, {"score": 1}, "x", {"title": "c | d"}]
     )
-    assert drop_reasons_markdown(validation.dropped).splitlines() == [
+    assert drop_reasons_markdown(validation.dropped_reasons).splitlines() == [
         "| reason | items |",
         "| --- | --- |",
         "| missing score | 3 |",
         "| missing title | 1 |",
         "| item is a str, not a mapping | 1 |",
     ]
-    assert drop_reasons_markdown([]) == "_Nothing dropped._"
+    assert drop_reasons_markdown(validate_outcomes([]).dropped_reasons) == "_Nothing dropped._"
 
 
 def test_the_top_leaves_out_items_already_sent():

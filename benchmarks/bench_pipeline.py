@@ -35,7 +35,7 @@ from agent_pipeline.jobs import agent_job  # noqa: E402
 from agent_pipeline.partitions import window_bounds  # noqa: E402
 from agent_pipeline.ranking import (  # noqa: E402
     build_result,
-    collect_outcomes,
+    iterate_outcomes,
     rank_outcomes,
     validate_outcomes,
 )
@@ -59,8 +59,7 @@ def plain_run(window: str, resources: dict) -> None:
             window, start, end, AgentCache(redis, agent.cache_ttl_seconds),
             logging.getLogger("bench"), agent.settings(),
         )
-        items, _ = collect_outcomes(agent.load()(context))
-        validation = validate_outcomes(items)
+        validation = validate_outcomes(iterate_outcomes(agent.load()(context)))
         ranking = rank_outcomes(validation.outcomes)
         store.complete_run(row_id, build_result(validation, ranking))
         message = digest.build_email(window, ranking.top, None)
