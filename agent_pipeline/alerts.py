@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 from agent_pipeline.emails import WINDOW_HEADER, run_link, window_label
+from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.digest import DigestSettings
@@ -116,8 +117,10 @@ def send_pending_alerts(
         except Exception as exc:
             error = describe_error(exc)
             # An alert that cannot be built (a partition tag that is no window) will not
-            # build next time either.
-            if rejects_message(exc) or not isinstance(exc, smtplib.SMTPException | OSError):
+            # build next time either. A setting the resource refuses (a plain login) is fixed
+            # by a person, after which the alert should still go out.
+            retryable = smtplib.SMTPException | OSError | ConfigurationError
+            if rejects_message(exc) or not isinstance(exc, retryable):
                 store.record_alert_rejected(alert["id"], error)
                 log.warning(f"Alert for {alert['alert_key']} given up: {error}")
                 continue

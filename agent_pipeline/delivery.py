@@ -5,39 +5,73 @@ from __future__ import annotations
 
 import logging
 from email.message import EmailMessage
+from typing import Any, NamedTuple
 
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp, is_transient, rejects_message
+from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT, EMAIL_SKIPPED
 
 # Windows caught up per run: a long outage is worked off over several runs, not in one.
 REDELIVERIES_PER_RUN = 10
 # Older digests are left undelivered (their rows say so): after a long outage nobody wants a
 # week of them.
 REDELIVERY_MAX_AGE_HOURS = 24
+ALREADY_SENT = "already sent for this window by another run"
+
+
+class Delivery(NamedTuple):
+    """What became of a window's email, as its row now records it."""
+
+    # EMAIL_SENT, EMAIL_REJECTED (the server refused it for good) or EMAIL_SKIPPED.
+    status: str
+    # Sent: where it went. Rejected: the server's reply. Skipped: why it was not sent.
+    detail: str
 
 
 def deliver_once(
     store: AgentRunsStore, smtp: Smtp, row_id: int, message: EmailMessage
-) -> str | None:
-    """Claim the row's window, send, record; retried as SMTP_RETRIES says. None when the
-    window is claimed already; the last error (recorded on the row) when every attempt fails.
-    The claim covers one attempt at a time and is released while waiting to retry, so a
-    process killed between attempts leaves the window free for a later run."""
+) -> Delivery:
+    """Claim the row's window, send, record; retried as SMTP_RETRIES says. Skipped when the
+    window is claimed already, or its email was rejected by the server in an earlier run;
+    rejected, and not retried, when the server refuses it for good (5xx). Raises the last
+    error (recorded on the row) when every attempt fails otherwise. The claim covers one
+    attempt at a time and is released while waiting to retry, so a process killed between
+    attempts leaves the window free for a later run."""
+    rejected = store.rejected_email(row_id)
+    if rejected is not None:
+        return _rejected_before(store, row_id, rejected)
     for attempt in range(smtp.retries + 1):
         if not store.claim_email(row_id):
-            return None
+            store.record_email_skipped(row_id, ALREADY_SENT)
+            return Delivery(EMAIL_SKIPPED, ALREADY_SENT)
         try:
             destination = smtp.send_once(message)
         except Exception as exc:
-            store.record_email_failed(row_id, describe_error(exc))
+            error = describe_error(exc)
+            if rejects_message(exc):
+                store.record_email_rejected(row_id, error)
+                return Delivery(EMAIL_REJECTED, error)
+            store.record_email_failed(row_id, error)
             if attempt == smtp.retries or not is_transient(exc):
                 raise
             smtp.wait_before_retry(attempt, exc)
             continue
         store.record_email_sent(row_id)
-        return destination
+        return Delivery(EMAIL_SENT, destination)
     raise AssertionError("unreachable")
+
+
+def _rejected_before(store: AgentRunsStore, row_id: int, rejected: dict[str, Any]) -> Delivery:
+    """The server would refuse the window's email again: this row does not try."""
+    if rejected["id"] == row_id:
+        return Delivery(EMAIL_REJECTED, rejected["email_error"])
+    reason = (
+        f"the SMTP server rejected this window's email for good in run "
+        f"{rejected['dagster_run_id']}: {rejected['email_error']}"
+    )
+    store.record_email_skipped(row_id, reason)
+    return Delivery(EMAIL_SKIPPED, reason)
 
 
 def redeliver_failed(
@@ -48,18 +82,19 @@ def redeliver_failed(
     limit: int = REDELIVERIES_PER_RUN,
 ) -> list[str]:
     """Send the emails of earlier windows whose delivery failed; the windows delivered. Stops
-    at the first failure: the server is likely still down, and the next run tries again."""
+    at the first failure: the server is likely still down, and the next run tries again. A
+    window the server rejects is recorded so and the others go on."""
     delivered = []
     for row in store.undelivered_windows(limit, max_age_hours=REDELIVERY_MAX_AGE_HOURS):
         window = row["partition_key"]
         try:
             message = digest.build_email(window, row["result"]["top_five"], row["dagster_run_id"])
-            if deliver_once(store, smtp, row["id"], message) is not None:
-                delivered.append(window)
+            delivery = deliver_once(store, smtp, row["id"], message)
         except Exception as exc:
             log.warning(f"Redelivery of window {window} failed again: {describe_error(exc)}")
-            # A message the server rejects for good must not hold up the others; anything
-            # else (the server down, a timeout) would fail for the rest too.
-            if not rejects_message(exc):
-                break
+            break
+        if delivery.status == EMAIL_SENT:
+            delivered.append(window)
+        elif delivery.status == EMAIL_REJECTED:
+            log.error(f"The SMTP server rejected the email of window {window}: {delivery.detail}")
     return delivered

@@ -19,16 +19,16 @@ from dagster import (
 )
 
 from agent_pipeline.agents import AgentCache, AgentContext
-from agent_pipeline.delivery import deliver_once, redeliver_failed
+from agent_pipeline.delivery import Delivery, deliver_once, redeliver_failed
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.logs import event_logger
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import (
-    MAX_ITEMS,
+    MAX_ITEMS_READ,
     Validation,
     build_result,
-    collect_outcomes,
     drop_reasons_markdown,
+    iterate_outcomes,
     rank_outcomes,
     storable_json,
     top_five_markdown,
@@ -36,10 +36,14 @@ from agent_pipeline.ranking import (
 )
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent_runs import describe_error
-from agent_pipeline.schema import RUNNING
+from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT, RUNNING
 from agent_pipeline.settings import log_settings
 
 WARNINGS_LOGGED = 20
+# An agent's own account of its work (AgentContext.stats): what is kept of it, and how many
+# of its entries the UI shows.
+MAX_STATS_JSON_CHARS = 50_000
+MAX_STATS_SHOWN = 30
 
 
 def _window(context: OpExecutionContext) -> tuple[str, datetime, datetime]:
@@ -107,19 +111,21 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
         queue=redis,
     )
     started = time.perf_counter()
-    items, cut = collect_outcomes(agent_callable(agent_context))
-    validation = validate_outcomes(items)
-    stats = agent_context.stats
+    validation = validate_outcomes(iterate_outcomes(agent_callable(agent_context)))
     try:
-        validation.agent_stats = storable_json(stats)
+        validation.agent_stats, _ = storable_json(agent_context.stats, MAX_STATS_JSON_CHARS)
     except Exception as exc:  # a custom agent's stats must not cost the run
         log.warning(f"Agent stats not stored: {exc}")
-        stats = {"stats_not_stored": str(exc)}
-        validation.agent_stats = stats
+        validation.agent_stats = {"stats_not_stored": str(exc)}
     duration = time.perf_counter() - started
-    if cut:
+    if validation.read_cut:
         log.warning(
-            f"The agent returned more than {MAX_ITEMS:,} items; the rest were ignored."
+            f"The agent returned more than {MAX_ITEMS_READ:,} items; the rest were not read."
+        )
+    if validation.not_kept:
+        log.info(
+            f"Kept the best {len(validation.outcomes):,} of {validation.valid_total:,} valid "
+            f"items; {validation.not_kept:,} lower-scored ones only counted."
         )
     if cache_was_enabled and not cache.enabled:
         log.warning(f"Cache lost part way through: {redis.unavailable_reason}.")
@@ -129,9 +135,10 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
         log.warning(warning)
     log.info(
         "Agent finished",
-        outcomes=len(validation.outcomes),
-        dropped=len(validation.dropped),
-        fixed=len(validation.warnings),
+        outcomes=validation.valid_total,
+        kept=len(validation.outcomes),
+        dropped=validation.dropped_total,
+        fixed=validation.warnings_total,
         cache_hits=cache.hits,
         cache_misses=cache.misses,
         duration_seconds=round(duration, 3),
@@ -139,15 +146,19 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
     context.add_output_metadata(
         {
             "agent": agent.agent,
-            "outcomes": len(validation.outcomes),
-            "dropped": len(validation.dropped),
-            "dropped_why": MetadataValue.md(drop_reasons_markdown(validation.dropped)),
-            "fixed": len(validation.warnings),
+            "outcomes": validation.valid_total,
+            "kept": len(validation.outcomes),
+            "dropped": validation.dropped_total,
+            "dropped_why": MetadataValue.md(drop_reasons_markdown(validation.dropped_reasons)),
+            "fixed": validation.warnings_total,
             "duration_seconds": round(duration, 3),
             "cache_hits": cache.hits,
             "cache_misses": cache.misses,
             # The agent's own account, e.g. sources, LLM calls, tokens and cost for triage.
-            **{f"agent_{key}": _metadata_value(value) for key, value in stats.items()},
+            **{
+                f"agent_{key}": _metadata_value(value)
+                for key, value in list(validation.agent_stats.items())[:MAX_STATS_SHOWN]
+            },
         }
     )
     return validation
@@ -157,7 +168,7 @@ def _metadata_value(value: Any) -> Any:
     """A stat as UI metadata: numbers and text as they are, anything else as JSON."""
     if isinstance(value, bool | int | float | str) or value is None:
         return value
-    return MetadataValue.json(storable_json(value))
+    return MetadataValue.json(value)  # already made storable with the rest of the stats
 
 
 @op(
@@ -193,7 +204,7 @@ def rank_top_five(
             "outcomes": len(ranking.ranked),
             "duplicates_removed": ranking.duplicates_removed,
             "already_sent_left_out": ranking.already_sent_left_out,
-            "dropped": len(validation.dropped),
+            "dropped": validation.dropped_total,
         }
     )
     return ranking.top
@@ -234,25 +245,34 @@ def send_email(
     else:
         message = digest.build_email(window_key, top_five, context.run_id)
         # A failed delivery (after the resource's retries) fails the run; the row keeps the
-        # result and the error, and a later run delivers it.
-        destination = deliver_once(agent_runs, smtp, row_id, message)
-        if destination is None:
-            agent_runs.record_email_skipped(row_id, "already sent for this window by another run")
-            log.info("No email: this window's email was already sent by another run.")
-            metadata["reason"] = "already sent for this window"
-        else:
-            log.info(
-                f"Emailed the top {len(top_five)} to {len(recipients)} recipient(s) via "
-                f"{destination}.",
-                recipients=len(recipients),
-                destination=destination,
-            )
-            metadata.update(sent=True, recipients=len(recipients), destination=destination)
+        # result and the error, and a later run delivers it. A rejected one (5xx) does not
+        # fail it: Dagster's retry of the run would only be rejected again.
+        delivery = deliver_once(agent_runs, smtp, row_id, message)
+        metadata.update(_report_delivery(log, delivery, len(top_five), len(recipients)))
     caught_up = redeliver_failed(agent_runs, smtp, digest, log)
     if caught_up:
         log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
     metadata["redelivered"] = len(caught_up)
     context.add_output_metadata(metadata)
+
+
+def _report_delivery(log: Any, delivery: Delivery, items: int, recipients: int) -> dict[str, Any]:
+    """Log what became of the window's email; the op's metadata about it."""
+    if delivery.status == EMAIL_SENT:
+        log.info(
+            f"Emailed the top {items} to {recipients} recipient(s) via {delivery.detail}.",
+            recipients=recipients,
+            destination=delivery.detail,
+        )
+        return {"sent": True, "recipients": recipients, "destination": delivery.detail}
+    if delivery.status == EMAIL_REJECTED:
+        log.error(
+            "Email rejected: the SMTP server refused it for good, so it is not retried: "
+            f"{delivery.detail}"
+        )
+        return {"rejected": True, "reason": delivery.detail}
+    log.info(f"No email: {delivery.detail}.")
+    return {"reason": delivery.detail}
 
 
 @failure_hook(required_resource_keys={"agent_runs"})

@@ -38,6 +38,10 @@ EMAIL_NOT_SENT, EMAIL_SENDING, EMAIL_SENT, EMAIL_FAILED, EMAIL_SKIPPED = (
     "skipped",
 )
 EMAIL_CLAIMING_STATES = (EMAIL_SENDING, EMAIL_SENT)
+# The server refused the message for good (a 5xx reply): the window is never tried again,
+# neither by redelivery nor by a later run of it. It claims nothing in the unique index, so a
+# person who has fixed the cause can set the row back to failed and launch the window.
+EMAIL_REJECTED = "rejected"
 
 # Failure alerts: PENDING until a sensor claims one (SENDING) for a delivery attempt; then
 # SENT, or back to PENDING after a failure worth retrying, or FAILED when the server

@@ -22,13 +22,14 @@ from agent_pipeline.ranking import safe_url
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent import DEFAULT_CACHE_TTL_SECONDS
 from agent_pipeline.resources.agent_runs import parse_database_url
-from agent_pipeline.resources.smtp import SECURITY_MODES
+from agent_pipeline.resources.smtp import SECURITY_MODES, check_login_is_encrypted
 
 # Every variable this project reads, each documented in .env.example.
 ENVIRONMENT_VARIABLES = (
     "DATABASE_URL",
     "REDIS_URL",
     "SMTP_HOST",
+    "SMTP_CATCHER",
     "SMTP_PORT",
     "SMTP_SECURITY",
     "SMTP_USERNAME",
@@ -63,6 +64,7 @@ ENVIRONMENT_VARIABLES = (
 DEFAULT_HISTORY_DAYS = 14
 MAX_HISTORY_DAYS = 366
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+MAX_PORT = 65535
 # Used only while SMTP_HOST is unset and mail goes to the outbox folder.
 OUTBOX_EMAIL_FROM = "agent-pipeline@example.com"
 OUTBOX_EMAIL_TO = "you@example.com"
@@ -158,6 +160,48 @@ def _check_log_file(path: Path) -> None:
         raise ConfigurationError("LOG_FILE", f"cannot write {str(path)!r}")
 
 
+def smtp_from_env(env: Mapping[str, str], outbox_dir: Path) -> Smtp:
+    """SMTP_HOST's server; while it is unset, SMTP_CATCHER's mail catcher, else the outbox."""
+    security = env.get("SMTP_SECURITY", "starttls").strip().lower() or "starttls"
+    if security not in SECURITY_MODES:
+        raise ConfigurationError("SMTP_SECURITY", f"must be one of {', '.join(SECURITY_MODES)}")
+    ca_file = env.get("SMTP_CA_FILE", "").strip() or None
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigurationError("SMTP_CA_FILE", f"{ca_file!r} is not a file")
+    common: dict[str, Any] = {
+        "timeout": float(_int(env, "SMTP_TIMEOUT", 30)),
+        "ca_file": ca_file,
+        "retries": _int(env, "SMTP_RETRIES", 3, minimum=0, maximum=10),
+        "retry_backoff_seconds": _float(env, "SMTP_RETRY_BACKOFF", 2.0),
+        "outbox_dir": str(outbox_dir),
+    }
+    port = _int(env, "SMTP_PORT", DEFAULT_PORTS[security], maximum=MAX_PORT)
+    host = env.get("SMTP_HOST", "").strip()
+    catcher = env.get("SMTP_CATCHER", "").strip()
+    if not host and catcher:
+        # A catcher takes everything over plain SMTP without a login: nothing to protect.
+        catcher_host, catcher_port = _host_and_port(catcher, "SMTP_CATCHER")
+        return Smtp(host=catcher_host, port=catcher_port, security="none", **common)
+    username = env.get("SMTP_USERNAME") or None
+    check_login_is_encrypted(host, security, username)  # fail at load, not at the first run
+    return Smtp(
+        host=host or None,
+        port=port,
+        security=security,
+        username=username,
+        password=_secret(env, "SMTP_PASSWORD"),
+        **common,
+    )
+
+
+def _host_and_port(value: str, name: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        raise ConfigurationError(name, f"{value!r} is not host:port, such as mailpit:1025")
+    return host, int(port)
+
+
 def alert_recipients(env: Mapping[str, str] = os.environ) -> list[str]:
     """ALERT_EMAIL_TO, else EMAIL_TO; none (alerts off) when neither is set. The outbox's
     stand-in recipient does not count: nobody reads it."""
@@ -210,24 +254,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     redis = Redis(url=EnvVar("REDIS_URL")) if redis_url else Redis()
 
     smtp_host = env.get("SMTP_HOST", "").strip()
-    security = env.get("SMTP_SECURITY", "starttls").strip().lower() or "starttls"
-    if security not in SECURITY_MODES:
-        raise ConfigurationError("SMTP_SECURITY", f"must be one of {', '.join(SECURITY_MODES)}")
-    ca_file = env.get("SMTP_CA_FILE", "").strip() or None
-    if ca_file and not Path(ca_file).is_file():
-        raise ConfigurationError("SMTP_CA_FILE", f"{ca_file!r} is not a file")
-    smtp = Smtp(
-        host=smtp_host or None,
-        port=_int(env, "SMTP_PORT", DEFAULT_PORTS[security]),
-        security=security,
-        username=env.get("SMTP_USERNAME") or None,
-        password=_secret(env, "SMTP_PASSWORD"),
-        timeout=float(_int(env, "SMTP_TIMEOUT", 30)),
-        ca_file=ca_file,
-        retries=_int(env, "SMTP_RETRIES", 3, minimum=0, maximum=10),
-        retry_backoff_seconds=_float(env, "SMTP_RETRY_BACKOFF", 2.0),
-        outbox_dir=str(data_dir / "outbox"),
-    )
+    smtp = smtp_from_env(env, data_dir / "outbox")
 
     email_from = env.get("EMAIL_FROM", "").strip()
     email_to = env.get("EMAIL_TO", "").strip()

@@ -256,6 +256,23 @@ def test_a_rejected_alert_does_not_hold_up_the_others(resources, smtp_server, pg
     assert pg_store.pending_alerts(10) == []  # the rejected one is not tried again
 
 
+def test_a_rejected_alert_is_tried_once(resources, smtp_server, pg_store):
+    pg_store.add_alert(WINDOW, WINDOW, "run-1", "x", 1)
+    smtp_server.fail_with = lambda: "550 5.7.1 no"
+    for _ in range(2):
+        assert send_pending_alerts(pg_store, resources["smtp"], resources["digest"], LOG) == []
+    assert smtp_server.attempts == 1 and pg_store.pending_alerts(10) == []
+
+
+def test_an_alert_waits_while_the_smtp_settings_refuse_a_plain_login(resources, pg_store):
+    pg_store.add_alert(WINDOW, WINDOW, "run-1", "x", 1)
+    # mail.invalid resolves nowhere: nothing leaves the machine whatever the check does.
+    smtp = Smtp(host="mail.invalid", security="none", username="agent", password="p")
+    assert send_pending_alerts(pg_store, smtp, resources["digest"], LOG) == []
+    (pending,) = pg_store.pending_alerts(10)
+    assert pending["delivery_error"].startswith("ConfigurationError: SMTP_SECURITY: none")
+
+
 def test_a_timed_out_run_that_ended_canceled_is_alerted_but_a_stopped_one_is_not(pg_store):
     """Run monitoring fails a run over its time limit; the worker's cancel event can land
     after that failure and end the run canceled, and Dagster then may not retry it."""

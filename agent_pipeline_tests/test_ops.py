@@ -115,7 +115,8 @@ def test_send_email_skips_a_window_another_run_has_sent(pg_store, mail, smtp_ser
     pg_store.record_email_sent(earlier)
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
         send_email(ctx, [{"title": "only", "score": 1.0}])
-        assert ctx.get_output_metadata("result")["reason"] == "already sent for this window"
+        reason = ctx.get_output_metadata("result")["reason"]
+        assert reason == "already sent for this window by another run"
     assert smtp_server.received == []
     assert pg_store.find_run(RUN_ID)["email_status"] == "skipped"
 

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from email import message_from_bytes, policy
 
+import psycopg2
 import pytest
 from aiosmtpd.controller import Controller
 from dagster import (
@@ -157,6 +158,43 @@ def test_smtp_down_fails_the_run_and_keeps_the_result(production_env, postgres_u
     assert len(row["result"]["top_five"]) == 5
 
 
+def test_a_rejected_digest_is_not_retried_and_the_run_succeeds(
+    production_env, postgres_url, smtp_server
+):
+    """A 5xx to the message: Dagster retrying the run could only be rejected again."""
+    smtp_server.fail_with = lambda: "550 5.7.1 no"
+    (window,) = window_keys(1)
+    with DagsterInstance.ephemeral() as instance:
+        result = agent_job.execute_in_process(
+            partition_key=window, resources=resources_from_env(os.environ),
+            instance=instance, raise_on_error=False,
+        )
+        errors = [e.user_message for e in instance.all_logs(result.run_id)
+                  if e.level == logging.ERROR]
+    assert result.success
+    assert smtp_server.attempts == 1 and smtp_server.received == []
+    (row,) = rows(postgres_url)
+    assert row["status"] == "succeeded" and row["error_message"] is None
+    assert row["email_status"] == "rejected"
+    assert row["email_error"] == "SMTPDataError: (550, b'5.7.1 no')"
+    metadata = next(
+        e.step_output_data.metadata for e in result.all_events
+        if e.is_successful_output and e.step_key == "send_email"
+    )
+    assert metadata["sent"].value is False and metadata["rejected"].value is True
+    assert metadata["reason"].value == row["email_error"]
+    assert any("Email rejected" in m and "5.7.1 no" in m for m in errors)
+
+    # The same window again (a backfill, a second launch): no second attempt.
+    again = run_window(window)
+    assert again.success and smtp_server.attempts == 1
+    _, second = rows(postgres_url)
+    assert second["email_status"] == "skipped"
+    assert second["email_error"].startswith(
+        f"the SMTP server rejected this window's email for good in run {result.run_id}"
+    )
+
+
 def test_the_embedded_default_needs_no_services(clean_env, tmp_path):
     (window,) = window_keys(1)
     result = run_window(window)
@@ -288,6 +326,36 @@ def test_a_hundred_thousand_items(production_env, postgres_url):
     ]
     assert row["result"]["outcomes_total"] == 100_000
     assert len(row["result"]["outcomes"]) == 100
+
+
+def test_a_score_of_1e307_costs_its_item_not_the_window(production_env, postgres_url, smtp_server):
+    production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:huge_scores")
+    (window,) = window_keys(1)
+    assert run_window(window).success
+    (row,) = rows(postgres_url)
+    assert [o["title"] for o in row["result"]["top_five"]] == [
+        f"Ordinary {n}" for n in (5, 4, 3, 2, 1)
+    ]
+    assert [d["reason"] for d in row["result"]["dropped"]] == ["score is outside ±1e+12"] * 2
+    (mail,) = smtp_server.received
+    assert "Ordinary 5" in mail.message.get_body(("plain",)).get_content()
+
+
+def test_a_hundred_thousand_fat_items_keep_the_best_and_a_bounded_row(
+    production_env, postgres_url, smtp_server
+):
+    production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:many_with_extras")
+    (window,) = window_keys(1)
+    assert run_window(window).success
+    with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT length(result::text) FROM agent_runs")
+        ((text_chars,),) = cursor.fetchall()
+    assert text_chars <= 1_000_000
+    (row,) = rows(postgres_url)
+    result = row["result"]
+    assert result["top_five"][0]["title"] == "the best, last"
+    assert result["outcomes_total"] == 100_001 and result["outcomes_not_kept"] == 99_001
+    assert len(smtp_server.received) == 1
 
 
 def test_an_smtp_server_failing_half_the_time_loses_no_email_and_sends_none_twice(

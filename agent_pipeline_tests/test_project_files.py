@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent_pipeline.settings import ENVIRONMENT_VARIABLES
+from agent_pipeline.settings import ENVIRONMENT_VARIABLES, resources_from_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,6 +145,35 @@ def test_docker_compose_accepts_the_file():
         capture_output=True, text=True,
     )
     assert check.returncode == 0, check.stderr
+
+
+def rendered_settings(tmp_path: Path, **variables: str) -> dict[str, str]:
+    """The daemon's environment as `docker-compose config` renders it from variables alone
+    (an empty env file: a developer's .env must not leak in)."""
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    render = subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "--env-file", str(env_file),
+         "config"],
+        capture_output=True, text=True, env={"PATH": os.environ["PATH"], **variables},
+    )
+    assert render.returncode == 0, render.stderr
+    environment = yaml.safe_load(render.stdout)["services"]["daemon"]["environment"]
+    return {name: "" if value is None else str(value) for name, value in environment.items()}
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose is not installed"
+)
+def test_compose_sends_to_mailpit_until_smtp_host_is_set_then_uses_starttls(tmp_path):
+    trial = resources_from_env(rendered_settings(tmp_path))["smtp"]
+    assert (trial.host, trial.port, trial.security) == ("mailpit", 1025, "none")
+    real = resources_from_env(rendered_settings(tmp_path, SMTP_HOST="smtp.example.com"))["smtp"]
+    assert (real.host, real.port, real.security) == ("smtp.example.com", 587, "starttls")
+    ssl = resources_from_env(
+        rendered_settings(tmp_path, SMTP_HOST="smtp.example.com", SMTP_SECURITY="ssl")
+    )["smtp"]
+    assert (ssl.port, ssl.security) == (465, "ssl")
 
 
 def test_the_local_instance_queues_one_run_at_a_time():

@@ -55,6 +55,9 @@ def test_the_default_port_follows_the_security_mode(security, port):
         ({"SMTP_SECURITY": "tls1.3"}, "SMTP_SECURITY"),
         ({"SMTP_PORT": "twenty-five"}, "SMTP_PORT"),
         ({"SMTP_PORT": "0"}, "SMTP_PORT"),
+        ({"SMTP_PORT": "99999"}, "SMTP_PORT"),
+        ({"SMTP_CATCHER": "mailpit"}, "SMTP_CATCHER"),
+        ({"SMTP_CATCHER": "mailpit:70000"}, "SMTP_CATCHER"),
         ({"SMTP_HOST": "mail", "EMAIL_TO": "a@example.com"}, "EMAIL_FROM"),
         ({"SMTP_HOST": "mail", "EMAIL_FROM": "a@example.com"}, "EMAIL_TO"),
         ({"EMAIL_TO": "a@example.com; b@example.com"}, "EMAIL_TO"),
@@ -87,6 +90,45 @@ def test_bad_settings_name_the_variable(env, variable):
         resources_from_env(env)
     assert failure.value.variable == variable
     assert str(failure.value).startswith(f"{variable}: ")
+
+
+REAL_SERVER = {"EMAIL_FROM": "agent@example.com", "EMAIL_TO": "a@example.com"}
+
+
+def test_a_port_out_of_range_names_the_variable_and_the_range():
+    with pytest.raises(ConfigurationError) as failure:
+        resources_from_env({"SMTP_PORT": "99999"})
+    assert str(failure.value) == "SMTP_PORT: must be at most 65535, got 99999"
+
+
+@pytest.mark.parametrize("host", ["mail.invalid", "192.0.2.1"])
+def test_a_plain_login_to_another_machine_is_refused_at_load(host):
+    # Loading connects to nothing; mail.invalid would not resolve even if it did.
+    env = {"SMTP_HOST": host, "SMTP_SECURITY": "none", "SMTP_USERNAME": "agent",
+           "SMTP_PASSWORD": "secret", **REAL_SERVER}
+    with pytest.raises(ConfigurationError) as failure:
+        resources_from_env(env)
+    assert failure.value.variable == "SMTP_SECURITY"
+    assert "SMTP_USERNAME" in str(failure.value) and "use starttls or ssl" in str(failure.value)
+    # Encrypted, or without a login, the same host is fine.
+    assert resources_from_env({**env, "SMTP_SECURITY": "starttls"})["smtp"].host == host
+    assert resources_from_env({**env, "SMTP_USERNAME": ""})["smtp"].username is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_a_plain_login_to_a_loopback_relay_is_allowed(host):
+    env = {"SMTP_HOST": host, "SMTP_SECURITY": "none", "SMTP_USERNAME": "agent", **REAL_SERVER}
+    smtp = resources_from_env(env)["smtp"]
+    assert (smtp.host, smtp.security, smtp.username) == (host, "none", "agent")
+
+
+def test_a_mail_catcher_takes_the_mail_while_smtp_host_is_unset():
+    env = {"SMTP_CATCHER": "mailpit:1025", "SMTP_USERNAME": "agent"}
+    smtp = resources_from_env(env)["smtp"]
+    assert (smtp.host, smtp.port, smtp.security, smtp.username) == ("mailpit", 1025, "none", None)
+    # SMTP_HOST wins, with the app's defaults.
+    smtp = resources_from_env({**env, "SMTP_HOST": "mail.example.com", **REAL_SERVER})["smtp"]
+    assert (smtp.host, smtp.port, smtp.security) == ("mail.example.com", 587, "starttls")
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -10,7 +11,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from agent_pipeline.resources.smtp import Smtp, is_transient
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.resources.smtp import Smtp, is_loopback, is_transient, rejects_message
 from agent_pipeline_tests.conftest import SmtpCatcher
 from agent_pipeline_tests.services import free_port
 
@@ -125,13 +127,77 @@ def test_transient_refusals_are_retried(smtp_server):
     assert smtp_server.attempts == 3 and len(smtp_server.received) == 1
 
 
-@pytest.mark.parametrize("reply", ["451 4.3.0 busy", "554 5.7.1 rejected"])
-def test_delivery_gives_up_after_the_retries(smtp_server, reply):
-    smtp_server.fail_with = lambda: reply
+def test_delivery_gives_up_after_the_retries(smtp_server):
+    smtp_server.fail_with = lambda: "451 4.3.0 busy"
     with pytest.raises(smtplib.SMTPDataError) as failure:
         plain(smtp_server, retries=2).send(a_message())
-    assert failure.value.smtp_code == int(reply[:3])
+    assert failure.value.smtp_code == 451 and is_transient(failure.value)
     assert smtp_server.attempts == 3 and smtp_server.received == []
+
+
+@pytest.mark.parametrize("reply", ["550 5.7.1 no", "554 5.7.1 rejected"])
+def test_a_5xx_rejection_is_not_retried(smtp_server, reply):
+    smtp_server.fail_with = lambda: reply
+    with pytest.raises(smtplib.SMTPDataError) as failure:
+        plain(smtp_server, retries=3).send(a_message())
+    assert failure.value.smtp_code == int(reply[:3])
+    assert rejects_message(failure.value) and not is_transient(failure.value)
+    assert smtp_server.attempts == 1 and smtp_server.received == []
+
+
+class RecipientRefuser(SmtpCatcher):
+    """Answers RCPT TO with refusals[address], or accepts the address if it has none."""
+
+    def __init__(self, host: str, port: int, refusals: dict[str, str]):
+        super().__init__(host, port)
+        self.refusals = refusals
+        self.rcpt_attempts = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        self.rcpt_attempts += 1
+        if address in self.refusals:
+            return self.refusals[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@pytest.fixture
+def recipient_refuser(request):
+    """aiosmtpd on loopback refusing the recipients given as the test's parameter."""
+    refuser = RecipientRefuser("127.0.0.1", free_port(), request.param)
+    controller = Controller(refuser, hostname=refuser.host, port=refuser.port)
+    controller.start()
+    yield refuser
+    controller.stop()
+
+
+EVERY_RECIPIENT_REFUSED = {
+    "a@example.com": "550 5.1.1 no such user",
+    "b@example.com": "553 5.1.3 bad address",
+}
+
+
+@pytest.mark.parametrize("recipient_refuser", [EVERY_RECIPIENT_REFUSED], indirect=True)
+def test_every_recipient_refused_for_good_is_a_rejection(recipient_refuser):
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as failure:
+        plain(recipient_refuser, retries=3).send(a_message())
+    assert rejects_message(failure.value) and not is_transient(failure.value)
+    assert recipient_refuser.rcpt_attempts == 2  # one attempt, two recipients
+    assert recipient_refuser.received == []
+
+
+SOME_REFUSED_FOR_NOW = {
+    "a@example.com": "550 5.1.1 no such user",
+    "b@example.com": "450 4.2.1 mailbox busy",
+}
+
+
+@pytest.mark.parametrize("recipient_refuser", [SOME_REFUSED_FOR_NOW], indirect=True)
+def test_recipients_refused_for_now_are_retried(recipient_refuser):
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as failure:
+        plain(recipient_refuser, retries=2).send(a_message())
+    assert is_transient(failure.value) and not rejects_message(failure.value)
+    assert recipient_refuser.rcpt_attempts == 6  # three attempts, two recipients each
 
 
 def test_a_refused_connection_is_retried_then_raised():
@@ -148,6 +214,8 @@ def test_a_refused_connection_is_retried_then_raised():
         (TimeoutError(), True),
         (smtplib.SMTPServerDisconnected("gone"), True),
         (smtplib.SMTPDataError(451, b"later"), True),
+        (smtplib.SMTPDataError(550, b"5.7.1 no"), False),
+        (smtplib.SMTPSenderRefused(553, b"not yours", "a@example.com"), False),
         (smtplib.SMTPAuthenticationError(535, b"wrong password"), False),
         (ssl.SSLCertVerificationError("untrusted"), False),
         (ValueError("a bug"), False),
@@ -155,3 +223,75 @@ def test_a_refused_connection_is_retried_then_raised():
 )
 def test_what_counts_as_transient(error, transient):
     assert is_transient(error) is transient
+
+
+@pytest.fixture
+def plain_auth_server():
+    """aiosmtpd on loopback offering AUTH without TLS, as a local relay may."""
+    catcher = SmtpCatcher("127.0.0.1", free_port())
+    logins = []
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        logins.append((mechanism, auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"right", handled=False)
+
+    controller = Controller(
+        catcher, hostname=catcher.host, port=catcher.port,
+        authenticator=authenticate, auth_require_tls=False,
+    )
+    controller.start()
+    yield catcher, logins
+    controller.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_plain_login_to_a_loopback_relay_works(plain_auth_server, host):
+    catcher, logins = plain_auth_server
+    smtp = Smtp(host=host, port=catcher.port, security="none", username="agent",
+                password="right", timeout=5)
+    smtp.send(a_message())
+    assert [mail.message["Subject"] for mail in catcher.received] == ["hello"]
+    assert [(login, password) for _, login, password in logins] == [(b"agent", b"right")]
+
+
+def test_a_plain_login_to_another_machine_is_refused_before_connecting():
+    # mail.invalid resolves nowhere: even a broken check would send nothing off the machine.
+    smtp = Smtp(host="mail.invalid", port=587, security="none", username="agent",
+                password="secret", retries=2, retry_backoff_seconds=0.01, timeout=1)
+    with pytest.raises(ConfigurationError) as failure:
+        smtp.send(a_message())
+    assert failure.value.variable == "SMTP_SECURITY"
+    assert "starttls or ssl" in str(failure.value) and "mail.invalid" in str(failure.value)
+    assert not is_transient(failure.value)
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LocalHost.", True),
+        ("192.0.2.1", False),
+        ("::ffff:192.0.2.1", False),
+        ("mail.invalid", False),
+    ],
+)
+def test_what_counts_as_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    "addresses, loopback",
+    [(["127.0.0.1", "::1"], True), (["127.0.0.1", "192.0.2.1"], False)],
+)
+def test_a_name_is_loopback_only_if_every_address_is(monkeypatch, addresses, loopback):
+    # The resolver's answers for a made-up name: no DNS here can be told what to answer.
+    def resolve(host, port, *args, **kwargs):
+        assert host == "relay.example"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    assert is_loopback("relay.example") is loopback

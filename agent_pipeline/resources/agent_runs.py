@@ -26,6 +26,7 @@ from agent_pipeline.schema import (
     EMAIL_CLAIMING_STATES,
     EMAIL_FAILED,
     EMAIL_NOT_SENT,
+    EMAIL_REJECTED,
     EMAIL_SENDING,
     EMAIL_SENT,
     EMAIL_SKIPPED,
@@ -329,11 +330,14 @@ class AgentRunsStore(ConfigurableResource):
             }
 
     def undelivered_windows(self, limit: int, max_age_hours: int = 24) -> list[dict[str, Any]]:
-        """For each window whose email failed in the last max_age_hours and that no row has
-        sent or is sending since, its newest failed row with a top five; oldest windows first,
-        at most limit."""
-        claimed = select(agent_runs.c.partition_key).where(
-            agent_runs.c.email_status.in_(EMAIL_CLAIMING_STATES)
+        """For each window whose email failed in the last max_age_hours, that no row has sent
+        or is sending since and whose email the server has not rejected, its newest failed row
+        with a top five; oldest windows first, at most limit."""
+        # Rejected windows are never tried again, so they must not take redelivery slots. No
+        # NULL in the list: NOT IN a list holding one matches nothing.
+        settled = select(agent_runs.c.partition_key).where(
+            agent_runs.c.email_status.in_((*EMAIL_CLAIMING_STATES, EMAIL_REJECTED)),
+            agent_runs.c.partition_key.is_not(None),
         )
         with self.engine.connect() as connection:
             rows = connection.execute(
@@ -342,7 +346,7 @@ class AgentRunsStore(ConfigurableResource):
                     agent_runs.c.email_status == EMAIL_FAILED,
                     agent_runs.c.started_at >= utc_now() - timedelta(hours=max_age_hours),
                     agent_runs.c.partition_key.is_not(None),
-                    agent_runs.c.partition_key.not_in(claimed),
+                    agent_runs.c.partition_key.not_in(settled),
                 )
                 .order_by(agent_runs.c.id.desc())
             ).mappings()
@@ -352,12 +356,35 @@ class AgentRunsStore(ConfigurableResource):
                     newest.setdefault(row["partition_key"], dict(row))
         return [newest[key] for key in sorted(newest)][:limit]
 
+    def rejected_email(self, row_id: int) -> dict[str, Any] | None:
+        """The newest row of this row's window (this row included) whose email the server
+        rejected for good: id, dagster_run_id and email_error; None if there is none."""
+        window = (
+            select(agent_runs.c.partition_key).where(agent_runs.c.id == row_id).scalar_subquery()
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(agent_runs.c.id, agent_runs.c.dagster_run_id, agent_runs.c.email_error)
+                .where(
+                    or_(agent_runs.c.id == row_id, agent_runs.c.partition_key == window),
+                    agent_runs.c.email_status == EMAIL_REJECTED,
+                )
+                .order_by(agent_runs.c.id.desc())
+                .limit(1)
+            ).mappings().first()
+            return dict(row) if row is not None else None
+
     def record_email_sent(self, row_id: int) -> None:
         self._set_email_state(row_id, EMAIL_SENT, email_sent_at=utc_now())
 
     def record_email_failed(self, row_id: int, error: str) -> None:
         # Failed releases the claim, so a later run of the window may deliver it.
         self._set_email_state(row_id, EMAIL_FAILED, email_error=error[:ERROR_MESSAGE_LIMIT])
+
+    def record_email_rejected(self, row_id: int, error: str) -> None:
+        # Releases the claim too, but neither redelivery nor a later run of the window takes
+        # it up again: the server would refuse it again.
+        self._set_email_state(row_id, EMAIL_REJECTED, email_error=error[:ERROR_MESSAGE_LIMIT])
 
     def record_email_skipped(self, row_id: int, reason: str) -> None:
         self._set_email_state(row_id, EMAIL_SKIPPED, email_error=reason[:ERROR_MESSAGE_LIMIT])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import smtplib
+import socket
 import ssl
 import time
 import uuid
@@ -15,27 +17,64 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from agent_pipeline.errors import ConfigurationError
+
 SECURITY_MODES = ("starttls", "ssl", "none")
 
 log = logging.getLogger(__name__)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth another attempt: refused or dropped connections, timeouts, and 4xx/5xx replies.
-    Not a wrong login or an untrusted certificate: those need a person."""
+    """Worth another attempt: refused or dropped connections, timeouts, and 4xx replies.
+    Not a 5xx rejection, which the server would repeat, nor a wrong login or an untrusted
+    certificate: those need a person."""
     if isinstance(exc, smtplib.SMTPAuthenticationError | ssl.SSLCertVerificationError):
+        return False
+    if rejects_message(exc):
         return False
     return isinstance(exc, smtplib.SMTPException | OSError)
 
 
 def rejects_message(exc: BaseException) -> bool:
-    """The server refused this one message for good (a 5xx reply to it): other messages may
-    still go through. Not a refused login, which fails every message."""
+    """The server refused this one message for good (a 5xx reply to it, or to each of its
+    recipients): other messages may still go through. Not a refused login, which fails every
+    message."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return bool(codes) and all(code >= 500 for code in codes)
     return (
         isinstance(exc, smtplib.SMTPResponseException)
         and exc.smtp_code >= 500
         and not isinstance(exc, smtplib.SMTPAuthenticationError)
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host is this machine: a loopback address, `localhost`, or a name whose every
+    address is loopback. A name that does not resolve is not."""
+    name = host.strip().removeprefix("[").removesuffix("]")
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def check_login_is_encrypted(host: str | None, security: str, username: str | None) -> None:
+    """Refuse a login over plain SMTP, which sends the password in clear, unless the server
+    is on this machine (a local relay): a ConfigurationError naming SMTP_SECURITY."""
+    if host and username and security == "none" and not is_loopback(host):
+        raise ConfigurationError(
+            "SMTP_SECURITY",
+            f"none would send the SMTP_USERNAME login's password unencrypted to {host}; "
+            "use starttls or ssl (a plain login is allowed only to a server on loopback)",
+        )
 
 
 class Smtp(ConfigurableResource):
@@ -101,6 +140,9 @@ class Smtp(ConfigurableResource):
             return self._write_to_outbox(message)
         if self.security not in SECURITY_MODES:
             raise ValueError(f"SMTP_SECURITY must be one of {', '.join(SECURITY_MODES)}")
+        # Before connecting: settings.py refuses this at load, but a resource may be built by
+        # hand.
+        check_login_is_encrypted(self.host, self.security, self.username)
         self._send_once(message)
         return self.destination
 
