@@ -89,8 +89,9 @@ def redis_answers(url: str) -> bool:
 
 
 @contextmanager
-def throwaway_redis() -> Iterator[str]:
-    """A redis-server on a free port, keeping nothing on disk; yields its URL."""
+def throwaway_redis(*options: str) -> Iterator[str]:
+    """A redis-server on a free port, keeping nothing on disk, with any further options
+    (e.g. "--maxmemory", "2mb"); yields its URL."""
     binary = shutil.which("redis-server")
     if not binary:
         raise ServiceMissing(
@@ -99,7 +100,8 @@ def throwaway_redis() -> Iterator[str]:
         )
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster_docker.container_context import DockerContainerContext
 
 from agent_pipeline.settings import ENVIRONMENT_VARIABLES, resources_from_env
 
@@ -130,7 +132,8 @@ def test_the_dockerfile_runs_as_a_non_root_user_on_slim_python():
 
 def test_the_env_example_has_the_compose_settings():
     example = (REPO / ".env.example").read_text()
-    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "RUN_MEMORY_LIMIT",
+                 "REDIS_MAXMEMORY"):
         assert re.search(rf"^# ?{name}=", example, re.MULTILINE), name
 
 
@@ -147,9 +150,9 @@ def test_docker_compose_accepts_the_file():
     assert check.returncode == 0, check.stderr
 
 
-def rendered_settings(tmp_path: Path, **variables: str) -> dict[str, str]:
-    """The daemon's environment as `docker-compose config` renders it from variables alone
-    (an empty env file: a developer's .env must not leak in)."""
+def rendered_compose(tmp_path: Path, **variables: str) -> dict:
+    """The compose file as `docker-compose config` renders it from variables alone (an empty
+    env file: a developer's .env must not leak in)."""
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
     render = subprocess.run(
@@ -158,8 +161,40 @@ def rendered_settings(tmp_path: Path, **variables: str) -> dict[str, str]:
         capture_output=True, text=True, env={"PATH": os.environ["PATH"], **variables},
     )
     assert render.returncode == 0, render.stderr
-    environment = yaml.safe_load(render.stdout)["services"]["daemon"]["environment"]
+    return yaml.safe_load(render.stdout)
+
+
+def rendered_settings(tmp_path: Path, **variables: str) -> dict[str, str]:
+    """The daemon's environment as rendered from variables alone."""
+    environment = rendered_compose(tmp_path, **variables)["services"]["daemon"]["environment"]
     return {name: "" if value is None else str(value) for name, value in environment.items()}
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose is not installed"
+)
+@pytest.mark.parametrize(
+    "variables, run_memory, redis_memory",
+    [({}, "1g", "256mb"), ({"RUN_MEMORY_LIMIT": "512m", "REDIS_MAXMEMORY": "64mb"}, "512m",
+                          "64mb")],
+)
+def test_run_containers_and_redis_have_memory_caps(tmp_path, variables, run_memory,
+                                                    redis_memory):
+    services = rendered_compose(tmp_path, **variables)["services"]
+    # What DockerRunLauncher starts a run container with: its own config from the instance,
+    # merged with the code location's container context, as Dagster merges them.
+    launcher = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["run_launcher"]
+    context = DockerContainerContext(
+        container_kwargs=launcher["config"].get("container_kwargs")
+    ).merge(DockerContainerContext.create_from_config(
+        json.loads(services["user_code"]["environment"]["DAGSTER_CONTAINER_CONTEXT"])
+    ))
+    kwargs = context.container_kwargs
+    assert (kwargs["mem_limit"], kwargs["memswap_limit"]) == (run_memory, run_memory)
+    assert kwargs["auto_remove"] and kwargs["volumes"]  # the launcher's own are kept
+    command = services["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == redis_memory
+    assert command[command.index("--maxmemory-policy") + 1] == "allkeys-lru"
 
 
 @pytest.mark.skipif(

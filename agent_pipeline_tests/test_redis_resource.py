@@ -40,9 +40,9 @@ def test_cache_refuses_keys_without_expiry(resource):
 
 
 def test_queue_add_read_ack(resource, redis_url):
-    resource.queue_create("w1", "scorers")
-    resource.queue_create("w1", "scorers")  # a second create is a no-op
-    ids = [resource.queue_add("w1", {"item": str(n)}) for n in range(3)]
+    resource.queue_create("w1", "scorers", 60)
+    resource.queue_create("w1", "scorers", 60)  # a second create is a no-op
+    ids = [resource.queue_add("w1", {"item": str(n)}, 60) for n in range(3)]
     entries = resource.queue_read("w1", "scorers", "worker-a", count=10)
     assert [entry_id for entry_id, _ in entries] == ids
     assert [fields["item"] for _, fields in entries] == ["0", "1", "2"]
@@ -53,9 +53,9 @@ def test_queue_add_read_ack(resource, redis_url):
 
 
 def test_unacknowledged_entries_are_reclaimed_by_another_consumer(resource):
-    resource.queue_create("w2", "scorers")
+    resource.queue_create("w2", "scorers", 60)
     for n in range(4):
-        resource.queue_add("w2", {"item": str(n)})
+        resource.queue_add("w2", {"item": str(n)}, 60)
     read = resource.queue_read("w2", "scorers", "dead-worker", count=4)
     resource.queue_ack("w2", "scorers", [read[0][0]])
     time.sleep(0.05)
@@ -66,8 +66,8 @@ def test_unacknowledged_entries_are_reclaimed_by_another_consumer(resource):
 
 
 def test_queue_expire(resource, redis_url):
-    resource.queue_create("w3", "scorers")
-    resource.queue_add("w3", {"item": "x"})
+    resource.queue_create("w3", "scorers", 60)
+    resource.queue_add("w3", {"item": "x"}, 60)
     resource.queue_expire("w3", 50)
     assert 0 < redis_client.Redis.from_url(redis_url).ttl(stream_key("w3")) <= 50
 
@@ -79,7 +79,7 @@ def test_without_url_everything_is_a_quiet_no_op():
     assert resource.unavailable_reason == "REDIS_URL is not set"
     resource.cache_set("k", 1, ttl_seconds=10)
     assert resource.cache_get("k") is None
-    assert resource.queue_add("w", {"a": "b"}) is None
+    assert resource.queue_add("w", {"a": "b"}, 60) is None
     assert resource.queue_read("w", "g", "c") == []
 
 
@@ -120,9 +120,22 @@ def test_a_redis_that_refuses_writes_turns_the_cache_off(resource, redis_url):
 
 
 def test_queue_add_once_adds_each_member_once(resource):
-    resource.queue_create("w4", "scorers")
-    assert resource.queue_add_once("w4", "item-a", {"payload": "1"})
-    assert not resource.queue_add_once("w4", "item-a", {"payload": "2"})
-    assert resource.queue_add_once("w4", "item-b", {"payload": "3"})
+    resource.queue_create("w4", "scorers", 60)
+    assert resource.queue_add_once("w4", "item-a", {"payload": "1"}, 60)
+    assert not resource.queue_add_once("w4", "item-a", {"payload": "2"}, 60)
+    assert resource.queue_add_once("w4", "item-b", {"payload": "3"}, 60)
     entries = resource.queue_read("w4", "scorers", "worker", count=10)
     assert [(f["member"], f["payload"]) for _, f in entries] == [("item-a", "1"), ("item-b", "3")]
+
+
+def test_every_key_gets_its_ttl_in_the_call_that_creates_it(resource, redis_url):
+    """A process killed right after any of these calls leaves no key that never expires."""
+    client = redis_client.Redis.from_url(redis_url)
+    resource.queue_create("w5", "scorers", 60)
+    assert 0 < client.ttl(stream_key("w5")) <= 60
+    resource.queue_add_once("w6", "item-a", {"payload": "1"}, 60)
+    resource.queue_add("w7", {"payload": "1"}, 60)
+    resource.cache_set("agent_pipeline:cache:k", {"v": 1}, 60)
+    keys = list(client.scan_iter())
+    assert len(keys) == 5  # w5, w6 and its members set, w7, the cache key
+    assert all(0 < client.ttl(key) <= 60 for key in keys)

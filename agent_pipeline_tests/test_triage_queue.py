@@ -22,6 +22,7 @@ from agent_pipeline.agents.triage import ScoringFailed, triage_agent
 from agent_pipeline.caching import stream_key
 from agent_pipeline.resources.redis import Redis
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply
+from agent_pipeline_tests.services import throwaway_redis
 
 REPO = Path(__file__).resolve().parent.parent
 WINDOW = "2026-11-26-09:30"
@@ -162,3 +163,27 @@ def test_redis_failing_half_way_pays_for_no_item_twice(redis_url, tmp_path):
         admin.config_set("maxmemory-policy", saved[1])
     assert len(outcomes) == ITEMS
     assert sorted(llm.calls_per_title.values()) == [1] * ITEMS
+
+
+def test_after_a_run_every_redis_key_expires(redis_url, tmp_path):
+    with LoopbackLlm() as llm:
+        assert len(run_triage(redis_url, write_items(tmp_path), llm)) == ITEMS
+    client = redis_client.Redis.from_url(redis_url)
+    keys = list(client.scan_iter())
+    assert keys and all(client.ttl(key) > 0 for key in keys)
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "noeviction"])
+def test_a_full_redis_costs_the_cache_never_the_run(tmp_path, policy):
+    """Redis at its memory cap: under LRU it evicts (the queue too, part way); under
+    noeviction it refuses writes. Either way the run scores every item."""
+    source = tmp_path / "items.json"
+    source.write_text(json.dumps(
+        [{"title": f"Item {n:03d}", "summary": "x" * 2_000, "id": str(n)} for n in range(300)]
+    ))
+    with throwaway_redis("--maxmemory", "1mb", "--maxmemory-policy", policy) \
+            as url, LoopbackLlm() as llm:
+        outcomes = run_triage(url, str(source), llm)
+        used = redis_client.Redis.from_url(url).info("memory")["used_memory"]
+    assert len(outcomes) == 300
+    assert used < 2 * 1024 * 1024

@@ -158,12 +158,12 @@ def score_through_queue(
     acknowledged; an item already scored is acknowledged without another LLM call. Items the
     API could not score stay unacknowledged, for the next attempt; their errors are returned."""
     stream = f"triage:{context.partition_key}"
-    queue.queue_create(stream, QUEUE_GROUP)
-    queue.queue_expire(stream, QUEUE_TTL_SECONDS)  # now, so a killed attempt's stream expires
+    queue.queue_create(stream, QUEUE_GROUP, QUEUE_TTL_SECONDS)
     for item in misses:
         key = key_of[id(item)]
         queue.queue_add_once(
-            stream, content_hash(key), {"cache_key": json.dumps(key), "item": json.dumps(item)}
+            stream, content_hash(key), {"cache_key": json.dumps(key), "item": json.dumps(item)},
+            QUEUE_TTL_SECONDS,
         )
     consumer = f"attempt-{uuid.uuid4().hex[:12]}"
     # Runs of agent_job never overlap, so whatever is pending now belongs to a dead attempt.

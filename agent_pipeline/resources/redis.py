@@ -19,10 +19,31 @@ log = logging.getLogger(__name__)
 
 QueueEntry = tuple[str, dict[str, str]]
 
-# KEYS: members set, stream. ARGV: member, then the entry's field/value pairs.
+# Every key gets its TTL in the same call that creates it: a process killed between the two
+# would otherwise leave a key that never expires.
+# KEYS: stream. ARGV: group, TTL.
+_CREATE_GROUP = """
+local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if type(created) == 'table' and created.err and not string.find(created.err, 'BUSYGROUP') then
+  return created
+end
+return 'OK'
+"""
+# KEYS: stream. ARGV: TTL, then the entry's field/value pairs.
+_ADD = """
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return id
+"""
+# KEYS: members set, stream. ARGV: TTL, member, then the entry's field/value pairs.
 _ADD_ONCE = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+local added = redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if added == 1 then
+  local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+  return id
 end
 return false
 """
@@ -113,30 +134,27 @@ class Redis(ConfigurableResource):
 
     # -- queue ------------------------------------------------------------------------------
 
-    def queue_create(self, name: str, group: str) -> None:
-        """Create the stream and its consumer group; a no-op when both exist."""
-        if not self.enabled:
-            return
-        try:
-            self._client.xgroup_create(stream_key(name), group, id="0", mkstream=True)
-        except redis_client.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):  # BUSYGROUP: the group exists already
-                self._turn_off(exc)
-        except redis_client.RedisError as exc:
-            self._turn_off(exc)
+    def queue_create(self, name: str, group: str, ttl_seconds: int) -> None:
+        """Create the stream (expiring after ttl_seconds) and its consumer group; a no-op when
+        both exist."""
+        self._call(None, "eval", _CREATE_GROUP, 1, stream_key(name), group, ttl_seconds)
 
-    def queue_add_once(self, name: str, member: str, fields: Mapping[str, str]) -> bool:
+    def queue_add_once(
+        self, name: str, member: str, fields: Mapping[str, str], ttl_seconds: int
+    ) -> bool:
         """Add an entry for member unless one was ever added to this stream; atomic, so a
-        crash cannot mark a member without its entry. True when added."""
+        crash cannot mark a member without its entry. Both keys expire after ttl_seconds.
+        True when added."""
         flat = [part for pair in fields.items() for part in pair]
         added = self._call(
             None, "eval", _ADD_ONCE, 2, f"{stream_key(name)}:members", stream_key(name),
-            member, "member", member, *flat,
+            ttl_seconds, member, "member", member, *flat,
         )
         return bool(added)
 
-    def queue_add(self, name: str, fields: Mapping[str, str]) -> str | None:
-        return self._call(None, "xadd", stream_key(name), dict(fields))
+    def queue_add(self, name: str, fields: Mapping[str, str], ttl_seconds: int) -> str | None:
+        flat = [part for pair in fields.items() for part in pair]
+        return self._call(None, "eval", _ADD, 1, stream_key(name), ttl_seconds, *flat)
 
     def queue_read(
         self, name: str, group: str, consumer: str, count: int = 10, block_ms: int | None = None
