@@ -10,6 +10,7 @@ import tracemalloc
 import pytest
 
 from agent_pipeline.agents import AgentCache
+from agent_pipeline.agents.bounded_http import bounded_client, bounded_request
 from agent_pipeline.agents.sources import (
     FetchPolicy,
     SourceError,
@@ -201,3 +202,12 @@ def test_every_text_field_is_capped_as_it_is_parsed():
     assert len(item["source"]) <= 120
     assert item["url"] is None  # longer than any URL a link may have
     assert len(item["id"]) < 40  # no usable guid: a hash of the title instead
+
+
+def test_the_address_a_connection_reached_is_known():
+    """What the rebinding check compares: the peer of the real connection."""
+    with FeedServer({"/rss2.xml": (200, "application/rss+xml", RSS2)}, host="127.0.0.2") as server:
+        with bounded_client() as client:
+            response = bounded_request(client, "GET", server.url("/rss2.xml"),
+                                       max_bytes=1_000_000, deadline_seconds=5)
+    assert response.peer == PUBLIC_STAND_IN and response.status_code == 200

@@ -1,22 +1,26 @@
 """HTTP with hard bounds, for everything the agents ask of the internet (feeds, the LLM API).
 httpx's timeouts bound each network operation, not a request: a server that sends its headers
 one byte at a time never trips them. Here one deadline covers the whole request (connect,
-headers, body), the body is read as it streams and given up past a byte cap, and the address
-each connection really reached is reported, for the callers that check it."""
+TLS, headers, body): every socket operation of the request waits at most until then. The
+body is read as it streams and given up past a byte cap, and the address each connection
+really reached is reported, for the callers that check it."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import threading
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
+import httpcore
 import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-T = TypeVar("T")
+
+_deadline = threading.local()
 
 
 class ResponseTooLarge(Exception):
@@ -46,17 +50,75 @@ def plain_address(address: str) -> IPAddress:
     return ip
 
 
-def _peer(response: httpx.Response) -> IPAddress | None:
-    stream = response.extensions.get("network_stream")
-    server = stream.get_extra_info("server_addr") if stream is not None else None
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Every network operation this thread makes inside the block, through a bounded_client,
+    ends within seconds from now (an enclosing deadline that ends sooner still holds)."""
+    previous = getattr(_deadline, "at", None)
+    at = time.monotonic() + seconds
+    _deadline.at = at if previous is None else min(at, previous)
     try:
-        return plain_address(server[0]) if server else None
-    except (ValueError, TypeError, IndexError):
-        return None
+        yield
+    finally:
+        _deadline.at = previous
 
 
-async def bounded_request(
-    client: httpx.AsyncClient,
+def _clamp(timeout: float | None, error: type[Exception]) -> float | None:
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    remaining = at - time.monotonic()
+    if remaining <= 0:
+        raise error("the request's deadline passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits at most until the thread's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._stream.start_tls(
+            ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)
+        ))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.SyncBackend):
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(super().connect_tcp(
+            host, port, _clamp(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        ))
+
+
+def bounded_client(**options: Any) -> httpx.Client:
+    """An httpx.Client whose connections honour deadline(). Redirects are not followed: a
+    caller that follows them checks each hop. No proxy is taken from the environment."""
+    transport = httpx.HTTPTransport()
+    # httpx takes no network backend of its own; its pool's is replaced, and the tests of
+    # the deadline (a server that drips its headers) fail if this ever stops working.
+    transport._pool._network_backend = _DeadlineBackend()
+    return httpx.Client(transport=transport, follow_redirects=False, trust_env=False, **options)
+
+
+def bounded_request(
+    client: httpx.Client,
     method: str,
     url: str | httpx.URL,
     *,
@@ -65,39 +127,30 @@ async def bounded_request(
     headers: Mapping[str, str] | None = None,
     json: Any = None,
 ) -> BoundedResponse:
-    """One request, done within deadline_seconds (TimeoutError otherwise) and with a body of
-    at most max_bytes (ResponseTooLarge otherwise). Redirects are not followed: a caller that
-    follows them checks each hop."""
-    async with asyncio.timeout(deadline_seconds):
-        async with client.stream(method, url, headers=headers, json=json) as response:
-            declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+    """One request through a bounded_client, done within deadline_seconds (an
+    httpx.TimeoutException otherwise) and with a body of at most max_bytes
+    (ResponseTooLarge otherwise)."""
+    with deadline(deadline_seconds), client.stream(
+        method, url, headers=headers, json=json
+    ) as response:
+        peer = _peer(response)  # now: once read, a connection may be closed
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise ResponseTooLarge(f"larger than {max_bytes:,} bytes")
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
                 raise ResponseTooLarge(f"larger than {max_bytes:,} bytes")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise ResponseTooLarge(f"larger than {max_bytes:,} bytes")
-            return BoundedResponse(
-                response.status_code, response.headers, bytes(body), response.url,
-                _peer(response),
-            )
+        return BoundedResponse(
+            response.status_code, response.headers, bytes(body), response.url, peer
+        )
 
 
-class LoopThread:
-    """An asyncio event loop on a thread of its own, so that synchronous code (worker
-    threads) can make requests with hard deadlines: a coroutine on the loop is cancelled at
-    its deadline, which a blocked socket read in a thread never is."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+def _peer(response: httpx.Response) -> IPAddress | None:
+    stream = response.extensions.get("network_stream")
+    try:
+        server = stream.get_extra_info("server_addr") if stream is not None else None
+        return plain_address(server[0]) if server else None
+    except (OSError, ValueError, TypeError, IndexError):
+        return None

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from agent_pipeline.agents.bounded_http import LoopThread, ResponseTooLarge, bounded_request
+from agent_pipeline.agents.bounded_http import ResponseTooLarge, bounded_client, bounded_request
 
 # Part of every cache key: bump it when the prompt changes, so old scores are not reused.
 PROMPT_VERSION = 1
@@ -160,8 +160,7 @@ def item_prompt(item: Mapping[str, Any], interests: str) -> str:
 
 class LlmScorer:
     """Scores items against interests; one client, at most `concurrency` calls at once, all
-    within the scoring budget that starts when the scorer is made. Requests run on an event
-    loop of the scorer's own, where a deadline cancels them wherever they are."""
+    within the scoring budget that starts when the scorer is made."""
 
     def __init__(
         self,
@@ -173,20 +172,14 @@ class LlmScorer:
         self.settings, self.interests, self.log, self._sleep = settings, interests, log, sleep
         self.usage = Usage()
         self._deadline = time.monotonic() + settings.scoring_budget_seconds
-        self._loop = LoopThread()
-        self._client = self._loop.run(self._open_client())
-
-    async def _open_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.settings.base_url.rstrip("/") + "/",
-            headers={"Authorization": f"Bearer {self.settings.api_key}"},
-            timeout=self.settings.timeout_seconds,
-            trust_env=False,
+        self._client = bounded_client(
+            base_url=settings.base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {settings.api_key}"},
+            timeout=settings.timeout_seconds,
         )
 
     def close(self) -> None:
-        self._loop.run(self._client.aclose())
-        self._loop.close()
+        self._client.close()
 
     def __enter__(self) -> LlmScorer:
         return self
@@ -219,16 +212,14 @@ class LlmScorer:
             wait = None
             remaining = self._remaining()
             try:
-                response = self._loop.run(
-                    bounded_request(
-                        self._client, "POST", "chat/completions", json=body,
-                        max_bytes=self.settings.max_reply_bytes,
-                        deadline_seconds=min(timeout, remaining),
-                    )
+                response = bounded_request(
+                    self._client, "POST", "chat/completions", json=body,
+                    max_bytes=self.settings.max_reply_bytes,
+                    deadline_seconds=min(timeout, remaining),
                 )
             except ResponseTooLarge as exc:
                 raise MalformedAnswer(f"the API's reply is {exc}") from None
-            except (TimeoutError, httpx.TimeoutException):
+            except httpx.TimeoutException:
                 self._remaining()  # the budget, not the API, may have run out
                 problem = f"no answer within {timeout:g} s"
             except httpx.TransportError as exc:

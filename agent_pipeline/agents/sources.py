@@ -7,13 +7,14 @@ public feed may not lead inward. A broken source is reported and skipped."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import html
 import json
 import re
 import socket
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +26,12 @@ import httpx
 from feedparser.encodings import convert_to_utf8
 
 from agent_pipeline.agents.bounded_http import (
+    BoundedResponse,
     IPAddress,
     ResponseTooLarge,
+    bounded_client,
     bounded_request,
+    deadline,
     plain_address,
 )
 from agent_pipeline.ranking import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS
@@ -290,78 +294,92 @@ class FetchPolicy:
 DEFAULT_POLICY = FetchPolicy()
 
 
-async def _resolve(url: httpx.URL) -> set[IPAddress]:
+def _resolve(url: httpx.URL) -> set[IPAddress]:
     try:
         return {plain_address(url.host)}
     except ValueError:
         pass
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            url.host, url.port or (443 if url.scheme == "https" else 80),
-            type=socket.SOCK_STREAM,
+        infos = socket.getaddrinfo(
+            url.host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM
         )
-    except OSError as exc:
-        raise SourceError(f"cannot resolve {url.host} ({exc.strerror or exc})") from None
+    except (OSError, UnicodeError) as exc:
+        raise SourceError(f"cannot resolve {url.host} ({exc})") from None
     return {plain_address(info[4][0]) for info in infos}
 
 
-async def _get(
-    client: httpx.AsyncClient, url: str, headers: Mapping[str, str], policy: FetchPolicy
-) -> Any:
-    """GET url, following redirects one hop at a time. A source on a public address may not
-    lead to an internal one: each hop's addresses are checked before connecting, and the
-    address the connection reached after (a name that resolves anew, as in DNS rebinding)."""
+def _get(
+    client: httpx.Client, url: str, headers: Mapping[str, str], policy: FetchPolicy,
+    seconds: float,
+) -> BoundedResponse:
+    """GET url within seconds, following redirects one hop at a time. A source on a public
+    address may not lead to an internal one: each hop's addresses are checked before
+    connecting, and the address the connection reached after (a name that resolves anew, as
+    in DNS rebinding)."""
     target = httpx.URL(url)
     public_origin: bool | None = None
-    for _hop in range(policy.max_redirects + 1):
-        if target.scheme not in ("http", "https"):
-            raise SourceError(f"redirects to a {target.scheme or 'relative'} URL")
-        addresses = await _resolve(target)
-        internal = any(policy.is_internal(ip) for ip in addresses)
-        if public_origin is None:
-            public_origin = not internal
-        elif public_origin and internal:
-            raise SourceError(f"redirects to an internal address ({target.host})")
-        response = await bounded_request(
-            client, "GET", target, headers=headers, max_bytes=policy.max_bytes,
-            deadline_seconds=policy.request_deadline_seconds,
-        )
-        if public_origin and response.peer is not None and policy.is_internal(response.peer):
-            raise SourceError(f"{target.host} reached an internal address ({response.peer})")
-        location = response.headers.get("Location")
-        if response.status_code in (301, 302, 303, 307, 308) and location:
-            try:
-                target = response.url.join(location)
-            except httpx.InvalidURL:
-                raise SourceError(f"redirects to an invalid URL ({location[:100]!r})") from None
-            continue
-        return response
+    with deadline(seconds):
+        for _hop in range(policy.max_redirects + 1):
+            if target.scheme not in ("http", "https"):
+                raise SourceError(f"redirects to a {target.scheme or 'relative'} URL")
+            internal = any(policy.is_internal(ip) for ip in _resolve(target))
+            if public_origin is None:
+                public_origin = not internal
+            elif public_origin and internal:
+                raise SourceError(f"redirects to an internal address ({target.host})")
+            response = bounded_request(
+                client, "GET", target, headers=headers, max_bytes=policy.max_bytes,
+                deadline_seconds=seconds,
+            )
+            if public_origin and response.peer is not None and policy.is_internal(response.peer):
+                raise SourceError(f"{target.host} reached an internal address ({response.peer})")
+            location = response.headers.get("Location")
+            if response.status_code in (301, 302, 303, 307, 308) and location:
+                try:
+                    target = response.url.join(location)
+                except httpx.InvalidURL:
+                    raise SourceError(
+                        f"redirects to an invalid URL ({location[:100]!r})"
+                    ) from None
+                continue
+            return response
     raise SourceError(f"more than {policy.max_redirects} redirects")
 
 
-async def download(
-    client: httpx.AsyncClient,
+def download(
+    client: httpx.Client,
     url: str,
     validators: Mapping[str, str] | None = None,
     policy: FetchPolicy = DEFAULT_POLICY,
+    budget_ends: float | None = None,
 ) -> Download:
     """GET url (conditional when validators hold an ETag or Last-Modified) within the
-    policy's request deadline; SourceError saying why it could not."""
+    policy's request deadline, and before budget_ends (a time.monotonic() value) if given;
+    SourceError saying why it could not."""
     headers = {}
     if validators and validators.get("etag"):
         headers["If-None-Match"] = validators["etag"]
     if validators and validators.get("last_modified"):
         headers["If-Modified-Since"] = validators["last_modified"]
     check_source(url)
+    seconds = policy.request_deadline_seconds
+    if budget_ends is not None:
+        seconds = min(seconds, budget_ends - time.monotonic())
+        if seconds <= 0:
+            raise _over_budget(policy)
+    ends = time.monotonic() + seconds
     try:
-        async with asyncio.timeout(policy.request_deadline_seconds):
-            response = await _get(client, url, headers, policy)
-    except TimeoutError:
-        raise SourceError(
-            f"no complete answer within {policy.request_deadline_seconds:g} s"
-        ) from None
+        response = _get(client, url, headers, policy, seconds)
     except ResponseTooLarge as exc:
         raise SourceError(str(exc)) from None
+    except httpx.TimeoutException as exc:
+        if budget_ends is not None and time.monotonic() >= budget_ends:
+            raise _over_budget(policy) from None
+        if time.monotonic() >= ends:
+            raise SourceError(
+                f"no complete answer within {policy.request_deadline_seconds:g} s"
+            ) from None
+        raise SourceError(f"{type(exc).__name__}: {exc}") from None
     except httpx.HTTPError as exc:
         raise SourceError(f"{type(exc).__name__}: {exc}") from None
     if response.status_code == 304:
@@ -378,41 +396,16 @@ async def download(
     )
 
 
-def async_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        follow_redirects=False,  # _get follows them, checking each hop
+def _over_budget(policy: FetchPolicy) -> SourceError:
+    return SourceError(f"not fetched within the run's {policy.budget_seconds:g} s budget")
+
+
+def http_client() -> httpx.Client:
+    return bounded_client(
         # Per operation, under the request deadline: a dead connection fails fast.
         timeout=httpx.Timeout(20.0),
         headers={"User-Agent": "agent_pipeline/0.1"},
-        trust_env=False,  # no proxy from the environment between the agent and its sources
     )
-
-
-async def _download_all(
-    urls: Mapping[str, Mapping[str, str] | None], policy: FetchPolicy
-) -> dict[str, Download | SourceError]:
-    limit = asyncio.Semaphore(policy.at_once)
-    results: dict[str, Download | SourceError] = {}
-
-    async def one(client: httpx.AsyncClient, url: str) -> None:
-        async with limit:
-            try:
-                results[url] = await download(client, url, urls[url], policy)
-            except SourceError as exc:
-                results[url] = exc
-
-    async with async_client() as client:
-        tasks = [asyncio.create_task(one(client, url)) for url in urls]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=policy.budget_seconds)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-    for url in urls:
-        results.setdefault(
-            url, SourceError(f"not fetched within the run's {policy.budget_seconds:g} s budget")
-        )
-    return results
 
 
 def download_all(
@@ -420,7 +413,16 @@ def download_all(
 ) -> dict[str, Download | SourceError]:
     """Every URL (each with its remembered validators) fetched concurrently, at most the
     policy's at_once at a time and all within its budget; each one's Download or error."""
-    return asyncio.run(_download_all(urls, policy))
+    budget_ends = time.monotonic() + policy.budget_seconds
+
+    def one(url: str) -> Download | SourceError:
+        try:
+            return download(client, url, urls[url], policy, budget_ends)
+        except SourceError as exc:
+            return exc
+
+    with http_client() as client, ThreadPoolExecutor(max_workers=policy.at_once) as pool:
+        return dict(zip(urls, pool.map(one, urls), strict=True))
 
 
 def fetch_url(
