@@ -144,7 +144,8 @@ def digest_items(top: Sequence[Mapping[str, Any]]) -> list[DigestItem]:
     scale = 100.0 if all(0 <= score <= 100 for score in scores) else max(map(abs, scores))
     items = []
     for rank, (outcome, score) in enumerate(zip(top, scores, strict=True), start=1):
-        percent = max(0, min(100, round(100 * score / scale))) if scale else 0
+        # score / scale first: 100 * score overflows for a score near the float maximum.
+        percent = max(0, min(100, round(score / scale * 100))) if scale else 0
         if score > 0 and percent == 0:
             percent = 1  # a positive score shows as a sliver, not as nothing
         details = [
