@@ -8,11 +8,13 @@ import random
 import smtplib
 import socket
 import ssl
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -20,6 +22,11 @@ from pydantic import Field
 from agent_pipeline.errors import ConfigurationError
 
 SECURITY_MODES = ("starttls", "ssl", "none")
+# SMTP_TIMEOUT bounds each read, which a server answering a byte at a time never trips; one
+# delivery attempt ends by this deadline whatever the server does. smtplib caps a reply's
+# lines, not their number: a reply is cut off past MAX_REPLY_BYTES.
+ATTEMPT_DEADLINE_SECONDS = 120.0
+MAX_REPLY_BYTES = 65_536
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,75 @@ def check_login_is_encrypted(host: str | None, security: str, username: str | No
         )
 
 
+class _CappedLines:
+    """The reply stream smtplib reads lines from, cut off past a number of bytes a reply."""
+
+    def __init__(self, file: Any, limit: int):
+        self._file, self._limit, self._read = file, limit, 0
+
+    def start_reply(self) -> None:
+        self._read = 0
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._file.readline(size)
+        self._read += len(line)
+        if self._read > self._limit:
+            raise OSError(f"the server's reply is over {self._limit:,} bytes")
+        return line
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Bounded:
+    """smtplib with one deadline for a whole session and a cap on each reply. At the deadline
+    a timer shuts the socket down, which ends any read in progress."""
+
+    def __init__(self, *args: Any, deadline_seconds: float, **kwargs: Any):
+        self._deadline = time.monotonic() + deadline_seconds
+        self._timer: threading.Timer | None = None
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the delivery deadline passed")
+        sock = super()._get_socket(host, port, min(timeout, remaining))
+        self._raw_sock = sock
+        self._timer = threading.Timer(self._deadline - time.monotonic(), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return sock
+
+    def _expire(self) -> None:
+        for sock in (getattr(self, "sock", None), getattr(self, "_raw_sock", None)):
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already, or detached when STARTTLS wrapped it
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = _CappedLines(self.sock.makefile("rb"), MAX_REPLY_BYTES)
+        if isinstance(self.file, _CappedLines):
+            self.file.start_reply()
+        return super().getreply()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().close()
+
+
+class _BoundedSmtp(_Bounded, smtplib.SMTP):
+    pass
+
+
+class _BoundedSmtpSsl(_Bounded, smtplib.SMTP_SSL):
+    pass
+
+
 class Smtp(ConfigurableResource):
     """An SMTP server (STARTTLS, implicit TLS or plain), or a local outbox folder of .eml
     files when SMTP_HOST is unset."""
@@ -102,6 +178,10 @@ class Smtp(ConfigurableResource):
     retry_backoff_seconds: float = Field(
         default=2.0,
         description="SMTP_RETRY_BACKOFF: seconds before the first retry; doubles each time.",
+    )
+    attempt_deadline_seconds: float = Field(
+        default=ATTEMPT_DEADLINE_SECONDS,
+        description="Seconds one delivery attempt may take in all, however the server answers.",
     )
     outbox_dir: str = Field(
         default=".agent_pipeline/outbox",
@@ -148,18 +228,30 @@ class Smtp(ConfigurableResource):
 
     def _send_once(self, message: EmailMessage) -> None:
         tls = ssl.create_default_context(cafile=self.ca_file)
-        if self.security == "ssl":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                self.host, self.port, timeout=self.timeout, context=tls
-            )
-        else:
-            client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        with client:
-            if self.security == "starttls":
-                client.starttls(context=tls)
-            if self.username:
-                client.login(self.username, self.password or "")
-            client.send_message(message)
+        started = time.monotonic()
+        try:
+            if self.security == "ssl":
+                client: _Bounded = _BoundedSmtpSsl(
+                    self.host, self.port, timeout=self.timeout, context=tls,
+                    deadline_seconds=self.attempt_deadline_seconds,
+                )
+            else:
+                client = _BoundedSmtp(
+                    self.host, self.port, timeout=self.timeout,
+                    deadline_seconds=self.attempt_deadline_seconds,
+                )
+            with client:
+                if self.security == "starttls":
+                    client.starttls(context=tls)
+                if self.username:
+                    client.login(self.username, self.password or "")
+                client.send_message(message)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            if time.monotonic() - started >= self.attempt_deadline_seconds:
+                raise TimeoutError(
+                    f"the SMTP server did not finish within {self.attempt_deadline_seconds:g} s"
+                ) from exc
+            raise
 
     def _write_to_outbox(self, message: EmailMessage) -> str:
         outbox = Path(self.outbox_dir)
