@@ -10,6 +10,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from agent_pipeline_tests.raw_server import ScriptedServer
+
 
 class FeedServer:
     def __init__(self, routes: dict[str, tuple], host: str = "127.0.0.1"):
@@ -61,57 +63,28 @@ class FeedServer:
         self._server.server_close()
 
 
-class DripServer:
-    """Answers every connection with a valid feed, one byte every `interval` seconds, headers
-    first: each byte comes well within any per-read timeout, the whole answer takes minutes.
-    `sent` counts the bytes it got out before the client hung up."""
+class DripServer(ScriptedServer):
+    """Answers every connection with a valid document, one byte every `interval` seconds,
+    headers first: each byte comes well within any per-read timeout, the whole answer takes
+    minutes."""
 
     def __init__(
         self, body: bytes, interval: float = 0.2, content_type: str = "application/rss+xml"
     ):
         head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
         head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        self.answer = head.encode() + body
-        self.interval = interval
-        self.sent = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        answer = head.encode() + body
+
+        def drip(server: ScriptedServer, connection: socket.socket) -> None:
+            connection.recv(65536)
+            for byte in answer:
+                server.send(connection, bytes([byte]))
+                time.sleep(interval)
+
+        super().__init__(drip)
 
     def url(self, path: str = "/feed.xml") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def _serve(self) -> None:
-        self._listener.settimeout(0.2)
-        while not self._stopped.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=self._drip, args=(connection,), daemon=True).start()
-
-    def _drip(self, connection: socket.socket) -> None:
-        with connection:
-            connection.recv(65536)
-            for byte in self.answer:
-                if self._stopped.is_set():
-                    return
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return  # the client gave up
-                self.sent += 1
-                time.sleep(self.interval)
-
-    def __enter__(self) -> DripServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopped.set()
-        self._thread.join()
-        self._listener.close()
 
 
 RSS2 = b"""<?xml version="1.0"?>

@@ -3,7 +3,6 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-import threading
 import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -16,6 +15,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.resources.smtp import Smtp, is_loopback, is_transient, rejects_message
 from agent_pipeline_tests.conftest import SmtpCatcher
+from agent_pipeline_tests.raw_server import ScriptedServer
 from agent_pipeline_tests.services import free_port
 
 
@@ -299,54 +299,14 @@ def test_a_name_is_loopback_only_if_every_address_is(monkeypatch, addresses, loo
     assert is_loopback("relay.example") is loopback
 
 
-class MisbehavingSmtp:
-    """A raw TCP server that plays a bad SMTP server: `answer(connection)` writes whatever it
-    likes; `sent` counts the bytes it got out before the client hung up."""
-
-    def __init__(self, answer):
-        self.answer, self.sent = answer, 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        self._listener.settimeout(0.2)
-        while not self._stopped.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                try:
-                    self.answer(self, connection)
-                except OSError:
-                    pass  # the client hung up
-
-    def send(self, connection: socket.socket, data: bytes) -> None:
-        if self._stopped.is_set():
-            raise OSError("stopped")
-        connection.sendall(data)
-        self.sent += len(data)
-
-    def __enter__(self) -> MisbehavingSmtp:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stopped.set()
-        self._thread.join()
-        self._listener.close()
-
-
-def drip_banner(server: MisbehavingSmtp, connection: socket.socket) -> None:
+def drip_banner(server: ScriptedServer, connection: socket.socket) -> None:
     """A greeting one byte every 0.2 s: each byte well within SMTP_TIMEOUT, for minutes."""
     for byte in b"220-slow.example ESMTP\r\n" * 100 + b"220 ready\r\n":
         server.send(connection, bytes([byte]))
         time.sleep(0.2)
 
 
-def endless_reply(server: MisbehavingSmtp, connection: socket.socket) -> None:
+def endless_reply(server: ScriptedServer, connection: socket.socket) -> None:
     """A greeting, then an EHLO reply of endless continuation lines (50 MB at most)."""
     server.send(connection, b"220 flood.example ESMTP\r\n")
     connection.recv(1024)
@@ -356,7 +316,7 @@ def endless_reply(server: MisbehavingSmtp, connection: socket.socket) -> None:
 
 
 def test_a_server_that_drips_its_greeting_meets_the_attempt_deadline():
-    with MisbehavingSmtp(drip_banner) as server:
+    with ScriptedServer(drip_banner) as server:
         smtp = Smtp(host="127.0.0.1", port=server.port, security="none", timeout=5,
                     attempt_deadline_seconds=1.5, retries=0)
         with pytest.raises(TimeoutError, match="did not finish within 1.5 s") as failure:
@@ -366,7 +326,7 @@ def test_a_server_that_drips_its_greeting_meets_the_attempt_deadline():
 
 
 def test_an_endless_reply_is_cut_off_at_the_cap():
-    with MisbehavingSmtp(endless_reply) as server:
+    with ScriptedServer(endless_reply) as server:
         smtp = Smtp(host="127.0.0.1", port=server.port, security="none", retries=0)
         with pytest.raises(smtplib.SMTPServerDisconnected, match="reply is over 65,536 bytes"):
             smtp.send(a_message())

@@ -9,9 +9,7 @@ Measures:
   output, and the row written to agent_runs in Postgres;
 - whole run: agent_job through execute_in_process (in-memory instance; Postgres, Redis and an
   aiosmtpd server on loopback), from the job's start to the email sent.
-Postgres and Redis come from BENCH_POSTGRES_URL (a maintenance database to create a scratch
-database from; default postgresql://postgres@127.0.0.1:5432/postgres) and BENCH_REDIS_URL
-(default redis://127.0.0.1:6379/14, flushed).
+Postgres and Redis as benchmarks/scratch.py says (BENCH_POSTGRES_URL, BENCH_REDIS_URL).
 """
 
 from __future__ import annotations
@@ -125,33 +123,21 @@ def main() -> None:
             print(json.dumps(measure_whole_run(env, args.offset)))
         return
 
-    import psycopg2
     import redis
-    from sqlalchemy.engine import make_url
 
-    admin_url = os.environ.get(
-        "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    database = f"agent_pipeline_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(admin_url)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{database}"')
-    env = {
-        "DATABASE_URL": make_url(admin_url).set(database=database).render_as_string(False),
-        "REDIS_URL": redis_url, "SMTP_HOST": "127.0.0.1", "SMTP_SECURITY": "none",
-        "EMAIL_FROM": "bench@example.com", "EMAIL_TO": "reader@example.com",
-        "EMAIL_ONLY_NEW": "false", "AGENT": AGENT,
-    }
-    try:
+    from benchmarks.scratch import REDIS_URL, scratch_database
+
+    with scratch_database() as database_url:
+        env = {
+            "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "SMTP_HOST": "127.0.0.1",
+            "SMTP_SECURITY": "none", "EMAIL_FROM": "bench@example.com",
+            "EMAIL_TO": "reader@example.com", "EMAIL_ONLY_NEW": "false", "AGENT": AGENT,
+        }
         results: dict[str, list[dict]] = {"validate, rank, store": [], "whole run": []}
         for offset in range(args.repeat):
-            redis.Redis.from_url(redis_url).flushdb()
+            redis.Redis.from_url(REDIS_URL).flushdb()
             results["validate, rank, store"].append(child("store", env, offset))
             results["whole run"].append(child("run", env, offset))
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.close()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")

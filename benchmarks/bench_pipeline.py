@@ -3,9 +3,8 @@ steps as a plain Python script, on the same Postgres, Redis and SMTP server.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--runs 30]
 
-Postgres and Redis come from BENCH_POSTGRES_URL (a maintenance database to create a scratch
-database from; default postgresql://postgres@127.0.0.1:5432/postgres) and BENCH_REDIS_URL
-(default redis://127.0.0.1:6379/14, flushed); the SMTP server is aiosmtpd on loopback.
+Postgres and Redis as benchmarks/scratch.py says (BENCH_POSTGRES_URL, BENCH_REDIS_URL; the
+Redis database is flushed); the SMTP server is aiosmtpd on loopback.
 """
 
 from __future__ import annotations
@@ -25,10 +24,8 @@ from pathlib import Path
 # The SMTP catcher lives with the tests; make it importable when run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg2  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
 from dagster import DagsterInstance  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from agent_pipeline.agents import AgentCache, AgentContext  # noqa: E402
 from agent_pipeline.jobs import agent_job  # noqa: E402
@@ -44,6 +41,7 @@ from agent_pipeline.resources.agent_runs import forget_migrations  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
 from agent_pipeline_tests.conftest import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
+from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 
 
 def plain_run(window: str, resources: dict) -> None:
@@ -100,64 +98,55 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30, help="runs of each kind (default 30)")
     args = parser.parse_args()
 
-    admin_url = os.environ.get(
-        "BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    database = f"agent_pipeline_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(admin_url)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{database}"')
-    handler = SmtpCatcher("127.0.0.1", free_port())
-    smtp_port = handler.port
-    smtp_server = Controller(handler, hostname="127.0.0.1", port=smtp_port)
-    smtp_server.start()
-    try:
-        os.environ.update(
-            DATABASE_URL=make_url(admin_url).set(database=database).render_as_string(False),
-            REDIS_URL=redis_url,
-            SMTP_HOST="127.0.0.1",
-            SMTP_PORT=str(smtp_port),
-            SMTP_SECURITY="none",
-            EMAIL_FROM="bench@example.com",
-            EMAIL_TO="reader@example.com",
-            EMAIL_ONLY_NEW="false",  # every run sends its email, the same work each time
-        )
-        import redis
+    with scratch_database() as database_url:
+        handler = SmtpCatcher("127.0.0.1", free_port())
+        smtp_port = handler.port
+        smtp_server = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+        smtp_server.start()
+        try:
+            os.environ.update(
+                DATABASE_URL=database_url,
+                REDIS_URL=REDIS_URL,
+                SMTP_HOST="127.0.0.1",
+                SMTP_PORT=str(smtp_port),
+                SMTP_SECURITY="none",
+                EMAIL_FROM="bench@example.com",
+                EMAIL_TO="reader@example.com",
+                EMAIL_ONLY_NEW="false",  # every run sends its email, the same work each time
+            )
+            import redis
 
-        redis.Redis.from_url(redis_url).flushdb()
-        resources = resources_from_env(os.environ)
-        # Disjoint sets of windows, so that every run of every kind sends its email.
-        keys = agent_job.partitions_def.get_partition_keys()
-        warmup = 2
-        per_kind = args.runs + warmup
-        windows = [keys[-(n + 1) * per_kind:len(keys) - n * per_kind] for n in range(4)]
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            resources = resources_from_env(os.environ)
+            # Disjoint sets of windows, so that every run of every kind sends its email.
+            keys = agent_job.partitions_def.get_partition_keys()
+            warmup = 2
+            per_kind = args.runs + warmup
+            windows = [keys[-(n + 1) * per_kind:len(keys) - n * per_kind] for n in range(4)]
 
-        # The script reads its URLs itself; Dagster resolves the EnvVars in `resources`.
-        plain_resources = {
-            **resources,
-            "agent_runs": AgentRunsStore(database_url=os.environ["DATABASE_URL"]),
-            "redis": Redis(url=redis_url),
-        }
-        timings = {"plain script": timed(windows[0], lambda w: plain_run(w, plain_resources))}
-        instances = {
-            "agent_job, in-memory instance": lambda home: DagsterInstance.ephemeral(),
-            "agent_job, SQLite instance (make dev)": DagsterInstance.local_temp,
-            "agent_job, Postgres instance (production)": lambda home: postgres_instance(
-                home, os.environ["DATABASE_URL"]
-            ),
-        }
-        for n, (label, make_instance) in enumerate(instances.items(), start=1):
-            with tempfile.TemporaryDirectory() as home, make_instance(home) as instance:
-                timings[label] = timed(
-                    windows[n], lambda w, i=instance: dagster_run(w, resources, i)
-                )
-        assert len(handler.received) == 4 * per_kind, len(handler.received)
-    finally:
-        smtp_server.stop()
-        forget_migrations()
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.close()
+            # The script reads its URLs itself; Dagster resolves the EnvVars in `resources`.
+            plain_resources = {
+                **resources,
+                "agent_runs": AgentRunsStore(database_url=os.environ["DATABASE_URL"]),
+                "redis": Redis(url=REDIS_URL),
+            }
+            timings = {"plain script": timed(windows[0], lambda w: plain_run(w, plain_resources))}
+            instances = {
+                "agent_job, in-memory instance": lambda home: DagsterInstance.ephemeral(),
+                "agent_job, SQLite instance (make dev)": DagsterInstance.local_temp,
+                "agent_job, Postgres instance (production)": lambda home: postgres_instance(
+                    home, os.environ["DATABASE_URL"]
+                ),
+            }
+            for n, (label, make_instance) in enumerate(instances.items(), start=1):
+                with tempfile.TemporaryDirectory() as home, make_instance(home) as instance:
+                    timings[label] = timed(
+                        windows[n], lambda w, i=instance: dagster_run(w, resources, i)
+                    )
+            assert len(handler.received) == 4 * per_kind, len(handler.received)
+        finally:
+            smtp_server.stop()
+            forget_migrations()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")
