@@ -11,11 +11,10 @@ import hashlib
 import html
 import json
 import re
-import socket
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,12 @@ import httpx
 from feedparser.encodings import convert_to_utf8
 
 from agent_pipeline.agents.bounded_http import (
+    AddressRefused,
     BoundedResponse,
     IPAddress,
     ResponseTooLarge,
+    UnsupportedEncoding,
+    address_guard,
     bounded_client,
     bounded_request,
     deadline,
@@ -47,6 +49,7 @@ MAX_ITEMS_PER_SOURCE = 1_000
 MAX_ID_CHARS = 300
 MAX_PUBLISHED_CHARS = 60
 MAX_SOURCE_NAME_CHARS = 120
+MAX_ERROR_CHARS = 300
 # JSON sources: the first of these keys that an object has gives each field.
 JSON_FIELDS = {
     "title": ("title", "name", "headline"),
@@ -55,17 +58,25 @@ JSON_FIELDS = {
     "id": ("id", "guid", "uuid"),
     "published": ("published", "date", "published_at", "created_at", "updated"),
 }
-_TAGS = re.compile(r"<[^>]+>")
+# No "<" inside: a run of "<<<<" would make a "[^>]+" match try every start (quadratic).
+_TAGS = re.compile(r"<[^<>]*>")
 # An entity declaration in any encoding an XML parser would take: refused, never expanded.
 _ENTITY_DECLARATIONS = tuple(
     "<!ENTITY".encode(encoding)
     for encoding in ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 )
 _DOCTYPE = re.compile(rb"<!DOCTYPE[^>\[]*(?:\[[^\]]*\])?\s*>")
+# A DOCTYPE comes before the first element: only this much of a document is looked at for it.
+DOCTYPE_SEARCH_BYTES = 4_096
 
 
 class SourceError(Exception):
-    """A source that could not be fetched or read; the message says why."""
+    """A source that could not be fetched or read; the message says why, in a bounded line
+    (a server's error text can be long)."""
+
+    def __init__(self, message: str):
+        super().__init__(message if len(message) <= MAX_ERROR_CHARS else
+                         message[: MAX_ERROR_CHARS - 1] + "…")
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class Fetched:
     not_modified: bool = False  # answered 304: the items are the cached ones
     # Said of a source that was read, but not all of it (an ill-formed feed).
     warning: str | None = None
+    # An HTTP source's ETag and Last-Modified, for the next conditional GET.
+    validators: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,7 +185,14 @@ def without_entities(data: bytes, content_type: str = "") -> bytes:
     utf8 = convert_to_utf8({"content-type": content_type} if content_type else {}, data, {})
     if b"<!ENTITY" in utf8:
         raise SourceError("declares XML entities (<!ENTITY>): refused, they are never expanded")
-    return _DOCTYPE.sub(b"", utf8, count=1)
+    # One match at the first "<!DOCTYPE", in the prolog only: a regex search over a body of
+    # repeated "<!DOCTYPE" would take quadratic time.
+    start = utf8.find(b"<!DOCTYPE", 0, DOCTYPE_SEARCH_BYTES)
+    if start < 0:
+        return utf8
+    found = _DOCTYPE.match(utf8, start, start + DOCTYPE_SEARCH_BYTES)
+    end = found.end() if found else utf8.find(b">", start, start + DOCTYPE_SEARCH_BYTES) + 1
+    return utf8[:start] + utf8[end:] if end > start else utf8
 
 
 def items_from_feed(data: bytes, source: str, content_type: str = "") -> Fetched:
@@ -294,45 +314,50 @@ class FetchPolicy:
 DEFAULT_POLICY = FetchPolicy()
 
 
-def _resolve(url: httpx.URL) -> set[IPAddress]:
+# Names that only resolve inside a network of the operator's own.
+INTERNAL_NAME_SUFFIXES = (".localhost", ".local", ".internal", ".lan", ".home.arpa")
+
+
+def is_internal_source(host: str, policy: FetchPolicy) -> bool:
+    """Whether the operator pointed the source inside their own network, judged from the
+    configured URL alone (the source's own DNS could say anything): an internal IP address,
+    localhost, a name of one label (a compose or Kubernetes service) or under a private-use
+    suffix."""
     try:
-        return {plain_address(url.host)}
+        return policy.is_internal(plain_address(host))
     except ValueError:
         pass
-    try:
-        infos = socket.getaddrinfo(
-            url.host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM
-        )
-    except (OSError, UnicodeError) as exc:
-        raise SourceError(f"cannot resolve {url.host} ({exc})") from None
-    return {plain_address(info[4][0]) for info in infos}
+    name = host.lower().rstrip(".")
+    return "." not in name or name == "localhost" or name.endswith(INTERNAL_NAME_SUFFIXES)
 
 
 def _get(
     client: httpx.Client, url: str, headers: Mapping[str, str], policy: FetchPolicy,
     seconds: float,
 ) -> BoundedResponse:
-    """GET url within seconds, following redirects one hop at a time. A source on a public
-    address may not lead to an internal one: each hop's addresses are checked before
-    connecting, and the address the connection reached after (a name that resolves anew, as
-    in DNS rebinding)."""
+    """GET url within seconds, following redirects one hop at a time. A public source may
+    reach no internal address, on any hop: every address is checked before connecting, and
+    the connection goes to the address checked."""
     target = httpx.URL(url)
-    public_origin: bool | None = None
-    with deadline(seconds):
-        for _hop in range(policy.max_redirects + 1):
+
+    def refuse_internal(ip: IPAddress) -> str | None:
+        return "an internal address" if policy.is_internal(ip) else None
+
+    guard = None if is_internal_source(target.host, policy) else refuse_internal
+    with deadline(seconds), address_guard(guard):
+        for hop in range(policy.max_redirects + 1):
             if target.scheme not in ("http", "https"):
                 raise SourceError(f"redirects to a {target.scheme or 'relative'} URL")
-            internal = any(policy.is_internal(ip) for ip in _resolve(target))
-            if public_origin is None:
-                public_origin = not internal
-            elif public_origin and internal:
-                raise SourceError(f"redirects to an internal address ({target.host})")
-            response = bounded_request(
-                client, "GET", target, headers=headers, max_bytes=policy.max_bytes,
-                deadline_seconds=seconds,
-            )
-            if public_origin and response.peer is not None and policy.is_internal(response.peer):
-                raise SourceError(f"{target.host} reached an internal address ({response.peer})")
+            try:
+                response = bounded_request(
+                    client, "GET", target, headers=headers, max_bytes=policy.max_bytes,
+                    deadline_seconds=seconds,
+                )
+            except httpx.ConnectError as exc:
+                if isinstance(exc.__cause__, AddressRefused):
+                    where = "redirects to" if hop else f"{target.host} resolves to"
+                    raise SourceError(f"{where} {exc}") from None
+                raise
             location = response.headers.get("Location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
                 try:
@@ -370,7 +395,7 @@ def download(
     ends = time.monotonic() + seconds
     try:
         response = _get(client, url, headers, policy, seconds)
-    except ResponseTooLarge as exc:
+    except (ResponseTooLarge, UnsupportedEncoding) as exc:
         raise SourceError(str(exc)) from None
     except httpx.TimeoutException as exc:
         if budget_ends is not None and time.monotonic() >= budget_ends:
@@ -390,10 +415,18 @@ def download(
         data=response.content,
         content_type=response.headers.get("Content-Type", ""),
         validators={
-            "etag": response.headers.get("ETag", "")[:MAX_ID_CHARS],
-            "last_modified": response.headers.get("Last-Modified", "")[:MAX_PUBLISHED_CHARS],
+            "etag": _header_value(response.headers.get("ETag", ""), MAX_ID_CHARS),
+            "last_modified": _header_value(
+                response.headers.get("Last-Modified", ""), MAX_PUBLISHED_CHARS
+            ),
         },
     )
+
+
+def _header_value(value: str, limit: int) -> str:
+    """A value fit to send back in a request header: printable ASCII, bounded; else none (it
+    would make every later request of the source fail to encode)."""
+    return value if len(value) <= limit and value.isascii() and value.isprintable() else ""
 
 
 def _over_budget(policy: FetchPolicy) -> SourceError:
@@ -408,18 +441,36 @@ def http_client() -> httpx.Client:
     )
 
 
-def download_all(
+def fetch(
+    client: httpx.Client,
+    url: str,
+    validators: Mapping[str, str] | None = None,
+    policy: FetchPolicy = DEFAULT_POLICY,
+    budget_ends: float | None = None,
+) -> Fetched:
+    """url downloaded and parsed; SourceError saying why it could not be."""
+    downloaded = download(client, url, validators, policy, budget_ends)
+    if downloaded.not_modified:
+        return Fetched([], not_modified=True, validators=downloaded.validators)
+    parsed = parse_items(downloaded.data, url, downloaded.content_type)
+    return replace(parsed, validators=downloaded.validators)
+
+
+def fetch_all(
     urls: Mapping[str, Mapping[str, str] | None], policy: FetchPolicy = DEFAULT_POLICY
-) -> dict[str, Download | SourceError]:
-    """Every URL (each with its remembered validators) fetched concurrently, at most the
-    policy's at_once at a time and all within its budget; each one's Download or error."""
+) -> dict[str, Fetched | SourceError]:
+    """Every URL (each with its remembered validators) fetched and parsed concurrently, at
+    most the policy's at_once at a time, the fetching within its budget; each one's items or
+    error. Parsing happens as each download ends, so at most at_once documents are held."""
     budget_ends = time.monotonic() + policy.budget_seconds
 
-    def one(url: str) -> Download | SourceError:
+    def one(url: str) -> Fetched | SourceError:
         try:
-            return download(client, url, urls[url], policy, budget_ends)
+            return fetch(client, url, urls[url], policy, budget_ends)
         except SourceError as exc:
             return exc
+        except Exception as exc:  # whatever else a hostile source causes costs it alone
+            return SourceError(f"failed unexpectedly ({type(exc).__name__})")
 
     with http_client() as client, ThreadPoolExecutor(max_workers=policy.at_once) as pool:
         return dict(zip(urls, pool.map(one, urls), strict=True))
@@ -427,11 +478,9 @@ def download_all(
 
 def fetch_url(
     url: str, validators: Mapping[str, str] | None = None, policy: FetchPolicy = DEFAULT_POLICY
-) -> tuple[Fetched, dict[str, str]]:
-    """One URL fetched and parsed: its items and the validators to remember."""
-    result = download_all({url: validators}, policy)[url]
+) -> Fetched:
+    """One URL fetched and parsed, its validators with it; SourceError if it could not be."""
+    result = fetch_all({url: validators}, policy)[url]
     if isinstance(result, SourceError):
         raise result
-    if result.not_modified:
-        return Fetched([], not_modified=True), result.validators
-    return parse_items(result.data, url, result.content_type), result.validators
+    return result

@@ -11,6 +11,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from rank_bm25 import BM25Plus
@@ -27,12 +28,12 @@ from agent_pipeline.agents.llm import (
 )
 from agent_pipeline.agents.sources import (
     DEFAULT_POLICY,
+    Fetched,
     FetchPolicy,
     SourceError,
     check_source,
-    download_all,
+    fetch_all,
     is_url,
-    parse_items,
     parse_sources,
     read_file,
     source_label,
@@ -59,59 +60,61 @@ class ScoringFailed(AgentPipelineError):
 def collect_items(
     context: AgentContext, sources: list[str], policy: FetchPolicy = DEFAULT_POLICY
 ) -> tuple[list[dict], dict[str, str]]:
-    """Items of every source that could be read, and the error of each one that could not.
-    HTTP sources are fetched concurrently within the policy's budget; an unchanged one costs
-    a conditional GET, and a 304 reuses its cached items."""
-    failures: dict[str, str] = {}
-    warnings: dict[str, str] = {}
-    found: dict[str, list[dict]] = {}
+    """Items of every source that could be read, and the error of each one that could not
+    (by the source's label: a URL's query string may hold a token). HTTP sources are fetched
+    concurrently within the policy's budget; an unchanged one costs a conditional GET, and a
+    304 reuses its cached items."""
+    results: dict[str, Fetched | SourceError] = {}
     remembered: dict[str, dict] = {}
     for source in sources:
         try:
             check_source(source)
-            if not is_url(source):
-                fetched = read_file(source)
-                found[source] = fetched.items
-                if fetched.warning:
-                    warnings[source_label(source)] = fetched.warning
-            else:
+            if is_url(source):
                 remembered[source] = context.cache.get("feed", {"url": source}) or {}
+            else:
+                results[source] = read_file(source)
         except SourceError as exc:
-            failures[source_label(source)] = str(exc)
-    downloads = download_all(
-        {url: cached.get("validators") for url, cached in remembered.items()}, policy
-    )
-    for url, result in downloads.items():
-        try:
-            if isinstance(result, SourceError):
-                raise result
-            if result.not_modified:
-                found[url] = remembered[url].get("items", [])
-                continue
-            fetched = parse_items(result.data, url, result.content_type)
-        except SourceError as exc:
-            failures[source_label(url)] = str(exc)
-            continue
-        if fetched.warning:
-            warnings[source_label(url)] = fetched.warning
-        found[url] = fetched.items
-        context.cache.set("feed", {"url": url}, {"validators": result.validators,
-                                                 "items": fetched.items})
+            results[source] = exc
+    fetched = fetch_all({url: cached.get("validators") for url, cached in remembered.items()},
+                        policy)
+    for url, result in fetched.items():
+        if isinstance(result, Fetched) and result.not_modified:
+            result = replace(result, items=remembered[url].get("items", []))
+        elif isinstance(result, Fetched):
+            context.cache.set(
+                "feed", {"url": url}, {"validators": result.validators, "items": result.items}
+            )
+        results[url] = result
     items: list[dict] = []
+    failures: dict[str, str] = {}
+    warnings: dict[str, str] = {}
     for source in sources:  # in the configured order, whatever order the fetches ended in
-        if source in found:
-            context.log.info(f"Source {source_label(source)}: {len(found[source])} items")
-            items.extend(found[source])
-    for label, error in failures.items():
-        context.log.warning(f"Source {label} skipped: {error}")
-    for label, warning in warnings.items():
-        context.log.warning(f"Source {label}: {warning}")
+        result, label = results[source], _unique_label(source, failures, warnings)
+        if isinstance(result, SourceError):
+            failures[label] = str(result)
+            context.log.warning(f"Source {label} skipped: {result}")
+            continue
+        context.log.info(f"Source {label}: {len(result.items)} items")
+        if result.warning:
+            warnings[label] = result.warning
+            context.log.warning(f"Source {label}: {result.warning}")
+        items.extend(result.items)
     if warnings:
         context.stats["sources_warnings"] = warnings
     if sources and len(failures) == len(sources):
         details = "; ".join(f"{source}: {error}" for source, error in failures.items())
         raise AllSourcesFailed(f"every source failed: {details}")
     return items, failures
+
+
+def _unique_label(source: str, *taken: Mapping[str, str]) -> str:
+    """The source's label, numbered when another source (its twin but for the query string)
+    has the same one."""
+    label, n = source_label(source), 1
+    while any(label in seen for seen in taken):
+        n += 1
+        label = f"{source_label(source)} ({n})"
+    return label
 
 
 def _scoring_content(item: Mapping[str, Any]) -> dict[str, Any]:
