@@ -167,7 +167,9 @@ def test_parse_answer(content, expected):
 @pytest.mark.parametrize(
     "content",
     ["", "[1, 2]", '{"score": true, "reason": "x"}', '{"score": -1, "reason": "x"}',
-     '{"score": NaN, "reason": "x"}', '{"score": 5}', '{"score": 5, "reason": "  "}'],
+     '{"score": NaN, "reason": "x"}', '{"score": 5}', '{"score": 5, "reason": "  "}',
+     "[" * 100_000, '{"score": 1' + "0" * 400 + ', "reason": "x"}',
+     '{"score": ' + "9" * 5_000 + ', "reason": "x"}'],
 )
 def test_parse_answer_rejects(content):
     with pytest.raises(MalformedAnswer):
@@ -178,6 +180,7 @@ def test_retry_after_seconds():
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds("100000") == 60.0
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    assert retry_after_seconds("Mon, 1 Jan 99999999999 00:00:00 GMT") is None
     in_five = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
     assert 3 <= retry_after_seconds(in_five) <= 5
 
@@ -222,3 +225,18 @@ def test_the_scoring_budget_leaves_the_rest_unscored():
     assert results[: len(scored)] == scored  # in order: the budget ran out, then nothing
     assert str(late[0]) == "the run's scoring budget of 1 s ran out"
     assert len(llm.requests) <= len(scored) + 1  # the one cut short at the budget
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(content="[" * 100_000), Reply(body="[" * 100_000),
+     Reply(content='{"score": 1' + "0" * 400 + ', "reason": "injected"}'),
+     Reply(status=429, headers={"Retry-After": "Mon, 1 Jan 99999999999 00:00:00 GMT"})],
+)
+def test_a_reply_that_breaks_a_rule_costs_its_item_never_the_run(reply):
+    def script(request, call):
+        return reply if "item 0" in request["messages"][-1]["content"] else Reply()
+
+    with LoopbackLlm(script) as llm, scorer(llm, [], max_retries=1) as llm_scorer:
+        results = llm_scorer.score_all(items(2), llm_scorer.score)
+    assert not isinstance(results[0], tuple) and isinstance(results[1], tuple)

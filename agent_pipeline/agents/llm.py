@@ -20,7 +20,12 @@ from typing import Any
 
 import httpx
 
-from agent_pipeline.agents.bounded_http import ResponseTooLarge, bounded_client, bounded_request
+from agent_pipeline.agents.bounded_http import (
+    ResponseTooLarge,
+    UnsupportedEncoding,
+    bounded_client,
+    bounded_request,
+)
 
 # Part of every cache key: bump it when the prompt changes, so old scores are not reused.
 PROMPT_VERSION = 1
@@ -121,7 +126,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     except ValueError:
         try:
             seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
     if not math.isfinite(seconds):
         return None
@@ -135,12 +140,18 @@ def parse_answer(content: str) -> tuple[float, str]:
         text = text.strip("`").removeprefix("json").strip()
     try:
         answer = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         raise MalformedAnswer(f"not JSON: {content[:80]!r}") from None
     if not isinstance(answer, dict):
         raise MalformedAnswer("not a JSON object")
     score, reason = answer.get("score"), answer.get("reason")
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        raise MalformedAnswer(f"score is not a number: {str(score)[:40]}")
+    try:  # an integer of 400 digits does not fit a float
+        score = float(score)
+    except OverflowError:
+        raise MalformedAnswer("score is out of range") from None
+    if not math.isfinite(score):
         raise MalformedAnswer(f"score is not a number: {score!r}")
     if not 0 <= score <= 100:
         raise MalformedAnswer(f"score {score} is outside 0-100")
@@ -219,6 +230,8 @@ class LlmScorer:
                 )
             except ResponseTooLarge as exc:
                 raise MalformedAnswer(f"the API's reply is {exc}") from None
+            except UnsupportedEncoding as exc:
+                raise MalformedAnswer(f"the API's reply: {exc}") from None
             except httpx.TimeoutException:
                 self._remaining()  # the budget, not the API, may have run out
                 problem = f"no answer within {timeout:g} s"
@@ -228,7 +241,7 @@ class LlmScorer:
                 if response.status_code == 200:
                     try:
                         answer = json.loads(response.content)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise MalformedAnswer("the API's reply is not JSON") from None
                     if not isinstance(answer, dict):
                         raise MalformedAnswer("the API's reply is not a JSON object")
@@ -285,6 +298,9 @@ class LlmScorer:
             except LlmError as exc:
                 self.log.warning(f"Not scored: {exc}")
                 return exc
+            except Exception as exc:  # whatever else a reply causes costs its item alone
+                self.log.warning(f"Not scored: {type(exc).__name__}: {str(exc)[:200]}")
+                return LlmError(f"unexpected {type(exc).__name__}")
 
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             return list(pool.map(guarded, list(items)))
