@@ -93,7 +93,13 @@ def record_run(
     description="Run the agent (AGENT) for the window; keep each item it returns that is "
     "valid, drop the others with a reason.",
 )
-def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -> Validation:
+def run_agent(
+    context: OpExecutionContext,
+    agent: AgentResource,
+    redis: Redis,
+    agent_runs: AgentRunsStore,
+    digest: DigestSettings,
+) -> Validation:
     log = _logger(context, agent)
     agent_callable = agent.load()
     cache = AgentCache(redis, agent.cache_ttl_seconds)
@@ -110,8 +116,12 @@ def run_agent(context: OpExecutionContext, agent: AgentResource, redis: Redis) -
         settings=agent.settings(),
         queue=redis,
     )
+    # Known before the outcomes are chosen: the best new items are kept, not the best ones.
+    sent = agent_runs.sent_item_keys(other_than_window=window_key) if digest.only_new else set()
     started = time.perf_counter()
-    validation = validate_outcomes(iterate_outcomes(agent_callable(agent_context)))
+    validation = validate_outcomes(
+        iterate_outcomes(agent_callable(agent_context)), already_sent=sent
+    )
     try:
         validation.agent_stats, _ = storable_json(agent_context.stats, MAX_STATS_JSON_CHARS)
     except Exception as exc:  # a custom agent's stats must not cost the run
@@ -184,26 +194,28 @@ def rank_top_five(
 ) -> list[dict[str, Any]]:
     log = _logger(context, agent)
     window_key, _, _ = _window(context)
+    # Asked again: a window may have been sent since run_agent chose the outcomes.
     sent = agent_runs.sent_item_keys(other_than_window=window_key) if digest.only_new else set()
     ranking = rank_outcomes(validation.outcomes, already_sent=sent)
-    if ranking.already_sent_left_out:
+    result = build_result(validation, ranking)
+    if result["already_sent_left_out"]:
         log.info(
-            f"Left out {ranking.already_sent_left_out} item(s) already sent in earlier emails."
+            f"Left out {result['already_sent_left_out']} item(s) already sent in earlier emails."
         )
-    agent_runs.complete_run(_run_row(context, agent_runs, agent), build_result(validation, ranking))
+    agent_runs.complete_run(_run_row(context, agent_runs, agent), result)
     log.info(
         "Ranked",
         top=len(ranking.top),
         outcomes=len(ranking.ranked),
-        duplicates_removed=ranking.duplicates_removed,
+        duplicates_removed=result["duplicates_removed"],
         best_score=ranking.top[0]["score"] if ranking.top else None,
     )
     context.add_output_metadata(
         {
             "top_five": MetadataValue.md(top_five_markdown(ranking.top)),
             "outcomes": len(ranking.ranked),
-            "duplicates_removed": ranking.duplicates_removed,
-            "already_sent_left_out": ranking.already_sent_left_out,
+            "duplicates_removed": result["duplicates_removed"],
+            "already_sent_left_out": result["already_sent_left_out"],
             "dropped": validation.dropped_total,
         }
     )

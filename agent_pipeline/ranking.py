@@ -9,7 +9,7 @@ import numbers
 import re
 import reprlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -80,6 +80,10 @@ class Validation:
     warnings_total: int = 0
     # The agent went on past MAX_ITEMS_READ items: the rest were not read.
     read_cut: bool = False
+    # Valid outcomes left out as copies of a better-ranked one, or as sent in earlier
+    # windows' emails.
+    duplicates_removed: int = 0
+    already_sent_left_out: int = 0
     # What the agent reported about its work (AgentContext.stats).
     agent_stats: dict[str, Any] = field(default_factory=dict)
 
@@ -89,7 +93,9 @@ class Validation:
 
     @property
     def not_kept(self) -> int:
-        return self.valid_total - len(self.outcomes)
+        """Valid, new and distinct, but below the best MAX_OUTCOMES_KEPT."""
+        return (self.valid_total - len(self.outcomes) - self.duplicates_removed
+                - self.already_sent_left_out)
 
     def drop(self, index: int, reason: str, item: Any) -> None:
         if reason not in self.dropped_reasons and len(self.dropped_reasons) >= MAX_DROP_REASONS:
@@ -316,12 +322,45 @@ def _rank_key(candidate: tuple) -> tuple:
     return candidate[:3]  # (-score, casefolded title, position): best first
 
 
+def _screened_key(item: Mapping[str, Any], title: str) -> str:
+    """dedupe_key of the outcome the item will become, from the item as it is."""
+    item_id = item.get("id")
+    if isinstance(item_id, str | int) and not isinstance(item_id, bool):
+        cleaned = clean_text(str(item_id), MAX_TITLE_CHARS)
+        if cleaned:
+            return f"id:{cleaned}"
+    url = safe_url(item.get("url")) if item.get("url") is not None else None
+    return f"url:{url}" if url else f"title:{title.casefold()}"
+
+
+def _best(candidates: list[tuple], keep: int, validation: Validation) -> list[tuple]:
+    """The best `keep` candidates, one per dedupe key (the best-ranked copy)."""
+    candidates.sort(key=_rank_key)
+    seen: set[str] = set()
+    best = []
+    for candidate in candidates:
+        if candidate[3] in seen:
+            validation.duplicates_removed += 1
+            continue
+        seen.add(candidate[3])
+        best.append(candidate)
+        if len(best) == keep:
+            break
+    return best
+
+
 def validate_outcomes(
-    items: Iterable[Any], keep: int = MAX_OUTCOMES_KEPT, read_limit: int = MAX_ITEMS_READ
+    items: Iterable[Any],
+    keep: int = MAX_OUTCOMES_KEPT,
+    read_limit: int = MAX_ITEMS_READ,
+    already_sent: Set[str] = frozenset(),
 ) -> Validation:
-    """Every item read is screened: dropped with its reason, or a valid outcome. The best
-    `keep` valid outcomes (by score, then title, then position: the ranking's order) are
-    checked in full and kept; the rest are counted. At most read_limit items are read."""
+    """Every item read is screened: dropped with its reason, or a valid outcome. Outcomes
+    whose dedupe key is in already_sent (earlier windows' emails) are counted and left out;
+    of the others, the best `keep` distinct ones (by score, then title, then position: the
+    ranking's order) are checked in full and kept, the rest counted. Choosing after the
+    duplicates and the items already sent are out is what keeps the top from being cut off.
+    At most read_limit items are read."""
     validation = Validation()
     candidates: list[tuple] = []
     for index, item in enumerate(itertools.islice(items, read_limit + 1)):
@@ -337,16 +376,18 @@ def validate_outcomes(
             validation.drop(index, score, item)
             continue
         validation.valid_total += 1
-        candidates.append((-score, title.casefold(), index, item, title, score))
+        key = _screened_key(item, title)
+        if key in already_sent:
+            validation.already_sent_left_out += 1
+            continue
+        candidates.append((-score, title.casefold(), index, key, item, title, score))
         if len(candidates) >= 2 * keep:  # prune in batches: a sort per item would cost more
-            candidates.sort(key=_rank_key)
-            del candidates[keep:]
-    candidates.sort(key=_rank_key)
-    del candidates[keep:]
+            candidates = _best(candidates, keep, validation)
+    candidates = _best(candidates, keep, validation)
     candidates.sort(key=lambda candidate: candidate[2])  # back to the agent's order
     validation.outcomes = [
         complete_outcome(item, index, title, score, validation)
-        for _, _, index, item, title, score in candidates
+        for _, _, index, _, item, title, score in candidates
     ]
     return validation
 
@@ -405,8 +446,9 @@ def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
         "outcomes_total": validation.valid_total,
         "outcomes_ranked": len(ranking.ranked),
         "outcomes_not_kept": validation.not_kept,
-        "duplicates_removed": ranking.duplicates_removed,
-        "already_sent_left_out": ranking.already_sent_left_out,
+        "duplicates_removed": validation.duplicates_removed + ranking.duplicates_removed,
+        "already_sent_left_out": validation.already_sent_left_out
+        + ranking.already_sent_left_out,
         "dropped": [dropped.as_dict() for dropped in validation.dropped[:MAX_STORED_DROPS]],
         "dropped_total": validation.dropped_total,
         "warnings": validation.warnings[:MAX_STORED_DROPS],

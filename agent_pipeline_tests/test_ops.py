@@ -20,6 +20,12 @@ def context(**resources):
     return build_op_context(resources=resources, partition_key=WINDOW)
 
 
+def agent_context(store, agent: AgentResource, redis: Redis):
+    """run_agent's resources: the agent, Redis, and what it asks of earlier emails."""
+    digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
+    return context(agent=agent, redis=redis, agent_runs=store, digest=digest)
+
+
 @pytest.fixture
 def mail(smtp_server):
     return {
@@ -45,12 +51,12 @@ def test_record_run_needs_a_window(pg_store):
             record_run(ctx)
 
 
-def test_run_agent_validates_and_reports_counts(redis_url):
+def test_run_agent_validates_and_reports_counts(redis_url, pg_store):
     agent = AgentResource(agent="agent_pipeline_tests.sample_agents:hostile")
-    with context(agent=agent, redis=Redis(url=redis_url)) as ctx:
+    with agent_context(pg_store, agent, Redis(url=redis_url)) as ctx:
         validation = run_agent(ctx)
         metadata = ctx.get_output_metadata("result")
-    assert len(validation.outcomes) == 7
+    assert len(validation.outcomes) == 6 and validation.duplicates_removed == 1
     assert [d.reason for d in validation.dropped] == [
         "missing score",
         "score is nan, not a finite number",
@@ -60,9 +66,9 @@ def test_run_agent_validates_and_reports_counts(redis_url):
     assert metadata["outcomes"] == 7 and metadata["dropped"] == 4 and metadata["fixed"] == 1
 
 
-def test_run_agent_counts_cache_hits(redis_url):
+def test_run_agent_counts_cache_hits(redis_url, pg_store):
     def run():
-        with context(agent=AgentResource(), redis=Redis(url=redis_url)) as ctx:
+        with agent_context(pg_store, AgentResource(), Redis(url=redis_url)) as ctx:
             run_agent(ctx)
             return ctx.get_output_metadata("result")
 
@@ -79,10 +85,30 @@ def test_run_agent_counts_cache_hits(redis_url):
         ("no.such.module:agent", ConfigurationError),
     ],
 )
-def test_run_agent_failures_raise(agent, error):
-    with context(agent=AgentResource(agent=agent), redis=Redis()) as ctx:
+def test_run_agent_failures_raise(agent, error, pg_store):
+    with agent_context(pg_store, AgentResource(agent=agent), Redis()) as ctx:
         with pytest.raises(error):
             run_agent(ctx)
+
+
+def test_run_agent_keeps_the_best_new_items_not_the_best_ones(pg_store, monkeypatch):
+    """The 1,000 best items were all in earlier emails: the 500 new ones below them are
+    what the run keeps, so the top five is not empty."""
+    sent_row = pg_store.start_run("earlier", "2026-11-26-09:20", "x")
+    pg_store.complete_run(sent_row, {"top_five": [
+        {"title": f"old {n}", "score": 1, "id": f"old-{n}"} for n in range(1_000)
+    ]})
+    assert pg_store.claim_email(sent_row)
+    pg_store.record_email_sent(sent_row)
+    monkeypatch.setattr(
+        "agent_pipeline.agents.keywords.load_sample_feed",
+        lambda: [{"title": f"old {n}", "id": f"old-{n}"} for n in range(1_000)]
+        + [{"title": f"new {n}", "id": f"new-{n}"} for n in range(500)],
+    )
+    with agent_context(pg_store, AgentResource(interests="old, new"), Redis()) as ctx:
+        validation = run_agent(ctx)
+    assert validation.already_sent_left_out == 1_000
+    assert {o["id"] for o in validation.outcomes} == {f"new-{n}" for n in range(500)}
 
 
 def test_rank_top_five_stores_the_result_and_completes_the_row(pg_store):

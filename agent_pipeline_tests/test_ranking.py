@@ -40,7 +40,8 @@ def test_what_is_no_list_of_items_is_refused(raw, message):
 
 
 def test_generators_are_drained():
-    validation = validate_outcomes(iterate_outcomes({"title": "t", "score": n} for n in range(3)))
+    items = ({"title": f"t{n}", "score": n} for n in range(3))
+    validation = validate_outcomes(iterate_outcomes(items))
     assert validation.valid_total == 3 and len(validation.outcomes) == 3
 
 
@@ -313,3 +314,11 @@ def test_the_top_leaves_out_items_already_sent():
     ranking = rank_outcomes(outcomes, already_sent={"id:7", "id:5", "id:99"})
     assert [o["id"] for o in ranking.top] == ["6", "4", "3", "2", "1"]
     assert len(ranking.ranked) == 8 and ranking.already_sent_left_out == 2
+
+
+def test_duplicates_do_not_crowd_the_others_out_of_the_kept():
+    copies = [{"title": "same", "score": 100, "id": "x"}] * 1_000
+    others = [{"title": f"other {n}", "score": n} for n in range(10)]
+    validation = validate_outcomes(copies + others, keep=100)
+    assert len(validation.outcomes) == 11 and validation.duplicates_removed == 999
+    assert len(rank_outcomes(validation.outcomes).top) == 5
