@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import numbers
+import operator
 import re
 import reprlib
 from collections import Counter
@@ -49,7 +50,6 @@ KNOWN_FIELDS = ("title", "score", "url", "summary", "id")
 # C0/C1 control characters, CR and LF included: none of them belongs in a one-line title,
 # and CR/LF is how a value breaks out of an email header.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-_WHITESPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,8 @@ def safe_url(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
         return None
     url = value.strip()
-    if url != storable_text(url) or _CONTROL_CHARS.search(url) or _WHITESPACE.search(url):
+    # Not printable: control characters, NUL, lone surrogates and every space but " ".
+    if not url.isprintable() or " " in url:
         return None
     try:
         parts = urlsplit(url)
@@ -318,8 +319,8 @@ def complete_outcome(
     return outcome
 
 
-def _rank_key(candidate: tuple) -> tuple:
-    return candidate[:3]  # (-score, casefolded title, position): best first
+# A candidate's (-score, casefolded title, position): best first.
+_rank_key = operator.itemgetter(0, 1, 2)
 
 
 def _screened_key(item: Mapping[str, Any], title: str) -> str:
@@ -333,12 +334,22 @@ def _screened_key(item: Mapping[str, Any], title: str) -> str:
     return f"url:{url}" if url else f"title:{title.casefold()}"
 
 
-def _best(candidates: list[tuple], keep: int, validation: Validation) -> list[tuple]:
-    """The best `keep` candidates, one per dedupe key (the best-ranked copy)."""
+def _best(
+    candidates: list[list], keep: int, already_sent: Set[str], validation: Validation
+) -> list[list]:
+    """The best `keep` candidates, one per dedupe key (the best-ranked copy), none already
+    sent. A candidate's key is worked out once, when the walk first reaches it: most items
+    fall below the best before it does."""
     candidates.sort(key=_rank_key)
     seen: set[str] = set()
     best = []
     for candidate in candidates:
+        if candidate[3] is None:
+            candidate[3] = _screened_key(candidate[4], candidate[5])
+            if candidate[3] in already_sent:
+                validation.already_sent_left_out += 1
+        if candidate[3] in already_sent:
+            continue
         if candidate[3] in seen:
             validation.duplicates_removed += 1
             continue
@@ -355,14 +366,14 @@ def validate_outcomes(
     read_limit: int = MAX_ITEMS_READ,
     already_sent: Set[str] = frozenset(),
 ) -> Validation:
-    """Every item read is screened: dropped with its reason, or a valid outcome. Outcomes
-    whose dedupe key is in already_sent (earlier windows' emails) are counted and left out;
-    of the others, the best `keep` distinct ones (by score, then title, then position: the
-    ranking's order) are checked in full and kept, the rest counted. Choosing after the
-    duplicates and the items already sent are out is what keeps the top from being cut off.
-    At most read_limit items are read."""
+    """Every item read is screened: dropped with its reason, or a valid outcome. Of the
+    valid ones, the best `keep` distinct ones not in already_sent (dedupe keys of earlier
+    windows' emails), by score, then title, then position (the ranking's order), are checked
+    in full and kept; duplicates and items already sent met on the way are counted, the rest
+    counted as not kept. Choosing after duplicates and sent items are out keeps them from
+    crowding the new items out of the top. At most read_limit items are read."""
     validation = Validation()
-    candidates: list[tuple] = []
+    candidates: list[list] = []
     for index, item in enumerate(itertools.islice(items, read_limit + 1)):
         if index == read_limit:
             validation.read_cut = True
@@ -376,14 +387,10 @@ def validate_outcomes(
             validation.drop(index, score, item)
             continue
         validation.valid_total += 1
-        key = _screened_key(item, title)
-        if key in already_sent:
-            validation.already_sent_left_out += 1
-            continue
-        candidates.append((-score, title.casefold(), index, key, item, title, score))
+        candidates.append([-score, title.casefold(), index, None, item, title, score])
         if len(candidates) >= 2 * keep:  # prune in batches: a sort per item would cost more
-            candidates = _best(candidates, keep, validation)
-    candidates = _best(candidates, keep, validation)
+            candidates = _best(candidates, keep, already_sent, validation)
+    candidates = _best(candidates, keep, already_sent, validation)
     candidates.sort(key=lambda candidate: candidate[2])  # back to the agent's order
     validation.outcomes = [
         complete_outcome(item, index, title, score, validation)
