@@ -10,6 +10,7 @@ from aiosmtpd.controller import Controller
 from agent_pipeline.delivery import deliver_once, redeliver_failed
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp
+from agent_pipeline_tests.conftest import SmtpCatcher
 from agent_pipeline_tests.services import free_port
 from agent_pipeline_tests.test_smtp_resource import EVERY_RECIPIENT_REFUSED, RecipientRefuser
 
@@ -163,3 +164,28 @@ def test_a_digest_every_recipient_refuses_is_rejected(pg_store):
     assert row["email_status"] == "rejected"
     assert row["email_error"].startswith("SMTPRecipientsRefused:")
     assert "5.1.1 no such user" in row["email_error"]
+
+
+class SenderRefuser(SmtpCatcher):
+    """Refuses every sender: what a server answers a wrong EMAIL_FROM or a missing login."""
+
+    async def handle_MAIL(self, server, session, envelope, address, options):  # noqa: N802
+        self.attempts += 1
+        return "553 5.7.1 sender not allowed"
+
+
+def test_a_5xx_every_message_would_get_fails_the_delivery_not_the_window(pg_store):
+    """A refused sender is the configuration's to fix: the row is failed (redelivered once it
+    is fixed, and the run fails and alerts), not rejected for good."""
+    refuser = SenderRefuser("127.0.0.1", free_port())
+    controller = Controller(refuser, hostname=refuser.host, port=refuser.port)
+    controller.start()
+    try:
+        row_id = finished_row(pg_store, "run-1", "2026-11-26-09:00")
+        with pytest.raises(smtplib.SMTPSenderRefused):
+            deliver_once(pg_store, plain(refuser), row_id, message("w"))
+    finally:
+        controller.stop()
+    assert refuser.attempts == 1  # a 5xx is not retried
+    row = pg_store.get_run(row_id)
+    assert row["email_status"] == "failed" and "553" in row["email_error"]

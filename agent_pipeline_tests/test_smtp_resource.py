@@ -218,6 +218,7 @@ def test_a_refused_connection_is_retried_then_raised():
         (smtplib.SMTPDataError(451, b"later"), True),
         (smtplib.SMTPDataError(550, b"5.7.1 no"), False),
         (smtplib.SMTPSenderRefused(553, b"not yours", "a@example.com"), False),
+        (smtplib.SMTPHeloError(554, b"go away"), False),
         (smtplib.SMTPAuthenticationError(535, b"wrong password"), False),
         (ssl.SSLCertVerificationError("untrusted"), False),
         (ValueError("a bug"), False),
@@ -225,6 +226,23 @@ def test_a_refused_connection_is_retried_then_raised():
 )
 def test_what_counts_as_transient(error, transient):
     assert is_transient(error) is transient
+
+
+@pytest.mark.parametrize(
+    "error, rejection",
+    [
+        (smtplib.SMTPDataError(550, b"5.7.1 spam"), True),
+        (smtplib.SMTPDataError(451, b"later"), False),
+        (smtplib.SMTPRecipientsRefused({"a@x.org": (550, b"no")}), True),
+        (smtplib.SMTPRecipientsRefused({"a@x.org": (550, b"no"), "b@x.org": (451, b"")}), False),
+        # Every message would get these: the configuration's to fix, not this message's.
+        (smtplib.SMTPSenderRefused(553, b"not yours", "a@example.com"), False),
+        (smtplib.SMTPHeloError(554, b"go away"), False),
+        (smtplib.SMTPResponseException(530, b"authentication required"), False),
+    ],
+)
+def test_what_counts_as_a_rejection_of_the_message(error, rejection):
+    assert rejects_message(error) is rejection
 
 
 @pytest.fixture

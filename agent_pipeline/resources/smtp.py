@@ -33,27 +33,26 @@ log = logging.getLogger(__name__)
 
 def is_transient(exc: BaseException) -> bool:
     """Worth another attempt: refused or dropped connections, timeouts, and 4xx replies.
-    Not a 5xx rejection, which the server would repeat, nor a wrong login or an untrusted
+    Not a 5xx reply, which the server would repeat, nor a wrong login or an untrusted
     certificate: those need a person."""
     if isinstance(exc, smtplib.SMTPAuthenticationError | ssl.SSLCertVerificationError):
         return False
     if rejects_message(exc):
         return False
+    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500:
+        return False
     return isinstance(exc, smtplib.SMTPException | OSError)
 
 
 def rejects_message(exc: BaseException) -> bool:
-    """The server refused this one message for good (a 5xx reply to it, or to each of its
-    recipients): other messages may still go through. Not a refused login, which fails every
-    message."""
+    """The server refused this one message for good: a 5xx reply to its content (DATA) or
+    to each of its recipients. Other messages may still go through. Not a 5xx to the
+    greeting, the login or the sender, which every message would get: that is the
+    configuration's to fix, and fails the run."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
         return bool(codes) and all(code >= 500 for code in codes)
-    return (
-        isinstance(exc, smtplib.SMTPResponseException)
-        and exc.smtp_code >= 500
-        and not isinstance(exc, smtplib.SMTPAuthenticationError)
-    )
+    return isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code >= 500
 
 
 def is_loopback(host: str) -> bool:
