@@ -30,7 +30,7 @@ from agent_pipeline.ranking import (
     drop_reasons_markdown,
     iterate_outcomes,
     rank_outcomes,
-    storable_json,
+    storable_stats,
     top_five_markdown,
     validate_outcomes,
 )
@@ -122,11 +122,7 @@ def run_agent(
     validation = validate_outcomes(
         iterate_outcomes(agent_callable(agent_context)), already_sent=sent
     )
-    try:
-        validation.agent_stats, _ = storable_json(agent_context.stats, MAX_STATS_JSON_CHARS)
-    except Exception as exc:  # a custom agent's stats must not cost the run
-        log.warning(f"Agent stats not stored: {exc}")
-        validation.agent_stats = {"stats_not_stored": str(exc)}
+    validation.agent_stats = storable_stats(agent_context.stats, MAX_STATS_JSON_CHARS)
     duration = time.perf_counter() - started
     if validation.read_cut:
         log.warning(

@@ -42,6 +42,8 @@ MAX_STORED_OUTCOMES = 100
 MAX_STORED_DROPS = 50
 MAX_RESULT_BYTES = 1_000_000
 PREVIEW_CHARS = 200
+# An agent's stats: at most this many keys are kept.
+MAX_STATS_KEYS = 50
 # Distinct drop reasons counted by name; any further ones are counted together.
 MAX_DROP_REASONS = 50
 OTHER_REASONS = "other reasons"
@@ -244,6 +246,24 @@ def storable_json(value: Any, limit: int = MAX_EXTRA_JSON_CHARS) -> tuple[Any, i
     if size > limit:
         raise over
     return stored, size
+
+
+def storable_stats(stats: Mapping[str, Any], limit: int) -> dict[str, Any]:
+    """An agent's account of its work made storable key by key, within limit characters as
+    JSON in all: a value that cannot be stored, or does not fit in what is left, is replaced
+    by the reason, and the other keys are kept (LLM calls and cost must not be lost to one
+    long list of failed sources)."""
+    kept: dict[str, Any] = {}
+    room = limit
+    for key, value in itertools.islice(stats.items(), MAX_STATS_KEYS):
+        name = clean_text(str(key), 100)
+        try:
+            kept[name], size = storable_json(value, max(room, 0))
+        except _NotStorable as problem:
+            kept[name] = f"not stored: {problem}"
+            size = len(kept[name]) + 2
+        room -= size + len(name) + 4
+    return kept
 
 
 def screen_outcome(item: Any) -> tuple[str, float] | str:

@@ -19,6 +19,7 @@ from agent_pipeline.ranking import (
     iterate_outcomes,
     rank_outcomes,
     safe_url,
+    storable_stats,
     top_five_markdown,
     validate_outcomes,
 )
@@ -322,3 +323,13 @@ def test_duplicates_do_not_crowd_the_others_out_of_the_kept():
     validation = validate_outcomes(copies + others, keep=100)
     assert len(validation.outcomes) == 11 and validation.duplicates_removed == 999
     assert len(rank_outcomes(validation.outcomes).top) == 5
+
+
+def test_stats_are_kept_key_by_key_within_their_bound():
+    stats = {"sources_failed": {f"https://x.org/{n}": "e" * 300 for n in range(1_000)},
+             "llm_calls": 12, "cost": 0.25, "odd": {1, 2}}
+    kept = storable_stats(stats, 50_000)
+    assert kept["llm_calls"] == 12 and kept["cost"] == 0.25
+    assert kept["sources_failed"] == "not stored: over 50,000 characters as JSON"
+    assert kept["odd"] == "not stored: a set"
+    assert len(json.dumps(kept)) < 50_000
