@@ -365,7 +365,10 @@ def _best(
     best = []
     for candidate in candidates:
         if candidate[3] is None:
-            candidate[3] = _screened_key(candidate[4], candidate[5])
+            try:
+                candidate[3] = _screened_key(candidate[4], candidate[5])
+            except Exception:  # read once already; if it fails now, it is its own item
+                candidate[3] = f"position:{candidate[2]}"
             if candidate[3] in already_sent:
                 validation.already_sent_left_out += 1
         if candidate[3] in already_sent:
@@ -398,7 +401,10 @@ def validate_outcomes(
         if index == read_limit:
             validation.read_cut = True
             break
-        screened = screen_outcome(item)
+        try:
+            screened = screen_outcome(item)
+        except Exception as exc:  # a mapping of the agent's own whose methods raise
+            screened = f"item could not be read ({type(exc).__name__})"
         if isinstance(screened, str):
             validation.drop(index, screened, item)
             continue
@@ -412,10 +418,11 @@ def validate_outcomes(
             candidates = _best(candidates, keep, already_sent, validation)
     candidates = _best(candidates, keep, already_sent, validation)
     candidates.sort(key=lambda candidate: candidate[2])  # back to the agent's order
-    validation.outcomes = [
-        complete_outcome(item, index, title, score, validation)
-        for _, _, index, _, item, title, score in candidates
-    ]
+    for _, _, index, _, item, title, score in candidates:
+        try:
+            validation.outcomes.append(complete_outcome(item, index, title, score, validation))
+        except Exception as exc:
+            validation.drop(index, f"item could not be read ({type(exc).__name__})", item)
     return validation
 
 

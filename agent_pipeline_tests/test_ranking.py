@@ -333,3 +333,29 @@ def test_stats_are_kept_key_by_key_within_their_bound():
     assert kept["sources_failed"] == "not stored: over 50,000 characters as JSON"
     assert kept["odd"] == "not stored: a set"
     assert len(json.dumps(kept)) < 50_000
+
+
+class Treacherous(dict):
+    """A mapping whose reads fail after the first few: an agent's own type."""
+
+    reads = 0
+
+    def get(self, key, default=None):
+        Treacherous.reads += 1
+        if Treacherous.reads > 2:
+            raise RuntimeError("gone")
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        if key == "title" and self.get("explode_early"):
+            raise RuntimeError("no")
+        return super().__contains__(key)
+
+
+def test_an_item_whose_reads_fail_is_dropped_not_the_run():
+    items = [Treacherous(title="a", score=1, explode_early=True),
+             Treacherous(title="b", score=2, url="https://x.org/b", summary="s"),
+             {"title": "c", "score": 3}]
+    validation = validate_outcomes(items)
+    assert [o["title"] for o in validation.outcomes] == ["c"]
+    assert validation.dropped_reasons == {"item could not be read (RuntimeError)": 2}
