@@ -184,6 +184,8 @@ def test_run_containers_and_redis_have_memory_caps(tmp_path, variables, run_memo
     # What DockerRunLauncher starts a run container with: its own config from the instance,
     # merged with the code location's container context, as Dagster merges them.
     launcher = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["run_launcher"]
+    own = launcher["config"]["container_kwargs"]
+    assert (own["mem_limit"], own["memswap_limit"]) == ("1g", "1g")  # without compose too
     context = DockerContainerContext(
         container_kwargs=launcher["config"].get("container_kwargs")
     ).merge(DockerContainerContext.create_from_config(
