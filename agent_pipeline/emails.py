@@ -10,11 +10,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parsedate_to_datetime
+from email.utils import format_datetime, make_msgid
 from typing import Any
 
 import jinja2
 
+from agent_pipeline.dates import parse_timestamp
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import MAX_TITLE_CHARS, clean_text, safe_url
@@ -186,15 +187,5 @@ def _one_line(value: Any, limit: int) -> str:
 def _published(outcome: Mapping[str, Any]) -> str:
     """The item's published time in UTC, or as the feed wrote it when it is no date."""
     raw = _one_line(outcome.get("published"), 60)
-    if not raw:
-        return ""
-    try:
-        try:
-            when = datetime.fromisoformat(raw)
-        except ValueError:
-            when = parsedate_to_datetime(raw)  # RSS dates: "Sun, 01 Nov 2026 08:00:00 GMT"
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return f"{when.astimezone(UTC):%d %b %Y, %H:%M} UTC"
-    except (TypeError, ValueError, OverflowError):  # year 1 at +05:00 has no UTC time
-        return raw
+    when = parse_timestamp(raw)
+    return f"{when:%d %b %Y, %H:%M} UTC" if when else raw

@@ -40,6 +40,10 @@ from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT, RUNNING
 from agent_pipeline.settings import log_settings
 
 WARNINGS_LOGGED = 20
+# Dagster tags each run of a backfill with the backfill's id.
+BACKFILL_TAG = "dagster/backfill"
+# The email reason a backfill's row records.
+BACKFILL = "backfill"
 # An agent's own account of its work (AgentContext.stats): what is kept of it, and how many
 # of its entries the UI shows.
 MAX_STATS_JSON_CHARS = 50_000
@@ -219,8 +223,9 @@ def rank_top_five(
 
 
 @op(
-    description="Email the top five to EMAIL_TO, at most once per window, and send the "
-    "emails of earlier windows whose delivery failed."
+    description="Email the top five to EMAIL_TO, at most once per window (a backfill's runs "
+    "only with BACKFILL_EMAIL=each), and send the emails of earlier windows whose delivery "
+    "failed."
 )
 def send_email(
     context: OpExecutionContext,
@@ -240,7 +245,12 @@ def send_email(
     window_key, _, _ = _window(context)
     recipients = digest.recipients()
     metadata: dict[str, Any] = {"sent": False}
-    if not top_five:
+    if context.has_tag(BACKFILL_TAG) and digest.backfill_email == "none":
+        # A backfill of a day would send 144 digests of old windows (BACKFILL_EMAIL=each).
+        agent_runs.record_email_skipped(row_id, BACKFILL)
+        log.info("No email: a backfill's runs send none (BACKFILL_EMAIL=none).")
+        metadata["reason"] = BACKFILL
+    elif not top_five:
         left_out = (row["result"] or {}).get("already_sent_left_out")
         reason = (
             f"nothing new: all {left_out} item(s) were in earlier emails"

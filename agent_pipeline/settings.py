@@ -41,6 +41,7 @@ ENVIRONMENT_VARIABLES = (
     "EMAIL_FROM",
     "EMAIL_TO",
     "EMAIL_ONLY_NEW",
+    "BACKFILL_EMAIL",
     "ALERT_EMAIL_TO",
     "DAGSTER_WEBSERVER_URL",
     "LOG_LEVEL",
@@ -62,6 +63,7 @@ ENVIRONMENT_VARIABLES = (
     "LLM_PRICE_OUTPUT",
 )
 DEFAULT_HISTORY_DAYS = 14
+BACKFILL_EMAIL_MODES = ("none", "each")
 MAX_HISTORY_DAYS = 366
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 MAX_PORT = 65535
@@ -118,6 +120,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(name, f"{raw!r} is not true or false")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of choices (the first is the default), or a ConfigurationError naming them."""
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise ConfigurationError(name, f"{raw!r} is not one of {', '.join(choices)}")
+    return raw
 
 
 def _secret(env: Mapping[str, str], name: str) -> Any:
@@ -266,6 +276,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         email_from=parse_address(email_from or OUTBOX_EMAIL_FROM, "EMAIL_FROM"),
         email_to=", ".join(parse_address_list(email_to or OUTBOX_EMAIL_TO, "EMAIL_TO")),
         only_new=_bool(env, "EMAIL_ONLY_NEW", True),
+        backfill_email=_choice(env, "BACKFILL_EMAIL", BACKFILL_EMAIL_MODES),
         alert_email_to=", ".join(alert_recipients(env)),
         webserver_url=webserver_url(env),
     )

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -124,3 +125,29 @@ def test_the_llm_key_goes_only_to_the_scorer_that_calls_the_llm(agent, scorer, g
     settings = resource.settings()
     assert ("llm_api_key" in settings) is gets_key
     assert ("sk-secret" in settings.values()) is gets_key
+
+
+def test_a_past_window_reports_only_what_was_published_by_its_end():
+    """The sample feed's items are dated from 1 November 2026: a window of the 10th sees
+    what was out by then, not the later items a backfill must not report."""
+    end = datetime(2026, 11, 10, 12, 10, tzinfo=UTC)
+    context = replace(agent_context(AgentCache(None, 60), "dagster"),
+                      window_start=end - timedelta(minutes=10), window_end=end)
+    outcomes = list(keywords_agent(context))
+    everything = load_sample_feed()
+    assert 0 < len(outcomes) < len(everything)
+    assert max(o["published"] for o in outcomes) < "2026-11-10T12:10"
+    assert {o["id"] for o in outcomes} == {
+        item["id"] for item in everything if item["published"] < "2026-11-10T12:10"
+    }
+
+
+@pytest.mark.parametrize(
+    "published, known",
+    [("2026-11-26T09:39:59Z", True), ("2026-11-26T09:40:00Z", False),
+     ("Thu, 26 Nov 2026 10:00:00 GMT", False), ("2026-11-26T10:30:00+01:00", True),
+     ("2026-11-27", False), (None, True), ("sometime", True), ("9" * 1_000, True)],
+)
+def test_known_by_window_end(published, known):
+    context = agent_context(AgentCache(None, 60), "dagster")
+    assert context.known_by_window_end({"title": "t", "published": published}) is known

@@ -37,7 +37,7 @@ def window_keys(count: int) -> list[str]:
     return agent_job.partitions_def.get_partition_keys()[-count:]
 
 
-def run_window(window: str):
+def run_window(window: str, tags: dict[str, str] | None = None):
     """Run agent_job for window; the result gains `.logs`, the run's log messages."""
     with DagsterInstance.ephemeral() as instance:
         result = agent_job.execute_in_process(
@@ -45,6 +45,7 @@ def run_window(window: str):
             resources=resources_from_env(os.environ),
             instance=instance,
             raise_on_error=False,
+            tags=tags,
         )
         result.logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
         return result
@@ -442,3 +443,19 @@ def test_only_new_items_are_emailed_until_nothing_new_is_left(
     assert last["email_status"] == "skipped"
     assert last["email_error"] == "nothing new: all 24 item(s) were in earlier emails"
     assert last["result"]["already_sent_left_out"] == 24
+
+
+@pytest.mark.parametrize("mode, sent", [(None, False), ("none", False), ("each", True)])
+def test_a_backfills_runs_email_only_when_asked(production_env, postgres_url, smtp_server,
+                                                mode, sent):
+    if mode:
+        production_env.setenv("BACKFILL_EMAIL", mode)
+    (window,) = window_keys(1)
+    assert run_window(window, tags={"dagster/backfill": "abcdefgh"}).success
+    (row,) = rows(postgres_url)
+    assert row["status"] == "succeeded" and len(row["result"]["top_five"]) == 5
+    if sent:
+        assert row["email_status"] == "sent" and len(smtp_server.received) == 1
+    else:
+        assert (row["email_status"], row["email_error"]) == ("skipped", "backfill")
+        assert smtp_server.received == []

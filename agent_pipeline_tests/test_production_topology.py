@@ -49,6 +49,7 @@ def stack(tmp_path, clean_env, postgres_url, redis_url, smtp_server):
         AGENT="agent_pipeline_tests.sample_agents:slow_keywords",
         SLOW_AGENT_SECONDS="1.5",
         EMAIL_ONLY_NEW="false",  # every window has its five to send
+        BACKFILL_EMAIL="each",  # and the backfilled ones too
     )
     with production_topology(tmp_path, postgres_url, settings) as topology:
         export_storage_env(clean_env, topology)

@@ -78,6 +78,7 @@ def test_the_default_port_follows_the_security_mode(security, port):
         ({"DAGSTER_WEBSERVER_URL": "dagster.example.com"}, "DAGSTER_WEBSERVER_URL"),
         ({"DAGSTER_WEBSERVER_URL": "javascript:alert(1)"}, "DAGSTER_WEBSERVER_URL"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"BACKFILL_EMAIL": "sometimes"}, "BACKFILL_EMAIL"),
         ({"LOG_FILE_BACKUPS": "many"}, "LOG_FILE_BACKUPS"),
         ({"LOG_FILE_BACKUPS": "0"}, "LOG_FILE_BACKUPS"),
         ({"LOG_FILE": "/etc/passwd/agent.log"}, "LOG_FILE"),

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from agent_pipeline.agents import AgentCache, AgentContext
@@ -214,3 +217,15 @@ def test_source_labels_drop_credentials():
         "https://feeds.example.org:8443/rss"
     )
     assert source_label("/data/items.json") == "/data/items.json"
+
+
+def test_items_published_after_the_window_are_left_out():
+    """RSS2's first item is dated 25 November, its second has no date: a window that ended
+    on the 24th reports only the undated one."""
+    with FeedServer(ROUTES) as server:
+        ctx = context(AgentCache(None, 60), sources=server.url("/rss2.xml"), scorer="keyword")
+        end = datetime(2026, 11, 24, tzinfo=UTC)
+        ctx = replace(ctx, window_start=end - timedelta(minutes=10), window_end=end)
+        outcomes = list(triage_agent(ctx))
+    assert [o["title"] for o in outcomes] == ["Gardening in winter"]
+    assert ctx.stats["items_after_window"] == 1

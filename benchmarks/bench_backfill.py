@@ -62,6 +62,7 @@ def backfill(executor: str, windows: list[str], admin_url: str, redis_url: str) 
                 "EMAIL_FROM": "bench@example.com", "EMAIL_TO": "reader@example.com",
                 "AGENT_PIPELINE_HOME": os.path.join(workdir, "agent"),
                 "EMAIL_ONLY_NEW": "false",  # every window sends, as the count below expects
+                "BACKFILL_EMAIL": "each",
             }
             with production_topology(Path(workdir), database_url, settings,
                                      TARGETS[executor]) as topology:

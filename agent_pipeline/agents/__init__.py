@@ -1,5 +1,7 @@
 """Agents are plain Python: a callable taking an AgentContext and returning an iterable of
-mappings with at least `title` (str) and `score` (number)."""
+mappings with at least `title` (str) and `score` (number). An agent returns what was known by
+its window's end: a run for a past window (a backfill) must not report what came later, so
+items published at or after window_end are left out (AgentContext.known_by_window_end)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent_pipeline.caching import cache_key
+from agent_pipeline.dates import parse_timestamp
 from agent_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -72,6 +75,12 @@ class AgentContext:
     stats: dict[str, Any] = field(default_factory=dict)
     # Redis, for agents that queue their work (None, or not enabled: no queue).
     queue: Redis | None = None
+
+    def known_by_window_end(self, item: Mapping[str, Any]) -> bool:
+        """False for an item published at or after the window's end (a backfilled window
+        must not report later news); True when its `published` is before, or no date."""
+        published = parse_timestamp(item.get("published"))
+        return published is None or published < self.window_end
 
 
 def load_agent(spec: str) -> Agent:

@@ -233,7 +233,9 @@ def score_with_llm(
 def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
     settings = context.settings
     sources = parse_sources(settings.get("sources", ""))
-    items, failures = collect_items(context, sources)
+    collected, failures = collect_items(context, sources)
+    # A backfilled window reports what was known by its end, not what came later.
+    items = [item for item in collected if context.known_by_window_end(item)]
     interests = settings.get("interests", "")
     scorer_name = settings.get("scorer", "keyword")
     model = settings.get("llm_model", "") if scorer_name == "llm" else ""
@@ -253,6 +255,7 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
             scores[id(item)] = cached
     stats: dict[str, Any] = {
         "sources": len(sources), "sources_failed": failures, "items": len(items),
+        "items_after_window": len(collected) - len(items),
         "cache_hits": len(items) - len(misses), "cache_misses": len(misses), "llm_calls": 0,
     }
     if scorer_name == "llm" and misses:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Literal
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -21,6 +21,12 @@ class DigestSettings(ConfigurableResource):
         default=True,
         description="EMAIL_ONLY_NEW: leave out of the top five the items that earlier "
         "windows' emails already had.",
+    )
+
+    backfill_email: Literal["none", "each"] = Field(
+        default="none",
+        description="BACKFILL_EMAIL: none (a backfill's runs send no email; their rows say "
+        "skipped, backfill) or each (every backfilled window is emailed).",
     )
 
     alert_email_to: str = Field(
