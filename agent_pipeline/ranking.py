@@ -186,7 +186,10 @@ _PREVIEW = _PreviewRepr()
 
 
 def _preview(item: Any) -> str:
-    return clean_text(_PREVIEW.repr(item), PREVIEW_CHARS)
+    try:
+        return clean_text(_PREVIEW.repr(item), PREVIEW_CHARS)
+    except Exception:  # e.g. an int of more digits than Python will print
+        return f"<{type(item).__name__}>"
 
 
 def parse_score(score: Any) -> float | str:
@@ -218,7 +221,11 @@ def _storable(value: Any, room: list[int], depth: int = 0) -> Any:
     room[0] -= len(value) + 2 if isinstance(value, str) else 1
     if room[0] < 0:
         raise _NotStorable("too large")
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > 64:  # JSON readers lose it, and 4,300 digits do not print
+            raise _NotStorable("an integer too large")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -242,6 +249,8 @@ def storable_json(value: Any, limit: int = MAX_EXTRA_JSON_CHARS) -> tuple[Any, i
         stored = _storable(value, [limit])
     except _NotStorable as problem:
         raise over if str(problem) == "too large" else problem from None
+    except RecursionError:
+        raise _NotStorable("nested too deep") from None
     size = len(json.dumps(stored))
     if size > limit:
         raise over
@@ -254,13 +263,24 @@ def storable_stats(stats: Mapping[str, Any], limit: int) -> dict[str, Any]:
     by the reason, and the other keys are kept (LLM calls and cost must not be lost to one
     long list of failed sources)."""
     kept: dict[str, Any] = {}
-    room = limit
-    for key, value in itertools.islice(stats.items(), MAX_STATS_KEYS):
-        name = clean_text(str(key), 100)
+    room = limit - 100  # what the closing "stats_truncated" may need
+    try:
+        entries = list(itertools.islice(stats.items(), MAX_STATS_KEYS + 1))
+    except Exception as exc:  # an agent's own mapping type that fails to list its items
+        return {"stats_not_stored": f"unreadable ({type(exc).__name__})"}
+    for position, (key, value) in enumerate(entries):
+        if room <= 0 or position == MAX_STATS_KEYS:
+            kept["stats_truncated"] = f"the entries after the first {position} left out"
+            break
         try:
-            kept[name], size = storable_json(value, max(room, 0))
-        except _NotStorable as problem:
-            kept[name] = f"not stored: {problem}"
+            name = clean_text(str(key), 100) or f"stat {position}"
+        except Exception:
+            name = f"stat {position}"
+        try:
+            kept[name], size = storable_json(value, max(room - len(name) - 4, 0))
+        except Exception as problem:  # a custom agent's stats must not cost the run
+            reason = problem if isinstance(problem, _NotStorable) else type(problem).__name__
+            kept[name] = f"not stored: {reason}"
             size = len(kept[name]) + 2
         room -= size + len(name) + 4
     return kept
@@ -422,6 +442,7 @@ def validate_outcomes(
         try:
             validation.outcomes.append(complete_outcome(item, index, title, score, validation))
         except Exception as exc:
+            validation.valid_total -= 1  # counted once: as dropped
             validation.drop(index, f"item could not be read ({type(exc).__name__})", item)
     return validation
 

@@ -14,12 +14,16 @@ from agent_pipeline_tests.raw_server import ScriptedServer
 
 
 class FeedServer:
-    def __init__(self, routes: dict[str, tuple], host: str = "127.0.0.1"):
+    def __init__(self, routes: dict[str, tuple], host: str = "127.0.0.1", port: int = 0,
+                 keep_alive: bool = False):
         self.routes = routes
         self.requests: list[tuple[str, str | None]] = []  # (path, If-None-Match)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 keeps each connection open for the next request, as real servers do.
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -47,7 +51,7 @@ class FeedServer:
                 self.wfile.write(body)
 
         self.host = host
-        self._server = ThreadingHTTPServer((host, 0), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

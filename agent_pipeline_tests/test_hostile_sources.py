@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import ipaddress
+import socket
 import tracemalloc
 
 import pytest
@@ -16,9 +17,11 @@ from agent_pipeline.agents.sources import (
     FetchPolicy,
     SourceError,
     check_source,
+    fetch_all,
     fetch_url,
     is_internal_source,
     parse_items,
+    without_entities,
 )
 from agent_pipeline.agents.triage import AllSourcesFailed, collect_items, triage_agent
 from agent_pipeline.resources.redis import Redis
@@ -239,6 +242,8 @@ def test_a_compressed_body_is_decoded_within_the_cap():
                        {"Content-Encoding": "gzip, gzip"}),
         "/small.xml": (200, "application/rss+xml", gzip.compress(RSS2),
                        {"Content-Encoding": "gzip"}),
+        "/cut.xml": (200, "application/rss+xml", gzip.compress(RSS2)[:-30],
+                     {"Content-Encoding": "gzip"}),
     }
     tracemalloc.start()
     try:
@@ -249,6 +254,8 @@ def test_a_compressed_body_is_decoded_within_the_cap():
             with pytest.raises(SourceError, match="'gzip, gzip' is not accepted"):
                 fetch_url(server.url("/twice.xml"))
             assert len(fetch_url(server.url("/small.xml")).items) == 2
+            with pytest.raises(SourceError, match="a compressed body that ends early"):
+                fetch_url(server.url("/cut.xml"))
     finally:
         tracemalloc.stop()
     assert peak < 50_000_000
@@ -268,9 +275,15 @@ def test_a_validator_that_cannot_be_sent_back_costs_nothing(redis_url):
     redis.close()
 
 
-def test_a_doctype_flood_is_read_in_linear_time():
+def test_the_doctype_is_looked_for_in_the_prolog_only():
     """A regex search for the DOCTYPE over a body of repeated "<!DOCTYPE" took minutes for
-    200 KB; only the prolog is looked at now."""
+    200 KB (quadratic); only the first 4 KB are looked at now, so one late in the body is
+    left alone, and a flood is one bad source."""
+    late = b"<rss>" + b" " * 5_000 + b'<!DOCTYPE rss SYSTEM "x.dtd">'
+    assert without_entities(late).endswith(late)  # (after the XML declaration added)
+    early = b'<!DOCTYPE rss SYSTEM "x.dtd"><rss/>'
+    assert b"DOCTYPE" not in without_entities(early)
+    assert without_entities(early).endswith(b"<rss/>")
     with pytest.raises(SourceError):
         parse_items(b"<rss>" + b"<!DOCTYPE" * 500_000, "https://feeds.example.org/rss")
 
@@ -288,3 +301,48 @@ def test_source_errors_are_bounded_and_twin_sources_are_counted_apart():
     ctx = context(AgentCache(None, 60))
     with pytest.raises(AllSourcesFailed):  # both failed, though they share a label
         collect_items(ctx, [f"{down}?token=a", f"{down}?token=b"])
+
+
+def test_a_connection_an_internal_source_left_open_is_not_reused_by_a_public_one():
+    """The operator's own source leaves a kept-alive connection to localhost; a public
+    source then redirects to that host and port. It is refused: public sources have a pool
+    of their own, whose every connection was checked."""
+    internal_routes = {"/feed.xml": (200, "application/rss+xml", RSS2),
+                       "/admin": (200, "application/json", b'[{"title": "SECRET"}]')}
+    with FeedServer(internal_routes, keep_alive=True) as internal:
+        own = f"http://localhost:{internal.url('/').split(':')[2]}"
+        public_routes = {"/feed.xml": (302, "text/plain", b"", {"Location": f"{own}admin"})}
+        with FeedServer(public_routes, host="127.0.0.2", keep_alive=True) as public:
+            one_at_a_time = FetchPolicy(is_internal=POLICY.is_internal, at_once=1)
+            results = fetch_all({f"{own}feed.xml": None, public.url("/feed.xml"): None},
+                                one_at_a_time)
+    assert len(results[f"{own}feed.xml"].items) == 2
+    assert "redirects to an internal address" in str(results[public.url("/feed.xml")])
+    assert [path for path, _ in internal.requests] == ["/feed.xml"]
+
+
+def test_a_public_name_is_checked_at_connect_and_reached_at_the_address_checked(monkeypatch):
+    """public.test resolves first to the public stand-in, then (rebinding) to an internal
+    address on the same port: the connection goes where the check said, once; a name that
+    resolves inward is refused before connecting."""
+    with FeedServer({"/feed.xml": (200, "application/rss+xml", RSS2)},
+                    host="127.0.0.2") as outside:
+        port = int(outside.url("/").split(":")[2].rstrip("/"))
+        with FeedServer({"/feed.xml": (200, "application/rss+xml", b"[]")},
+                        port=port) as inside:
+            answers = iter(["127.0.0.2"] + ["127.0.0.1"] * 10)
+            real = socket.getaddrinfo
+
+            def rebinding(host, *args, **kwargs):
+                if host in ("public.test", "inward.test"):
+                    address = "127.0.0.1" if host == "inward.test" else next(answers)
+                    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+                return real(host, *args, **kwargs)
+
+            monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+            fetched = fetch_url(f"http://public.test:{port}/feed.xml", policy=POLICY)
+            with pytest.raises(SourceError, match=r"inward.test resolves to an internal "
+                                                  r"address \(127.0.0.1\)"):
+                fetch_url(f"http://inward.test:{port}/feed.xml", policy=POLICY)
+    assert len(fetched.items) == 2
+    assert inside.requests == [] and len(outside.requests) == 1

@@ -330,9 +330,43 @@ def test_stats_are_kept_key_by_key_within_their_bound():
              "llm_calls": 12, "cost": 0.25, "odd": {1, 2}}
     kept = storable_stats(stats, 50_000)
     assert kept["llm_calls"] == 12 and kept["cost"] == 0.25
-    assert kept["sources_failed"] == "not stored: over 50,000 characters as JSON"
+    assert kept["sources_failed"].startswith("not stored: over ")
     assert kept["odd"] == "not stored: a set"
     assert len(json.dumps(kept)) < 50_000
+
+
+class Unlistable(list):
+    def __iter__(self):
+        raise RuntimeError("no")
+
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("no")
+
+
+def test_hostile_stats_cost_their_own_entry_and_the_total_stays_bounded():
+    stats = {"huge": 10**5000, "broken": Unlistable([1]), Unprintable(): 1, "ok": 2,
+             **{f"filler {n}": "x" * 9_000 for n in range(10)}, "late": 3}
+    kept = storable_stats(stats, 50_000)
+    assert kept["huge"] == "not stored: an integer too large"
+    assert kept["broken"] == "not stored: RuntimeError" and kept["stat 2"] == 1
+    # Fillers fit while there is room, then each says it did not; small ones still fit.
+    assert kept["ok"] == 2 and kept["late"] == 3
+    assert kept["filler 9"].startswith("not stored: over ")
+    assert len(json.dumps(kept)) <= 50_000
+    many = storable_stats({f"k{n}": n for n in range(60)}, 50_000)
+    assert len(many) == 51 and many["stats_truncated"] == "the entries after the first 50 left out"
+
+
+def test_an_integer_no_json_reader_can_hold_costs_its_field_or_item_only():
+    validation = validate_outcomes([
+        {"title": "a", "score": 10**5000}, {"title": "b", "x": 10**5000},
+        {"title": "c", "score": 1, "n": 10**5000}, {"title": "d", "score": 2, "id": 10**5000},
+    ])
+    assert [o["title"] for o in validation.outcomes] == ["c"]
+    assert validation.dropped_total == 3 and validation.valid_total == 1
+    assert "an integer too large" in validation.warnings[0]
 
 
 class Treacherous(dict):

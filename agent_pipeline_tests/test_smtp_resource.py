@@ -180,10 +180,12 @@ EVERY_RECIPIENT_REFUSED = {
 
 
 @pytest.mark.parametrize("recipient_refuser", [EVERY_RECIPIENT_REFUSED], indirect=True)
-def test_every_recipient_refused_for_good_is_a_rejection(recipient_refuser):
+def test_every_recipient_refused_for_good_is_not_retried(recipient_refuser):
+    """Not a rejection of this message either: every digest would get it (a mistyped
+    EMAIL_TO, relay denied), so it is the configuration's to fix."""
     with pytest.raises(smtplib.SMTPRecipientsRefused) as failure:
         plain(recipient_refuser, retries=3).send(a_message())
-    assert rejects_message(failure.value) and not is_transient(failure.value)
+    assert not rejects_message(failure.value) and not is_transient(failure.value)
     assert recipient_refuser.rcpt_attempts == 2  # one attempt, two recipients
     assert recipient_refuser.received == []
 
@@ -233,7 +235,7 @@ def test_what_counts_as_transient(error, transient):
     [
         (smtplib.SMTPDataError(550, b"5.7.1 spam"), True),
         (smtplib.SMTPDataError(451, b"later"), False),
-        (smtplib.SMTPRecipientsRefused({"a@x.org": (550, b"no")}), True),
+        (smtplib.SMTPRecipientsRefused({"a@x.org": (550, b"no")}), False),
         (smtplib.SMTPRecipientsRefused({"a@x.org": (550, b"no"), "b@x.org": (451, b"")}), False),
         # Every message would get these: the configuration's to fix, not this message's.
         (smtplib.SMTPSenderRefused(553, b"not yours", "a@example.com"), False),
@@ -349,3 +351,35 @@ def test_an_endless_reply_is_cut_off_at_the_cap():
         with pytest.raises(smtplib.SMTPServerDisconnected, match="reply is over 65,536 bytes"):
             smtp.send(a_message())
     assert server.sent < 10_000_000  # of 50 MB offered
+
+
+def test_the_attempt_deadline_holds_across_starttls(certificate_authority, ca_file):
+    """The deadline passes while the client waits in the TLS handshake (each wait shorter
+    than a read's timeout), then the server would drip its reply to the second EHLO for a
+    minute: the session still ends at the deadline, though STARTTLS replaced the socket."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("127.0.0.1").configure_cert(server_context)
+
+    def slow_starttls(server: ScriptedServer, connection: socket.socket) -> None:
+        lines = connection.makefile("rb")
+        server.send(connection, b"220 slow.example ESMTP\r\n")
+        lines.readline()  # EHLO
+        time.sleep(0.5)
+        server.send(connection, b"250-slow.example\r\n250 STARTTLS\r\n")
+        lines.readline()  # STARTTLS
+        time.sleep(0.5)
+        server.send(connection, b"220 go ahead\r\n")
+        time.sleep(0.7)  # the 1.5 s deadline passes in the handshake
+        tls = server_context.wrap_socket(connection, server_side=True)
+        tls.makefile("rb").readline()  # EHLO again
+        for byte in b"250-" + b"x" * 200:
+            server.send(tls, bytes([byte]))
+            time.sleep(0.3)
+
+    with ScriptedServer(slow_starttls) as server:
+        smtp = Smtp(host="127.0.0.1", port=server.port, security="starttls", timeout=5,
+                    attempt_deadline_seconds=1.5, ca_file=ca_file, retries=0)
+        with pytest.raises(TimeoutError, match="did not finish within 1.5 s"):
+            smtp.send(a_message())
+        greeting_and_replies = 24 + 36 + 14
+        assert server.sent <= greeting_and_replies  # not one byte of the drip went out

@@ -57,12 +57,21 @@ class BoundedResponse:
         return self.content.decode("utf-8", errors="replace")
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def plain_address(address: str) -> IPAddress:
-    """An IP address as ipaddress sees it, an IPv6 zone dropped and an IPv4-mapped IPv6
-    address (::ffff:127.0.0.1) taken as the IPv4 address it is."""
+    """An IP address as ipaddress sees it, an IPv6 zone dropped, and an IPv6 address that
+    carries an IPv4 one (mapped ::ffff:a.b.c.d, compatible ::a.b.c.d, 6to4, NAT64) taken as
+    the IPv4 address it leads to."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip in _NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 
 
@@ -221,4 +230,6 @@ def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
         body += chunk
         if len(body) > max_bytes:
             raise ResponseTooLarge(f"larger than {max_bytes:,} bytes")
+    if decoder is not None and not decoder.eof:  # cut off: not the whole document
+        raise UnsupportedEncoding("a compressed body that ends early")
     return bytes(body)

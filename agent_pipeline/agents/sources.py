@@ -466,13 +466,19 @@ def fetch_all(
 
     def one(url: str) -> Fetched | SourceError:
         try:
+            client = clients[is_internal_source(httpx.URL(url).host, policy)]
             return fetch(client, url, urls[url], policy, budget_ends)
         except SourceError as exc:
             return exc
         except Exception as exc:  # whatever else a hostile source causes costs it alone
             return SourceError(f"failed unexpectedly ({type(exc).__name__})")
 
-    with http_client() as client, ThreadPoolExecutor(max_workers=policy.at_once) as pool:
+    # Two pools: a connection a source of the operator's own opened unguarded must never be
+    # reused by a public source's (guarded) redirect to the same host.
+    with http_client() as internal, http_client() as public, ThreadPoolExecutor(
+        max_workers=policy.at_once
+    ) as pool:
+        clients = {True: internal, False: public}
         return dict(zip(urls, pool.map(one, urls), strict=True))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import random
 import smtplib
 import socket
@@ -41,17 +42,17 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500:
         return False
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return not codes or any(code < 500 for code in codes)
     return isinstance(exc, smtplib.SMTPException | OSError)
 
 
 def rejects_message(exc: BaseException) -> bool:
-    """The server refused this one message for good: a 5xx reply to its content (DATA) or
-    to each of its recipients. Other messages may still go through. Not a 5xx to the
-    greeting, the login or the sender, which every message would get: that is the
-    configuration's to fix, and fails the run."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = [code for code, _ in exc.recipients.values()]
-        return bool(codes) and all(code >= 500 for code in codes)
+    """The server refused this one message for good: a 5xx reply to its content (DATA).
+    Other messages may still go through. Not a 5xx to the greeting, the login, the sender or
+    every recipient (relay denied, a mistyped EMAIL_TO), which every message would get: that
+    is the configuration's to fix, and fails the run."""
     return isinstance(exc, smtplib.SMTPDataError) and exc.smtp_code >= 500
 
 
@@ -117,19 +118,19 @@ class _Bounded:
         if remaining <= 0:
             raise TimeoutError("the delivery deadline passed")
         sock = super()._get_socket(host, port, min(timeout, remaining))
-        self._raw_sock = sock
+        # A second handle on the same connection: STARTTLS detaches the first when it wraps
+        # it, and a shutdown through this one still ends the wrapped session's reads.
+        self._watch = socket.socket(fileno=os.dup(sock.fileno()))
         self._timer = threading.Timer(self._deadline - time.monotonic(), self._expire)
         self._timer.daemon = True
         self._timer.start()
         return sock
 
     def _expire(self) -> None:
-        for sock in (getattr(self, "sock", None), getattr(self, "_raw_sock", None)):
-            try:
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed already, or detached when STARTTLS wrapped it
+        try:
+            self._watch.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
 
     def getreply(self) -> tuple[int, bytes]:
         if self.file is None and self.sock is not None:
@@ -141,6 +142,7 @@ class _Bounded:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._watch.close()
         super().close()
 
 
