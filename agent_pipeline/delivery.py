@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp, is_transient, rejects_message
-from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT, EMAIL_SKIPPED
+from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENDING, EMAIL_SENT, EMAIL_SKIPPED
 
 # Windows caught up per run: a long outage is worked off over several runs, not in one.
 REDELIVERIES_PER_RUN = 10
@@ -43,8 +43,9 @@ def deliver_once(
         return _rejected_before(store, row_id, rejected)
     for attempt in range(smtp.retries + 1):
         if not store.claim_email(row_id):
-            store.record_email_skipped(row_id, ALREADY_SENT)
-            return Delivery(EMAIL_SKIPPED, ALREADY_SENT)
+            reason = claim_refused_reason(store.email_claim(row_id))
+            store.record_email_skipped(row_id, reason)
+            return Delivery(EMAIL_SKIPPED, reason)
         try:
             destination = smtp.send_once(message)
         except Exception as exc:
@@ -60,6 +61,18 @@ def deliver_once(
         store.record_email_sent(row_id)
         return Delivery(EMAIL_SENT, destination)
     raise AssertionError("unreachable")
+
+
+def claim_refused_reason(holder: dict[str, Any] | None) -> str:
+    """Why a row could not claim its window's email, from the row that holds it. Runs of
+    agent_job never overlap, so a holder still sending is an attempt that died mid-delivery:
+    the server may or may not have taken its email, and it is not sent again."""
+    if holder is not None and holder["email_status"] == EMAIL_SENDING:
+        return (
+            f"a dead attempt (run {holder['dagster_run_id']}) left this window's email "
+            "sending: it may or may not have gone out, so it is not sent again"
+        )
+    return ALREADY_SENT
 
 
 def _rejected_before(store: AgentRunsStore, row_id: int, rejected: dict[str, Any]) -> Delivery:

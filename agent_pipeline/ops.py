@@ -36,7 +36,7 @@ from agent_pipeline.ranking import (
 )
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent_runs import describe_error
-from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT, RUNNING
+from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT
 from agent_pipeline.settings import log_settings
 
 WARNINGS_LOGGED = 20
@@ -182,8 +182,8 @@ def _metadata_value(value: Any) -> Any:
 
 
 @op(
-    description="Dedupe and rank the items and keep the top five (its top_five metadata); the "
-    "row ends succeeded."
+    description="Dedupe and rank the items and keep the top five (its top_five metadata) in "
+    "the row's result."
 )
 def rank_top_five(
     context: OpExecutionContext,
@@ -202,7 +202,9 @@ def rank_top_five(
         log.info(
             f"Left out {result['already_sent_left_out']} item(s) already sent in earlier emails."
         )
-    agent_runs.complete_run(_run_row(context, agent_runs, agent), result)
+    # The row stays running until send_email has settled the email: a worker killed while
+    # sending must not leave a row that says it succeeded.
+    agent_runs.store_result(_run_row(context, agent_runs, agent), result)
     log.info(
         "Ranked",
         top=len(ranking.top),
@@ -238,10 +240,10 @@ def send_email(
     log = _logger(context, agent)
     row_id = _run_row(context, agent_runs, agent)
     row = agent_runs.get_run(row_id)
-    if row["status"] == RUNNING:
+    if row["result"] is None:
         # A re-execution from failure that starts here: its row gets the top five it sends
         # (the parent run's row keeps the full result).
-        agent_runs.complete_run(row_id, {"top_five": top_five})
+        agent_runs.store_result(row_id, {"top_five": top_five})
     window_key, _, _ = _window(context)
     recipients = digest.recipients()
     metadata: dict[str, Any] = {"sent": False}
@@ -271,6 +273,7 @@ def send_email(
     if caught_up:
         log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
     metadata["redelivered"] = len(caught_up)
+    agent_runs.succeed_run(row_id)
     context.add_output_metadata(metadata)
 
 

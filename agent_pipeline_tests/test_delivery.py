@@ -191,3 +191,22 @@ def test_a_5xx_every_message_would_get_fails_the_delivery_not_the_window(pg_stor
     assert refuser.attempts == 1  # a 5xx is not retried
     row = pg_store.get_run(row_id)
     assert row["email_status"] == "failed" and "553" in row["email_error"]
+
+
+def test_a_claim_a_dead_attempt_left_is_named_so_not_sent_again(pg_store, smtp_server):
+    """Run 1's worker died while sending: its row still holds the window's email. Run 2 does
+    not send (the server may have taken it), and its row says why, truly."""
+    dead = finished_row(pg_store, "run-1", "2026-11-26-09:00")
+    assert pg_store.claim_email(dead)  # and then the worker was killed
+    later = finished_row(pg_store, "run-2", "2026-11-26-09:00")
+    delivery = deliver_once(pg_store, plain(smtp_server), later, message("w"))
+    assert delivery.status == "skipped" and smtp_server.attempts == 0
+    assert pg_store.get_run(later)["email_error"] == (
+        "a dead attempt (run run-1) left this window's email sending: it may or may not "
+        "have gone out, so it is not sent again"
+    )
+    pg_store.record_email_sent(dead)  # had it finished, the reason would be the usual one
+    third = finished_row(pg_store, "run-3", "2026-11-26-09:00")
+    assert deliver_once(pg_store, plain(smtp_server), third, message("w")).detail == (
+        "already sent for this window by another run"
+    )

@@ -198,6 +198,40 @@ class AgentRunsStore(ConfigurableResource):
                 .values(status=SUCCEEDED, completed_at=utc_now(), result=dict(result))
             )
 
+    def store_result(self, row_id: int, result: Mapping[str, Any]) -> None:
+        """The run's result, its row still running: it succeeds once its email is settled."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(agent_runs).where(agent_runs.c.id == row_id).values(result=dict(result))
+            )
+
+    def succeed_run(self, row_id: int) -> None:
+        """The run's work is all done, its email included."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(agent_runs)
+                .where(agent_runs.c.id == row_id)
+                .values(status=SUCCEEDED, completed_at=utc_now())
+            )
+
+    def email_claim(self, row_id: int) -> dict[str, Any] | None:
+        """The row of this row's window that holds its email (sending or sent), if any:
+        id, dagster_run_id and email_status."""
+        window = (
+            select(agent_runs.c.partition_key).where(agent_runs.c.id == row_id).scalar_subquery()
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(agent_runs.c.id, agent_runs.c.dagster_run_id, agent_runs.c.email_status)
+                .where(
+                    or_(agent_runs.c.id == row_id, agent_runs.c.partition_key == window),
+                    agent_runs.c.email_status.in_(EMAIL_CLAIMING_STATES),
+                )
+                .order_by(agent_runs.c.id.desc())
+                .limit(1)
+            ).mappings().first()
+            return dict(row) if row is not None else None
+
     def fail_run(self, dagster_run_id: str, error_message: str) -> bool:
         """Mark the run's row failed; False when the run has no row (it failed before one)."""
         error_message = storable_text(error_message)
