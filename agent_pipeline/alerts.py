@@ -19,6 +19,8 @@ from agent_pipeline.text import storable_text
 
 # Alerts delivered per sensor tick; the rest wait for the next tick.
 ALERTS_PER_TICK = 10
+# The key of an alert about a window's email (not about a failed run) starts so.
+EMAIL_ALERT_PREFIX = "email:"
 
 
 def alert_key(partition_key: str | None, run_id: str) -> str:
@@ -39,6 +41,14 @@ def queue_alert(
     )
 
 
+def queue_unknown_email_alert(store: AgentRunsStore, partition_key: str | None,
+                              run_id: str, reason: str) -> bool:
+    """Record the alert of a window whose email an attempt died sending; False if queued
+    already. Its own key: the window may have a failure alert too."""
+    key = EMAIL_ALERT_PREFIX + alert_key(partition_key, run_id)
+    return store.add_alert(key, partition_key, run_id, reason, 1)
+
+
 def build_alert_email(
     *,
     partition_key: str | None,
@@ -48,6 +58,7 @@ def build_alert_email(
     sender: str,
     recipients: list[str],
     run_url: str | None,
+    about_email: bool = False,
 ) -> EmailMessage:
     """A plain-text alert: the window, the error, the attempts, the link to the run."""
     if partition_key:
@@ -57,7 +68,11 @@ def build_alert_email(
     tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
     message = EmailMessage()
     # The error often carries the agent's words: it goes in the body, never in a header.
-    message["Subject"] = f"agent_pipeline: {what} failed after {tries}"
+    message["Subject"] = (
+        f"agent_pipeline: the email of {what} may not have gone out"
+        if about_email
+        else f"agent_pipeline: {what} failed after {tries}"
+    )
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Date"] = format_datetime(datetime.now(UTC))
@@ -65,7 +80,9 @@ def build_alert_email(
     if partition_key:
         message[WINDOW_HEADER] = partition_key
     lines = [
-        f"agent_job failed for {what} after {tries}.",
+        f"The digest email of {what} may or may not have gone out."
+        if about_email
+        else f"agent_job failed for {what} after {tries}.",
         "",
         "Error:",
         f"  {storable_text(error_message)}",
@@ -76,8 +93,11 @@ def build_alert_email(
         lines.append(f"Open it in Dagster: {run_url}")
     lines += [
         "",
-        "This is the only alert for this window. Once the cause is fixed, re-execute the run "
-        "from the Dagster UI, or backfill the window with the dagster CLI.",
+        "It is not sent again on its own. If it did not arrive, set its row's email_status "
+        "to failed in agent_runs and launch the window."
+        if about_email
+        else "This is the only alert for this window. Once the cause is fixed, re-execute the "
+        "run from the Dagster UI, or backfill the window with the dagster CLI.",
     ]
     message.set_content("\n".join(lines) + "\n")
     return message
@@ -112,6 +132,7 @@ def send_pending_alerts(
                     sender=digest.sender(),
                     recipients=recipients,
                     run_url=run_link(digest.webserver_url, alert["dagster_run_id"]),
+                    about_email=alert["alert_key"].startswith(EMAIL_ALERT_PREFIX),
                 )
             )
         except Exception as exc:

@@ -10,7 +10,13 @@ from typing import Any, NamedTuple
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp, is_transient, rejects_message
-from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENDING, EMAIL_SENT, EMAIL_SKIPPED
+from agent_pipeline.schema import (
+    EMAIL_REJECTED,
+    EMAIL_SENDING,
+    EMAIL_SENT,
+    EMAIL_SKIPPED,
+    EMAIL_UNKNOWN,
+)
 
 # Windows caught up per run: a long outage is worked off over several runs, not in one.
 REDELIVERIES_PER_RUN = 10
@@ -67,7 +73,7 @@ def claim_refused_reason(holder: dict[str, Any] | None) -> str:
     """Why a row could not claim its window's email, from the row that holds it. Runs of
     agent_job never overlap, so a holder still sending is an attempt that died mid-delivery:
     the server may or may not have taken its email, and it is not sent again."""
-    if holder is not None and holder["email_status"] == EMAIL_SENDING:
+    if holder is not None and holder["email_status"] in (EMAIL_SENDING, EMAIL_UNKNOWN):
         return (
             f"a dead attempt (run {holder['dagster_run_id']}) left this window's email "
             "sending: it may or may not have gone out, so it is not sent again"

@@ -27,8 +27,8 @@ JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
 RUN_STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED)
 
-# Email delivery states. A row holding SENDING or SENT owns its window's email: the partial
-# unique index below lets only one row per window hold either, so two runs of one window
+# Email delivery states. A row holding SENDING, SENT or UNKNOWN owns its window's email: the
+# partial unique index below lets only one row per window hold one, so two runs of one window
 # cannot both send.
 EMAIL_NOT_SENT, EMAIL_SENDING, EMAIL_SENT, EMAIL_FAILED, EMAIL_SKIPPED = (
     "not_sent",
@@ -37,7 +37,10 @@ EMAIL_NOT_SENT, EMAIL_SENDING, EMAIL_SENT, EMAIL_FAILED, EMAIL_SKIPPED = (
     "failed",
     "skipped",
 )
-EMAIL_CLAIMING_STATES = (EMAIL_SENDING, EMAIL_SENT)
+# An attempt died while sending (the sweeper found it so): the server may or may not have
+# taken the email. It keeps the window's claim: nothing sends it again on its own.
+EMAIL_UNKNOWN = "unknown"
+EMAIL_CLAIMING_STATES = (EMAIL_SENDING, EMAIL_SENT, EMAIL_UNKNOWN)
 # The server refused the message for good (a 5xx reply): the window is never tried again,
 # neither by redelivery nor by a later run of it. It claims nothing in the unique index, so a
 # person who has fixed the cause can set the row back to failed and launch the window.
@@ -73,7 +76,7 @@ agent_runs = Table(
 # One row per Dagster run: a retried record_run op finds its row instead of adding one.
 Index("agent_runs_dagster_run_id", agent_runs.c.dagster_run_id, unique=True)
 Index("agent_runs_partition_key", agent_runs.c.partition_key)
-_claims_email = text("email_status IN ('sending', 'sent')")
+_claims_email = text("email_status IN ('sending', 'sent', 'unknown')")
 Index(
     "agent_runs_one_email_per_window",
     agent_runs.c.partition_key,

@@ -19,9 +19,10 @@ from dagster import (
     sensor,
 )
 
-from agent_pipeline.alerts import queue_alert, send_pending_alerts
+from agent_pipeline.alerts import queue_alert, queue_unknown_email_alert, send_pending_alerts
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Smtp
+from agent_pipeline.resources.agent_runs import DIED_WHILE_SENDING
 from agent_pipeline.run_failures import describe_loss, describe_run_failure
 
 PARTITION_TAG = "dagster/partition"
@@ -153,7 +154,8 @@ def _has_retry(instance: DagsterInstance, run_id: str) -> bool:
     default_status=DefaultSensorStatus.RUNNING,
     description=(
         "Every 5 minutes, fails agent_runs rows still running whose Dagster run has ended or "
-        "is unknown, and alerts on windows of the last day that failed for good without an "
+        "is unknown, marks an email such a run left sending unknown (and alerts), and "
+        "alerts on windows of the last day that failed for good without an "
         "alert: what the failure sensors missed while the daemon or a database was down. "
         "Also sends the alerts whose delivery failed."
     ),
@@ -180,11 +182,19 @@ def agent_runs_sweeper(
             row["dagster_run_id"], row["partition_key"], agent.agent, message
         ):
             healed.append(row["id"])
+    # After the rows above are failed: an email still sending on a failed row is one whose
+    # attempt died mid-delivery.
+    unknown = agent_runs.settle_dead_sending()
     if digest.alert_recipients():
+        for row in unknown:
+            queue_unknown_email_alert(
+                agent_runs, row["partition_key"], row["dagster_run_id"] or "", DIED_WHILE_SENDING
+            )
         queue_missed_alerts(context.instance, agent_runs, datetime.now(UTC))
     # Alerts whose delivery failed (the SMTP server was down) go out from here too.
     alerted = send_pending_alerts(agent_runs, smtp, digest, context.log)
     return SkipReason(
         (f"marked {len(healed)} lost row(s) failed: {healed}" if healed else "no lost rows")
+        + (f"; {len(unknown)} email(s) left sending now unknown" if unknown else "")
         + (f"; delivered {len(alerted)} alert(s)" if alerted else "")
     )

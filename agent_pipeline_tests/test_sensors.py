@@ -126,3 +126,31 @@ def test_a_terminated_runs_row_gets_the_reason_it_was_terminated(pg_store):
     assert pg_store.find_run(run.run_id)["error_message"] == (
         "run terminated: Canceling due to exceeding maximum runtime of 1200 seconds."
     )
+
+
+def test_an_email_a_dead_run_left_sending_becomes_unknown_and_alerts(pg_store, smtp_server):
+    """The worker was killed inside send_email: within one sweep its row is failed, its
+    email `unknown` (still holding the window: it may have gone out), and one alert says so."""
+    with DagsterInstance.ephemeral() as instance:
+        killed = add_run(instance, DagsterRunStatus.FAILURE)
+        row_id = pg_store.start_run(killed.run_id, WINDOW, "keywords")
+        pg_store.store_result(row_id, {"top_five": [{"title": "t", "score": 1.0}]})
+        assert pg_store.claim_email(row_id)  # and then kill -9
+        resources = {
+            "agent_runs": pg_store,
+            "agent": AgentResource(),
+            "smtp": Smtp(host=smtp_server.host, port=smtp_server.port, security="none"),
+            "digest": DigestSettings(email_from="a@example.com", email_to="b@example.com",
+                                     alert_email_to="ops@example.com"),
+        }
+        for _ in range(2):  # a second sweep finds nothing more to do
+            with build_sensor_context(instance=instance, resources=resources) as context:
+                skip = agent_runs_sweeper(context)
+    row = pg_store.get_run(row_id)
+    assert (row["status"], row["email_status"]) == ("failed", "unknown")
+    assert row["email_error"].startswith("the attempt died while sending")
+    (alert,) = smtp_server.received
+    assert "may not have gone out" in alert.message["Subject"]
+    assert "no lost rows" in skip.skip_message
+    later = pg_store.start_run("later", WINDOW, "keywords")
+    assert not pg_store.claim_email(later)  # unknown keeps the window's claim

@@ -30,6 +30,7 @@ from agent_pipeline.schema import (
     EMAIL_SENDING,
     EMAIL_SENT,
     EMAIL_SKIPPED,
+    EMAIL_UNKNOWN,
     FAILED,
     PENDING,
     RUNNING,
@@ -43,6 +44,10 @@ ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 # Any fixed number: it serialises migrations of concurrent first uses on Postgres.
 MIGRATION_LOCK_ID = 7_262_010
 ERROR_MESSAGE_LIMIT = 4_000
+DIED_WHILE_SENDING = (
+    "the attempt died while sending: the server may or may not have taken the email, so it "
+    "is not sent again; check the inbox"
+)
 # A delivery attempt takes at most about SMTP_TIMEOUT per step; a claim older than this
 # belongs to a process that died, and the alert is tried again.
 ALERT_CLAIM_TIMEOUT = timedelta(minutes=10)
@@ -213,6 +218,21 @@ class AgentRunsStore(ConfigurableResource):
                 .where(agent_runs.c.id == row_id)
                 .values(status=SUCCEEDED, completed_at=utc_now())
             )
+
+    def settle_dead_sending(self) -> list[dict[str, Any]]:
+        """Rows whose run ended (failed) while their email was sending: each attempt died
+        mid-delivery, and the server may or may not have taken the email. They become
+        `unknown`, keeping the window's claim; the rows changed (id, partition_key,
+        dagster_run_id)."""
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                update(agent_runs)
+                .where(agent_runs.c.status == FAILED, agent_runs.c.email_status == EMAIL_SENDING)
+                .values(email_status=EMAIL_UNKNOWN, email_error=DIED_WHILE_SENDING)
+                .returning(agent_runs.c.id, agent_runs.c.partition_key,
+                           agent_runs.c.dagster_run_id)
+            ).mappings()
+            return [dict(row) for row in rows]
 
     def email_claim(self, row_id: int) -> dict[str, Any] | None:
         """The row of this row's window that holds its email (sending or sent), if any:
