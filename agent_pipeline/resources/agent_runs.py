@@ -235,17 +235,25 @@ class AgentRunsStore(ConfigurableResource):
             return [dict(row) for row in rows]
 
     def email_claim(self, row_id: int) -> dict[str, Any] | None:
-        """The row of this row's window that holds its email (sending or sent), if any:
-        id, dagster_run_id and email_status."""
+        """The row of this row's window that holds its email (sending, sent or unknown), if
+        any: id, dagster_run_id and email_status."""
+        return self._newest_of_window(
+            row_id, agent_runs.c.email_status.in_(EMAIL_CLAIMING_STATES),
+            agent_runs.c.email_status,
+        )
+
+    def _newest_of_window(self, row_id: int, condition: Any, column: Any) -> dict | None:
+        """The newest row of this row's window (this row included) that meets condition: its
+        id, dagster_run_id and column."""
         window = (
             select(agent_runs.c.partition_key).where(agent_runs.c.id == row_id).scalar_subquery()
         )
         with self.engine.connect() as connection:
             row = connection.execute(
-                select(agent_runs.c.id, agent_runs.c.dagster_run_id, agent_runs.c.email_status)
+                select(agent_runs.c.id, agent_runs.c.dagster_run_id, column)
                 .where(
                     or_(agent_runs.c.id == row_id, agent_runs.c.partition_key == window),
-                    agent_runs.c.email_status.in_(EMAIL_CLAIMING_STATES),
+                    condition,
                 )
                 .order_by(agent_runs.c.id.desc())
                 .limit(1)
@@ -413,20 +421,9 @@ class AgentRunsStore(ConfigurableResource):
     def rejected_email(self, row_id: int) -> dict[str, Any] | None:
         """The newest row of this row's window (this row included) whose email the server
         rejected for good: id, dagster_run_id and email_error; None if there is none."""
-        window = (
-            select(agent_runs.c.partition_key).where(agent_runs.c.id == row_id).scalar_subquery()
+        return self._newest_of_window(
+            row_id, agent_runs.c.email_status == EMAIL_REJECTED, agent_runs.c.email_error
         )
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                select(agent_runs.c.id, agent_runs.c.dagster_run_id, agent_runs.c.email_error)
-                .where(
-                    or_(agent_runs.c.id == row_id, agent_runs.c.partition_key == window),
-                    agent_runs.c.email_status == EMAIL_REJECTED,
-                )
-                .order_by(agent_runs.c.id.desc())
-                .limit(1)
-            ).mappings().first()
-            return dict(row) if row is not None else None
 
     def record_email_sent(self, row_id: int) -> None:
         self._set_email_state(row_id, EMAIL_SENT, email_sent_at=utc_now())
