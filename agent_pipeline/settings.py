@@ -172,9 +172,7 @@ def _check_log_file(path: Path) -> None:
 
 def smtp_from_env(env: Mapping[str, str], outbox_dir: Path) -> Smtp:
     """SMTP_HOST's server; while it is unset, SMTP_CATCHER's mail catcher, else the outbox."""
-    security = env.get("SMTP_SECURITY", "starttls").strip().lower() or "starttls"
-    if security not in SECURITY_MODES:
-        raise ConfigurationError("SMTP_SECURITY", f"must be one of {', '.join(SECURITY_MODES)}")
+    security = _choice(env, "SMTP_SECURITY", SECURITY_MODES)
     ca_file = env.get("SMTP_CA_FILE", "").strip() or None
     if ca_file and not Path(ca_file).is_file():
         raise ConfigurationError("SMTP_CA_FILE", f"{ca_file!r} is not a file")
