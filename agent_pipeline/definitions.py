@@ -4,13 +4,18 @@ from dagster import Definitions
 
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.logs import configure_output
-from agent_pipeline.schedules import agent_job_schedule
+from agent_pipeline.schedules import build_agent_job_schedule, build_catch_up_sensor
 from agent_pipeline.sensors import (
     agent_job_failure_alert,
     agent_runs_on_run_failure,
     agent_runs_sweeper,
 )
-from agent_pipeline.settings import log_settings, resources_from_env
+from agent_pipeline.settings import (
+    catch_up_hours,
+    log_settings,
+    overlap_policy,
+    resources_from_env,
+)
 
 # The package's plain logging records (the resources' warnings) become JSON lines on stdout
 # and in LOG_FILE in every process that loads the code location, the code server included.
@@ -18,7 +23,12 @@ configure_output(log_settings())
 
 defs = Definitions(
     jobs=[agent_job],
-    schedules=[agent_job_schedule],
-    sensors=[agent_runs_on_run_failure, agent_job_failure_alert, agent_runs_sweeper],
+    schedules=[build_agent_job_schedule(overlap_policy())],
+    sensors=[
+        build_catch_up_sensor(catch_up_hours()),
+        agent_runs_on_run_failure,
+        agent_job_failure_alert,
+        agent_runs_sweeper,
+    ],
     resources=resources_from_env(),
 )

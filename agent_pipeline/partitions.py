@@ -49,3 +49,18 @@ def last_closed_window(at: datetime) -> tuple[str, datetime]:
     end = at - timedelta(minutes=at.minute % 10)
     start = end - WINDOW_LENGTH
     return start.strftime(WINDOW_FORMAT), start
+
+
+def closed_windows(since: datetime, until: datetime) -> list[str]:
+    """Keys of the windows that start at or after `since` and have ended by `until`, oldest
+    first."""
+    since = since.astimezone(UTC)
+    start = since.replace(second=0, microsecond=0)
+    start += timedelta(minutes=-start.minute % 10)
+    if start < since:
+        start += WINDOW_LENGTH
+    keys = []
+    while start + WINDOW_LENGTH <= until:
+        keys.append(start.strftime(WINDOW_FORMAT))
+        start += WINDOW_LENGTH
+    return keys

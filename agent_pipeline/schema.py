@@ -25,7 +25,10 @@ JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 
 # Run statuses, in the order a row moves through them.
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
-RUN_STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED)
+# A window the schedule did not run at its tick (OVERLAP_POLICY=skip): the row has no Dagster
+# run, says why in error_message, and the catch-up sensor launches the window later.
+SKIPPED = "skipped"
+RUN_STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED)
 
 # Email delivery states. A row holding SENDING, SENT or UNKNOWN owns its window's email: the
 # partial unique index below lets only one row per window hold one, so two runs of one window

@@ -53,6 +53,8 @@ ENVIRONMENT_VARIABLES = (
     "AGENT_CACHE_TTL",
     "AGENT_PIPELINE_HOME",
     "WINDOW_HISTORY_DAYS",
+    "OVERLAP_POLICY",
+    "CATCH_UP_HOURS",
     "AGENT_SOURCES",
     "AGENT_SCORER",
     "LLM_BASE_URL",
@@ -65,6 +67,10 @@ ENVIRONMENT_VARIABLES = (
 DEFAULT_HISTORY_DAYS = 14
 BACKFILL_EMAIL_MODES = ("none", "each")
 MAX_HISTORY_DAYS = 366
+# buffer: every tick requests its window, whatever is running; skip: a tick that finds a run
+# in progress records its window as skipped and leaves it to the catch-up sensor.
+OVERLAP_POLICIES = ("buffer", "skip")
+DEFAULT_CATCH_UP_HOURS = 24
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 MAX_PORT = 65535
 # Used only while SMTP_HOST is unset and mail goes to the outbox folder.
@@ -138,6 +144,20 @@ def window_history_days(env: Mapping[str, str] = os.environ) -> int:
     """How many days back the window partitions start (WINDOW_HISTORY_DAYS). At most a year:
     52,560 windows, well under the 100,000 partitions Dagster advises as a limit."""
     return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, maximum=MAX_HISTORY_DAYS)
+
+
+def overlap_policy(env: Mapping[str, str] = os.environ) -> str:
+    """What a tick does while a run of agent_job is in progress (OVERLAP_POLICY)."""
+    return _choice(env, "OVERLAP_POLICY", OVERLAP_POLICIES)
+
+
+def catch_up_hours(env: Mapping[str, str] = os.environ) -> int:
+    """How far back the catch-up sensor looks for windows without a run (CATCH_UP_HOURS); 0
+    turns it off. At most the window history: older windows do not exist."""
+    return _int(
+        env, "CATCH_UP_HOURS", DEFAULT_CATCH_UP_HOURS, minimum=0,
+        maximum=window_history_days(env) * 24,
+    )
 
 
 def log_settings(env: Mapping[str, str] = os.environ) -> LogSettings:

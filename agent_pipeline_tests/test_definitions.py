@@ -13,6 +13,8 @@ from dagster import (
 
 from agent_pipeline.definitions import defs
 from agent_pipeline.partitions import window_bounds, window_partitions
+from agent_pipeline.resources import AgentResource, AgentRunsStore
+from agent_pipeline.schedules import build_agent_job_schedule
 from agent_pipeline.settings import window_history_days
 
 
@@ -40,7 +42,7 @@ def test_everything_the_ui_lists_says_what_it_is():
             for key, resource in repository.get_top_level_resources().items()
         },
     }
-    assert len(described) == 1 + 4 + 1 + 3 + 5
+    assert len(described) == 1 + 4 + 1 + 4 + 5
     short = {name: text for name, text in described.items() if len(text or "") < 40}
     assert short == {}
 
@@ -66,34 +68,66 @@ def test_the_window_start_rolls_with_the_history_setting():
     assert len(keys) == 3 * 144 + 9 * 6 + 4
 
 
-def test_the_schedule_runs_the_window_that_just_closed(tmp_path):
+def _evaluate(schedule, instance, tick, **resources):
+    with build_schedule_context(
+        instance=instance, scheduled_execution_time=tick, resources=resources or None,
+        repository_def=defs.get_repository_def(),
+    ) as context:
+        return schedule.evaluate_tick(context)
+
+
+def _an_hour_ago_tick() -> tuple[datetime, str]:
+    tick = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    tick = tick.replace(minute=tick.minute - tick.minute % 10)
+    return tick, (tick - timedelta(minutes=10)).strftime("%Y-%m-%d-%H:%M")
+
+
+def test_the_schedule_runs_the_window_that_just_closed_whatever_is_running(tmp_path):
     schedule = defs.resolve_schedule_def("agent_job_schedule")
     assert schedule.cron_schedule == "*/10 * * * *"
     assert schedule.execution_timezone == "UTC"
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     assert schedule.job_name == "agent_job"
 
-    tick = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
-    tick = tick.replace(minute=tick.minute - tick.minute % 10)
-    window = (tick - timedelta(minutes=10)).strftime("%Y-%m-%d-%H:%M")
+    tick, window = _an_hour_ago_tick()
     with DagsterInstance.local_temp(str(tmp_path)) as instance:
-        with build_schedule_context(
-            instance=instance, scheduled_execution_time=tick,
-            repository_def=defs.get_repository_def(),
-        ) as context:
-            (request,) = schedule.evaluate_tick(context).run_requests
+        (request,) = _evaluate(schedule, instance, tick).run_requests
         assert request.partition_key == window and request.run_key == window
+        # Ahead of backfill runs (priority 0) in the run queue.
+        assert request.tags["dagster/priority"] == "2"
 
-        # A run in progress: the tick skips, and says which window waits for a backfill.
+        # A run in progress (a backfill's): OVERLAP_POLICY=buffer still requests the window;
+        # the queue runs it once the slot frees.
+        instance.add_run(DagsterRun(job_name="agent_job", status=DagsterRunStatus.STARTED))
+        (request,) = _evaluate(schedule, instance, tick).run_requests
+    assert request.partition_key == window
+
+
+def test_the_skip_policy_records_the_skipped_window(tmp_path, sqlite_url):
+    schedule = build_agent_job_schedule("skip")
+    store = AgentRunsStore(database_url=sqlite_url)
+    agent = AgentResource(agent="keywords")
+    tick, window = _an_hour_ago_tick()
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        (request,) = _evaluate(schedule, instance, tick, agent_runs=store, agent=agent).run_requests
+        assert request.partition_key == window
+
         busy = instance.add_run(DagsterRun(job_name="agent_job", status=DagsterRunStatus.STARTED))
-        with build_schedule_context(
-            instance=instance, scheduled_execution_time=tick,
-            repository_def=defs.get_repository_def(),
-        ) as context:
-            data = schedule.evaluate_tick(context)
-    assert data.run_requests == []
-    assert data.skip_message == (
-        f"run {busy.run_id} of agent_job is still started; window {window} is left for a backfill"
+        for _ in range(2):  # the daemon may evaluate a tick again: still one row
+            data = _evaluate(schedule, instance, tick, agent_runs=store, agent=agent)
+            assert data.run_requests == []
+    reason = (
+        f"run {busy.run_id} of agent_job was still started at the tick (OVERLAP_POLICY=skip); "
+        "the catch-up sensor runs this window later"
+    )
+    assert data.skip_message == f"window {window} skipped: {reason}"
+    store.open()
+    try:
+        (row,) = store.runs_for_window(window)
+    finally:
+        store.close()
+    assert (row["status"], row["error_message"], row["dagster_run_id"]) == (
+        "skipped", reason, None
     )
 
 

@@ -34,6 +34,7 @@ from agent_pipeline.schema import (
     FAILED,
     PENDING,
     RUNNING,
+    SKIPPED,
     SUCCEEDED,
     agent_alerts,
     agent_runs,
@@ -194,6 +195,30 @@ class AgentRunsStore(ConfigurableResource):
                 )
                 .returning(agent_runs.c.id)
             ).scalar_one()
+
+    def record_skipped_window(self, partition_key: str, agent: str, reason: str) -> bool:
+        """A row saying the schedule skipped this window and why; False (and no second row)
+        when the window has one already, as when the daemon evaluates a tick again."""
+        with self.engine.begin() as connection:
+            if connection.execute(
+                select(agent_runs.c.id).where(
+                    agent_runs.c.partition_key == partition_key, agent_runs.c.status == SKIPPED
+                )
+            ).first():
+                return False
+            now = utc_now()
+            connection.execute(
+                insert(agent_runs).values(
+                    started_at=now,
+                    completed_at=now,
+                    status=SKIPPED,
+                    partition_key=partition_key,
+                    agent=agent[:200],
+                    error_message=storable_text(reason)[:ERROR_MESSAGE_LIMIT],
+                    email_status=EMAIL_NOT_SENT,
+                )
+            )
+            return True
 
     def complete_run(self, row_id: int, result: Mapping[str, Any]) -> None:
         with self.engine.begin() as connection:
