@@ -79,6 +79,9 @@ agent_runs = Table(
 # One row per Dagster run: a retried record_run op finds its row instead of adding one.
 Index("agent_runs_dagster_run_id", agent_runs.c.dagster_run_id, unique=True)
 Index("agent_runs_partition_key", agent_runs.c.partition_key)
+# Added by 0005: whether a run succeeded after a failure streak's last failure is one short
+# range scan, however many rows the table holds.
+Index("agent_runs_completed_at", agent_runs.c.completed_at)
 _claims_email = text("email_status IN ('sending', 'sent', 'unknown')")
 Index(
     "agent_runs_one_email_per_window",
@@ -109,6 +112,55 @@ agent_alerts = Table(
     Column("sent_at", DateTime),
     # Why the last delivery failed.
     Column("delivery_error", Text),
+    # Added by 0005: the failure streak this window's failure belongs to. Its alerts go out
+    # grouped (see alert_streaks); NULL for alerts sent one by one: an email that may not
+    # have gone out, and rows queued before 0005.
+    Column("streak_id", Integer),
 )
 Index("agent_alerts_one_per_key", agent_alerts.c.alert_key, unique=True)
 Index("agent_alerts_status", agent_alerts.c.status)
+Index("agent_alerts_streak", agent_alerts.c.streak_id, agent_alerts.c.status)
+
+# The job whose failures are grouped into streaks; a column so that each job could have its
+# own open streak.
+STREAK_JOB = "agent_job"
+
+# Failure streaks (added by 0005), after Alertmanager's alert groups: failed windows in a row
+# form one streak, open until a run succeeds after its last failure. Its first failure is
+# emailed at once, later ones at most once per ALERT_REPEAT_MINUTES in a summary, and its end
+# in one "recovered" email. The state is here, not in a sensor's memory, so that it survives
+# restarts and two sensors share it.
+alert_streaks = Table(
+    "alert_streaks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_name", String(100), nullable=False),
+    Column("opened_at", DateTime, nullable=False),
+    # When its newest failure happened (the failed row's completed_at): only a run that
+    # succeeds after it ends the streak.
+    Column("last_failure_at", DateTime, nullable=False),
+    # The period's one failure email: a sensor claims it (notice_claimed_at) for a delivery
+    # attempt; notified_at is when the last one went out, so the next waits for the period.
+    Column("notice_claimed_at", DateTime),
+    Column("notified_at", DateTime),
+    # Set when a succeeded run ended the streak, with the window and run that succeeded.
+    Column("resolved_at", DateTime),
+    Column("resolved_partition_key", String(32)),
+    Column("resolved_run_id", String(64)),
+    Column("resolved_run_at", DateTime),
+    # The "recovered" email: pending once resolved, then as an alert's status (sending, sent,
+    # failed).
+    Column("recovered_status", String(20)),
+    Column("recovered_claimed_at", DateTime),
+    Column("recovered_error", Text),
+)
+# At most one open streak per job: two sensors adding failures at once join one streak.
+_open_streak = text("resolved_at IS NULL")
+Index(
+    "alert_streaks_one_open_per_job",
+    alert_streaks.c.job_name,
+    unique=True,
+    postgresql_where=_open_streak,
+    sqlite_where=_open_streak,
+)
+Index("alert_streaks_recovered_status", alert_streaks.c.recovered_status)

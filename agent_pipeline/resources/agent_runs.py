@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
-from sqlalchemy import create_engine, insert, or_, select, text, update
+from sqlalchemy import create_engine, exists, func, insert, or_, select, text, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
@@ -35,9 +35,11 @@ from agent_pipeline.schema import (
     PENDING,
     RUNNING,
     SKIPPED,
+    STREAK_JOB,
     SUCCEEDED,
     agent_alerts,
     agent_runs,
+    alert_streaks,
 )
 from agent_pipeline.text import storable_text
 
@@ -501,16 +503,21 @@ class AgentRunsStore(ConfigurableResource):
             return False
         return True
 
-    def pending_alerts(self, limit: int, max_age_hours: int = 24) -> list[dict[str, Any]]:
+    def pending_alerts(
+        self, limit: int, max_age_hours: int = 24, *, ungrouped_only: bool = False
+    ) -> list[dict[str, Any]]:
         """Alerts of the last max_age_hours waiting for delivery (pending, or claimed by a
-        process that has not finished in ALERT_CLAIM_TIMEOUT), oldest first."""
+        process that has not finished in ALERT_CLAIM_TIMEOUT), oldest first; ungrouped_only:
+        only those sent one by one, in no failure streak."""
         now = utc_now()
+        grouped = [agent_alerts.c.streak_id.is_(None)] if ungrouped_only else []
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(agent_alerts)
                 .where(
                     self._alert_claimable(now),
                     agent_alerts.c.created_at >= now - timedelta(hours=max_age_hours),
+                    *grouped,
                 )
                 .order_by(agent_alerts.c.id)
                 .limit(limit)
@@ -552,3 +559,262 @@ class AgentRunsStore(ConfigurableResource):
             connection.execute(
                 update(agent_alerts).where(agent_alerts.c.id == alert_id).values(**values)
             )
+
+    # -- failure streaks --------------------------------------------------------------------
+    # A window that fails for good joins the open streak; its alert row is the window's claim
+    # as above, and goes out in the streak's emails (one per period) instead of on its own.
+
+    def add_failure_alert(
+        self,
+        alert_key: str,
+        partition_key: str | None,
+        dagster_run_id: str,
+        error_message: str,
+        attempts: int,
+        now: datetime | None = None,
+    ) -> bool:
+        """Queue the failure alert of alert_key in the open failure streak, opening one when
+        none is open; False when alert_key has an alert already (and nothing changes)."""
+        now = now or utc_now()
+        try:
+            with self.engine.begin() as connection:
+                # When the run failed, as its row says (the sweeper may find a failure late);
+                # a run that failed before its row was written failed about now.
+                failed_at = connection.execute(
+                    select(agent_runs.c.completed_at).where(
+                        agent_runs.c.dagster_run_id == dagster_run_id
+                    )
+                ).scalar_one_or_none() or now
+                streak_id = self._join_open_streak(connection, failed_at, now)
+                connection.execute(
+                    insert(agent_alerts).values(
+                        alert_key=alert_key,
+                        partition_key=partition_key,
+                        dagster_run_id=dagster_run_id,
+                        error_message=storable_text(error_message)[:ERROR_MESSAGE_LIMIT],
+                        attempts=attempts,
+                        created_at=now,
+                        status=ALERT_PENDING,
+                        streak_id=streak_id,
+                    )
+                )
+        except IntegrityError:  # the alert key's: the streak change rolls back with it
+            return False
+        return True
+
+    def _join_open_streak(self, connection: Any, failed_at: datetime, now: datetime) -> int:
+        """The open streak's id, its last failure moved up to failed_at; a new streak when
+        none is open."""
+        for _ in range(2):
+            # Locked: a streak being resolved at this moment is not joined after it ended.
+            streak = connection.execute(
+                select(alert_streaks.c.id, alert_streaks.c.last_failure_at)
+                .where(alert_streaks.c.job_name == STREAK_JOB,
+                       alert_streaks.c.resolved_at.is_(None))
+                .with_for_update()
+            ).first()
+            if streak is not None:
+                if failed_at > streak.last_failure_at:
+                    connection.execute(
+                        update(alert_streaks)
+                        .where(alert_streaks.c.id == streak.id)
+                        .values(last_failure_at=failed_at)
+                    )
+                return streak.id
+            try:
+                with connection.begin_nested():
+                    return connection.execute(
+                        insert(alert_streaks)
+                        .values(job_name=STREAK_JOB, opened_at=now, last_failure_at=failed_at)
+                        .returning(alert_streaks.c.id)
+                    ).scalar_one()
+            except IntegrityError:
+                continue  # another process opened it just now: join that one
+        raise RuntimeError("no open failure streak to join")  # pragma: no cover
+
+    def resolve_recovered_streak(self, now: datetime | None = None) -> dict[str, Any] | None:
+        """End the open streak when a run succeeded after its last failure: the streak, its
+        recovered email pending, or None when none is open or nothing succeeded since."""
+        now = now or utc_now()
+        with self.engine.begin() as connection:
+            streak = connection.execute(
+                select(alert_streaks)
+                .where(alert_streaks.c.job_name == STREAK_JOB,
+                       alert_streaks.c.resolved_at.is_(None))
+                .with_for_update()
+            ).mappings().first()
+            if streak is None:
+                return None
+            # The first success after the last failure: the window the streak ended with.
+            success = connection.execute(
+                select(agent_runs.c.partition_key, agent_runs.c.dagster_run_id,
+                       agent_runs.c.completed_at)
+                .where(agent_runs.c.completed_at > streak["last_failure_at"],
+                       agent_runs.c.status == SUCCEEDED)
+                .order_by(agent_runs.c.completed_at)
+                .limit(1)
+            ).first()
+            if success is None:
+                return None
+            values = {
+                "resolved_at": now,
+                "resolved_partition_key": success.partition_key,
+                "resolved_run_id": success.dagster_run_id,
+                "resolved_run_at": success.completed_at,
+                "recovered_status": ALERT_PENDING,
+            }
+            connection.execute(
+                update(alert_streaks).where(alert_streaks.c.id == streak["id"]).values(**values)
+            )
+            return {**streak, **values}
+
+    def streaks_to_deliver(self) -> list[dict[str, Any]]:
+        """The open streak, and ended streaks whose recovered email has not gone out yet,
+        oldest first."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(alert_streaks)
+                .where(or_(alert_streaks.c.resolved_at.is_(None),
+                           alert_streaks.c.recovered_status.in_((ALERT_PENDING, ALERT_SENDING))))
+                .order_by(alert_streaks.c.id)
+            ).mappings()
+            return [dict(row) for row in rows]
+
+    def claim_streak_notice(self, streak_id: int, repeat: timedelta, now: datetime) -> bool:
+        """Take the open streak's failure email for one delivery attempt, and with it the
+        streak's pending alerts: False when the period since its last one has not passed,
+        another process holds it, or no alert waits."""
+        with self.engine.connect() as connection, connection.begin() as transaction:
+            claimed = connection.execute(
+                update(alert_streaks)
+                .where(
+                    alert_streaks.c.id == streak_id,
+                    alert_streaks.c.resolved_at.is_(None),
+                    or_(alert_streaks.c.notified_at.is_(None),
+                        alert_streaks.c.notified_at <= now - repeat),
+                    or_(alert_streaks.c.notice_claimed_at.is_(None),
+                        alert_streaks.c.notice_claimed_at < now - ALERT_CLAIM_TIMEOUT),
+                )
+                .values(notice_claimed_at=now)
+            ).rowcount == 1
+            # Rolled back with the claim when no alert waits: nothing to send this time.
+            if not claimed or not self._claim_streak_alerts(connection, streak_id, now):
+                transaction.rollback()
+                return False
+            return True
+
+    def claim_recovered_notice(self, streak_id: int, now: datetime) -> bool:
+        """Take an ended streak's recovered email for one delivery attempt, with the alerts
+        of the streak that no email has carried yet (it tells of them). False while another
+        process holds it, or holds a failure email of the streak: that goes out first."""
+        failure_email_in_flight = exists().where(
+            agent_alerts.c.streak_id == streak_id,
+            agent_alerts.c.status == ALERT_SENDING,
+            agent_alerts.c.claimed_at >= now - ALERT_CLAIM_TIMEOUT,
+        )
+        with self.engine.begin() as connection:
+            claimed = connection.execute(
+                update(alert_streaks)
+                .where(
+                    alert_streaks.c.id == streak_id,
+                    or_(alert_streaks.c.recovered_status == ALERT_PENDING,
+                        (alert_streaks.c.recovered_status == ALERT_SENDING)
+                        & (alert_streaks.c.recovered_claimed_at < now - ALERT_CLAIM_TIMEOUT)),
+                    ~failure_email_in_flight,
+                )
+                .values(recovered_status=ALERT_SENDING, recovered_claimed_at=now)
+            ).rowcount == 1
+            if claimed:
+                self._claim_streak_alerts(connection, streak_id, now)
+            return claimed
+
+    def _claim_streak_alerts(self, connection: Any, streak_id: int, now: datetime) -> int:
+        """The streak's alerts waiting for an email become sending: the email being claimed
+        carries them. Only one process claims a streak's email at a time."""
+        return connection.execute(
+            update(agent_alerts)
+            .where(agent_alerts.c.streak_id == streak_id, self._alert_claimable(now))
+            .values(status=ALERT_SENDING, claimed_at=now)
+        ).rowcount
+
+    def streak_alerts_summary(
+        self, streak_id: int, only_sending: bool, error_limit: int
+    ) -> dict[str, Any]:
+        """The streak's alerts (only those an email being sent carries, or all): how many,
+        how many have a window, the first and last window, the newest one's run, the
+        error_limit most frequent errors with their counts and how many distinct errors
+        there are; the alert itself when there is one. Counted in the database: a streak of
+        a month is thousands of alerts."""
+        where = [agent_alerts.c.streak_id == streak_id]
+        if only_sending:
+            where.append(agent_alerts.c.status == ALERT_SENDING)
+        with self.engine.connect() as connection:
+            totals = connection.execute(
+                select(
+                    func.count().label("count"),
+                    func.count(agent_alerts.c.partition_key).label("windows"),
+                    func.min(agent_alerts.c.partition_key).label("first_window"),
+                    func.max(agent_alerts.c.partition_key).label("last_window"),
+                    func.count(agent_alerts.c.error_message.distinct()).label("distinct_errors"),
+                ).where(*where)
+            ).mappings().one()
+            errors = connection.execute(
+                select(agent_alerts.c.error_message, func.count().label("count"))
+                .where(*where)
+                .group_by(agent_alerts.c.error_message)
+                .order_by(func.count().desc(), func.min(agent_alerts.c.id))
+                .limit(error_limit)
+            ).all() if error_limit else []
+            newest = connection.execute(
+                select(agent_alerts).where(*where).order_by(agent_alerts.c.id.desc()).limit(1)
+            ).mappings().first()
+        return {
+            **totals,
+            "errors": [(e.error_message, e.count) for e in errors],
+            "last_run_id": newest["dagster_run_id"] if newest else None,
+            "only": dict(newest) if totals["count"] == 1 else None,
+        }
+
+    def finish_streak_notice(
+        self, streak_id: int, outcome: str, error: str | None, now: datetime
+    ) -> None:
+        """After a failure email's one attempt: ALERT_SENT (the period starts now),
+        ALERT_PENDING (worth retrying: the alerts wait for the next tick) or ALERT_FAILED
+        (the server refused it for good: not retried, and the period starts too)."""
+        values: dict[str, Any] = {"notice_claimed_at": None}
+        if outcome != ALERT_PENDING:
+            values["notified_at"] = now
+        with self.engine.begin() as connection:
+            self._settle_streak_alerts(connection, streak_id, outcome, error, now)
+            connection.execute(
+                update(alert_streaks).where(alert_streaks.c.id == streak_id).values(**values)
+            )
+
+    def finish_recovered_notice(
+        self, streak_id: int, outcome: str, error: str | None, now: datetime
+    ) -> None:
+        """After a recovered email's one attempt, as finish_streak_notice."""
+        with self.engine.begin() as connection:
+            self._settle_streak_alerts(connection, streak_id, outcome, error, now)
+            connection.execute(
+                update(alert_streaks)
+                .where(alert_streaks.c.id == streak_id)
+                .values(recovered_status=outcome,
+                        recovered_error=error and error[:ERROR_MESSAGE_LIMIT])
+            )
+
+    @staticmethod
+    def _settle_streak_alerts(
+        connection: Any, streak_id: int, outcome: str, error: str | None, now: datetime
+    ) -> None:
+        values: dict[str, Any] = {
+            "status": outcome, "delivery_error": error and error[:ERROR_MESSAGE_LIMIT]
+        }
+        if outcome == ALERT_SENT:
+            values["sent_at"] = now
+        connection.execute(
+            update(agent_alerts)
+            .where(agent_alerts.c.streak_id == streak_id,
+                   agent_alerts.c.status == ALERT_SENDING)
+            .values(**values)
+        )
