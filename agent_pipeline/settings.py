@@ -22,6 +22,7 @@ from agent_pipeline.ranking import safe_url
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent import DEFAULT_CACHE_TTL_SECONDS
 from agent_pipeline.resources.agent_runs import parse_database_url
+from agent_pipeline.resources.digest import DEFAULT_ALERT_REPEAT_MINUTES
 from agent_pipeline.resources.smtp import SECURITY_MODES, check_login_is_encrypted
 
 # Every variable this project reads, each documented in .env.example.
@@ -43,6 +44,7 @@ ENVIRONMENT_VARIABLES = (
     "EMAIL_ONLY_NEW",
     "BACKFILL_EMAIL",
     "ALERT_EMAIL_TO",
+    "ALERT_REPEAT_MINUTES",
     "DAGSTER_WEBSERVER_URL",
     "LOG_LEVEL",
     "LOG_FILE",
@@ -71,6 +73,8 @@ MAX_HISTORY_DAYS = 366
 # in progress records its window as skipped and leaves it to the catch-up sensor.
 OVERLAP_POLICIES = ("buffer", "skip")
 DEFAULT_CATCH_UP_HOURS = 24
+# A week: a longer silence between alerts about a broken agent helps nobody.
+MAX_ALERT_REPEAT_MINUTES = 7 * 24 * 60
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 MAX_PORT = 65535
 # Used only while SMTP_HOST is unset and mail goes to the outbox folder.
@@ -296,6 +300,10 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         only_new=_bool(env, "EMAIL_ONLY_NEW", True),
         backfill_email=_choice(env, "BACKFILL_EMAIL", BACKFILL_EMAIL_MODES),
         alert_email_to=", ".join(alert_recipients(env)),
+        alert_repeat_minutes=_int(
+            env, "ALERT_REPEAT_MINUTES", DEFAULT_ALERT_REPEAT_MINUTES,
+            maximum=MAX_ALERT_REPEAT_MINUTES,
+        ),
         webserver_url=webserver_url(env),
     )
 

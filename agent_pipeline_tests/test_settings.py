@@ -62,6 +62,8 @@ def test_the_default_port_follows_the_security_mode(security, port):
         ({"SMTP_HOST": "mail", "EMAIL_FROM": "a@example.com"}, "EMAIL_TO"),
         ({"EMAIL_TO": "a@example.com; b@example.com"}, "EMAIL_TO"),
         ({"AGENT_CACHE_TTL": "-5"}, "AGENT_CACHE_TTL"),
+        ({"ALERT_REPEAT_MINUTES": "0"}, "ALERT_REPEAT_MINUTES"),
+        ({"ALERT_REPEAT_MINUTES": "hourly"}, "ALERT_REPEAT_MINUTES"),
         ({"WINDOW_HISTORY_DAYS": "a week"}, "WINDOW_HISTORY_DAYS"),
         ({"WINDOW_HISTORY_DAYS": "3650"}, "WINDOW_HISTORY_DAYS"),
         ({"AGENT": "nosuchagent"}, "AGENT"),
@@ -191,3 +193,8 @@ def test_a_bad_source_is_named_at_load_without_its_query(sources, problem):
         resources_from_env(env)
     assert failure.value.variable == "AGENT_SOURCES"
     assert problem in str(failure.value) and "s3cret" not in str(failure.value)
+
+
+def test_alert_repeat_minutes_defaults_to_an_hour():
+    assert resources_from_env({})["digest"].alert_repeat_minutes == 60
+    assert resources_from_env({"ALERT_REPEAT_MINUTES": " 15 "})["digest"].alert_repeat_minutes == 15

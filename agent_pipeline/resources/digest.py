@@ -11,6 +11,9 @@ from pydantic import Field
 
 from agent_pipeline.emails import build_digest_email, parse_address, parse_address_list, run_link
 
+# An agent that breaks fails every window: six windows an hour, summed up in one email.
+DEFAULT_ALERT_REPEAT_MINUTES = 60
+
 
 class DigestSettings(ConfigurableResource):
     """Sender and recipients of each window's top-five email and of the failure alerts."""
@@ -33,6 +36,12 @@ class DigestSettings(ConfigurableResource):
         default="",
         description="ALERT_EMAIL_TO, else EMAIL_TO: who is emailed when a window fails for "
         "good. Empty: alerts are off.",
+    )
+    alert_repeat_minutes: int = Field(
+        default=DEFAULT_ALERT_REPEAT_MINUTES,
+        ge=1,
+        description="ALERT_REPEAT_MINUTES: while windows go on failing, at most one alert "
+        "email per this many minutes, summing up the failures since the last one.",
     )
     webserver_url: str | None = Field(
         default=None,
