@@ -7,6 +7,7 @@ from agent_pipeline.logs import configure_output
 from agent_pipeline.schedules import build_agent_job_schedule, build_catch_up_sensor
 from agent_pipeline.sensors import (
     agent_job_failure_alert,
+    agent_job_recovery_alert,
     agent_runs_on_run_failure,
     agent_runs_sweeper,
 )
@@ -28,6 +29,7 @@ defs = Definitions(
         build_catch_up_sensor(catch_up_hours()),
         agent_runs_on_run_failure,
         agent_job_failure_alert,
+        agent_job_recovery_alert,
         agent_runs_sweeper,
     ],
     resources=resources_from_env(),

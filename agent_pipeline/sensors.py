@@ -1,6 +1,6 @@
 """Sensors that keep agent_runs true to Dagster (every launched run's row ends succeeded or
-failed, even when the run's worker is killed and the op hooks never run), and that alert
-someone when a window fails for good."""
+failed, even when the run's worker is killed and the op hooks never run), that alert
+someone when windows fail for good, and that say so when a run succeeds again."""
 
 from __future__ import annotations
 
@@ -13,13 +13,20 @@ from dagster import (
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunsFilter,
+    RunStatusSensorContext,
     SensorEvaluationContext,
     SkipReason,
     run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 
-from agent_pipeline.alerts import queue_alert, queue_unknown_email_alert, send_pending_alerts
+from agent_pipeline.alerts import (
+    queue_alert,
+    queue_unknown_email_alert,
+    resolve_recovery,
+    send_pending_alerts,
+)
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Smtp
 from agent_pipeline.resources.agent_runs import DIED_WHILE_SENDING
@@ -70,9 +77,10 @@ PARENT_RUN_TAG = "dagster/parent_run_id"
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description=(
-        "Emails ALERT_EMAIL_TO (else EMAIL_TO) when a window of agent_job fails for good: "
-        "after Dagster's run retries, once per window, with the error and a link to the run. "
-        "Off when neither variable is set."
+        "Emails ALERT_EMAIL_TO (else EMAIL_TO) when a window of agent_job fails for good "
+        "(after Dagster's run retries), with the error and a link to the run; while windows "
+        "go on failing, at most one summary per ALERT_REPEAT_MINUTES. Off when neither "
+        "variable is set."
     ),
 )
 def agent_job_failure_alert(
@@ -94,6 +102,32 @@ def agent_job_failure_alert(
         context.log.info(f"Run {run.run_id} failed; retry undecided, left to the sweeper.")
     elif queue_final_failure_alert(context.instance, run, agent_runs, context.failure_event):
         context.log.info(f"Alert queued for {run.tags.get(PARTITION_TAG) or run.run_id}.")
+    send_pending_alerts(agent_runs, smtp, digest, context.log)
+
+
+@run_status_sensor(
+    name="agent_job_recovery_alert",
+    run_status=DagsterRunStatus.SUCCESS,
+    monitored_jobs=[agent_job],
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description=(
+        "Emails ALERT_EMAIL_TO (else EMAIL_TO) once when a run of agent_job succeeds after "
+        "windows failed for good: since when, and how many. Off when neither is set."
+    ),
+)
+def agent_job_recovery_alert(
+    context: RunStatusSensorContext,
+    agent_runs: AgentRunsStore,
+    smtp: Smtp,
+    digest: DigestSettings,
+) -> None:
+    if not digest.alert_recipients():
+        return
+    # The success is read from agent_runs, not from this event: the sweeper finds the same
+    # success if this sensor never sees it.
+    if resolve_recovery(agent_runs):
+        context.log.info(f"Failures ended by run {context.dagster_run.run_id}.")
     send_pending_alerts(agent_runs, smtp, digest, context.log)
 
 
@@ -157,7 +191,8 @@ def _has_retry(instance: DagsterInstance, run_id: str) -> bool:
         "is unknown, marks an email such a run left sending unknown (and alerts), and "
         "alerts on windows of the last day that failed for good without an "
         "alert: what the failure sensors missed while the daemon or a database was down. "
-        "Also sends the alerts whose delivery failed."
+        "Also ends a failure streak a run has succeeded since, and sends the alerts whose "
+        "delivery failed, the summaries due and the recovered emails."
     ),
 )
 def agent_runs_sweeper(
@@ -191,7 +226,10 @@ def agent_runs_sweeper(
                 agent_runs, row["partition_key"], row["dagster_run_id"] or "", DIED_WHILE_SENDING
             )
         queue_missed_alerts(context.instance, agent_runs, datetime.now(UTC))
-    # Alerts whose delivery failed (the SMTP server was down) go out from here too.
+        # After the missed failures: a success since the last of them ends the streak.
+        resolve_recovery(agent_runs)
+    # Alerts whose delivery failed (the SMTP server was down) go out from here too, and a
+    # streak's summary once its period has passed.
     alerted = send_pending_alerts(agent_runs, smtp, digest, context.log)
     return SkipReason(
         (f"marked {len(healed)} lost row(s) failed: {healed}" if healed else "no lost rows")

@@ -115,6 +115,14 @@ def hang_while_flagged(context):
     yield from keywords_agent(context)
 
 
+def broken_while_flagged(context):
+    """Fails as an agent with an expired API key does while the file BROKEN_FLAG exists,
+    then is the keywords agent: a broken agent that someone fixes."""
+    if os.path.exists(os.environ["BROKEN_FLAG"]):
+        raise RuntimeError("LLM API: 401 the API key has expired")
+    yield from keywords_agent(context)
+
+
 def huge_scores(context):
     """Two items scored 1e307 among ordinary ones."""
     yield {"title": "Overflowing", "score": 1e307}

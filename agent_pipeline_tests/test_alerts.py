@@ -10,21 +10,31 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from dagster import (
+    DagsterEvent,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    build_run_status_sensor_context,
     build_sensor_context,
     instance_for_test,
 )
 
-from agent_pipeline.alerts import send_pending_alerts
+from agent_pipeline.alerts import (
+    ERROR_CHARS_IN_SUMMARY,
+    ERRORS_PER_SUMMARY,
+    queue_alert,
+    queue_unknown_email_alert,
+    resolve_recovery,
+    send_pending_alerts,
+)
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
 from agent_pipeline.sensors import (
     RETRY_DECISION_GRACE_SECONDS,
     RETRY_LAUNCH_GRACE_MINUTES,
     agent_job_failure_alert,
+    agent_job_recovery_alert,
     agent_runs_sweeper,
     queue_missed_alerts,
 )
@@ -129,13 +139,15 @@ def test_without_run_retries_the_first_failure_alerts(resources, smtp_server):
     assert "bad Bcc: victim@example.com" in " ".join(mail.message.get_content().split())
 
 
-def test_a_run_without_window_alerts_for_itself(resources, smtp_server):
+def test_a_run_without_window_alerts_for_itself(resources, smtp_server, pg_store):
     with instance_for_test() as instance:
         for _ in range(2):
             run, event = fail(instance, window=None)
             evaluate_alert(instance, run, event, resources)
-    assert len(smtp_server.received) == 2
-    assert "(no window)" in smtp_server.received[0].message["Subject"]
+    (mail,) = smtp_server.received  # the second failure waits for the streak's summary
+    assert "(no window)" in mail.message["Subject"]
+    (waiting,) = pg_store.pending_alerts(10)
+    assert waiting["alert_key"] == f"run:{run.run_id}"
 
 
 def test_alerts_are_off_without_recipients(resources, smtp_server, pg_store):
@@ -295,3 +307,266 @@ def test_a_timed_out_run_that_ended_canceled_is_alerted_but_a_stopped_one_is_not
         assert queue_missed_alerts(instance, pg_store, later) == 1
     (alert,) = pg_store.pending_alerts(10)
     assert alert["partition_key"] == "2026-11-26-09:00"
+
+
+# -- failure streaks: grouped alerts and the recovered email --------------------------------
+
+START = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+EXPIRED_KEY = "op run_agent failed: RuntimeError: LLM API: 401 the API key has expired"
+
+
+def window(n: int) -> str:
+    """The nth window from START."""
+    return (START + timedelta(minutes=10 * n)).strftime("%Y-%m-%d-%H:%M")
+
+
+def deliver(resources, now: datetime) -> list[str]:
+    return send_pending_alerts(
+        resources["agent_runs"], resources["smtp"], resources["digest"], LOG, now=now
+    )
+
+
+def run_of_window(store, n: int, succeeded: bool, error: str = EXPIRED_KEY) -> str:
+    """A finished agent_runs row of window n, as a run of it leaves one; its run id."""
+    run_id = f"run-{n}-{'ok' if succeeded else 'failed'}"
+    row = store.start_run(run_id, window(n), "broken")
+    if succeeded:
+        store.succeed_run(row)
+    else:
+        store.fail_run(run_id, error)
+    return run_id
+
+
+def fail_window(store, n: int, now: datetime, error: str = EXPIRED_KEY) -> None:
+    """Window n fails for good at `now` and its alert is queued, as the sensor does."""
+    run_id = run_of_window(store, n, succeeded=False, error=error)
+    assert queue_alert(store, window(n), run_id, error, 1, now=now)
+
+
+def kinds(smtp_server) -> list[str]:
+    """The alert emails received, by kind: first (a window's own), summary, recovered."""
+    def kind(subject: str) -> str:
+        if "recovered" in subject:
+            return "recovered"
+        return "summary" if "still failing" in subject else "first"
+    return [kind(mail.message["Subject"]) for mail in smtp_server.received]
+
+
+def test_a_broken_agent_alerts_once_then_at_most_one_summary_a_period(
+    resources, smtp_server, pg_store
+):
+    """13 windows in a row fail (two hours and ten minutes, ALERT_REPEAT_MINUTES=60): one
+    alert at the first, then one summary per hour, not 13 emails."""
+    sent_at = []
+    for n in range(13):
+        now = START + timedelta(minutes=10 * n + 1)
+        fail_window(pg_store, n, now)
+        for tick in range(2):  # the sensor's own delivery, then the sweeper's
+            if deliver(resources, now + timedelta(minutes=5 * tick)):
+                sent_at.append(n)
+    assert kinds(smtp_server) == ["first", "summary", "summary"]
+    # The first at once; each summary once the hour since the last email had passed.
+    assert sent_at == [0, 6, 12]
+    first, hour_one, hour_two = (mail.message for mail in smtp_server.received)
+    assert first["Subject"] == (
+        "agent_pipeline: window 2026-11-26 09:00–09:10 UTC failed after 1 attempt"
+    )
+    assert "at most one email every 60 minutes" in first.get_content()
+    # Each summary covers the windows since the last email: 1 to 6, then 7 to 12.
+    assert hour_one["Subject"] == "agent_pipeline: agent_job still failing, 6 more windows failed"
+    body = hour_one.get_content()
+    assert "6 windows failed for good since the last alert." in body
+    assert "First window: 2026-11-26 09:10–09:20 UTC" in body
+    assert "Last window:  2026-11-26 10:00–10:10 UTC" in body
+    assert f"6 × {EXPIRED_KEY}" in body
+    assert "Failing since window 2026-11-26 09:00–09:10 UTC: 7 windows in all." in body
+    assert f"{WEBSERVER}/runs/run-6-failed" in body
+    body = hour_two.get_content()
+    assert "First window: 2026-11-26 10:10–10:20 UTC" in body
+    assert "13 windows in all." in body
+    assert pg_store.pending_alerts(100) == []
+
+
+def test_a_summary_counts_the_windows_and_lists_their_distinct_errors_bounded(
+    resources, smtp_server, pg_store
+):
+    fail_window(pg_store, 0, START)
+    deliver(resources, START)
+    # Since that alert: 9 windows with 7 distinct errors, one long, multi-line and hostile,
+    # and a run launched without a window.
+    hostile = "Subject: x\r\nBcc: victim@example.com\n" + "y" * 10_000
+    errors = [EXPIRED_KEY] * 3 + [f"error {n}" for n in range(5)] + [hostile]
+    for n, error in enumerate(errors, start=1):
+        fail_window(pg_store, n, START + timedelta(minutes=10 * n), error=error)
+    queue_alert(pg_store, None, "run-without-window", EXPIRED_KEY, 1, now=START)
+    deliver(resources, START + timedelta(minutes=60))
+
+    first, summary = (mail.message for mail in smtp_server.received)
+    assert summary["Subject"] == "agent_pipeline: agent_job still failing, 10 more windows failed"
+    assert summary["Bcc"] is None and "X-Agent-Pipeline-Window" not in summary
+    body = summary.get_content()
+    assert "10 windows failed for good since the last alert." in body
+    assert "First window: 2026-11-26 09:10–09:20 UTC" in body
+    assert "Last window:  2026-11-26 10:30–10:40 UTC" in body
+    assert "Runs without a window: 1" in body
+    # Seven distinct errors: the most frequent first, five of them listed, each one line.
+    assert "Errors (7 distinct, the most frequent first):" in body
+    listed = [line for line in body.splitlines() if " × " in line]
+    assert len(listed) == ERRORS_PER_SUMMARY
+    assert listed[0] == f"  4 × {EXPIRED_KEY}"
+    assert "  and 2 other errors" in body
+    assert "victim" not in body  # the hostile error is not among the five most frequent
+    assert "Failing since window 2026-11-26 09:00–09:10 UTC: 11 windows in all." in body
+    assert len(body) < 3_000
+
+
+def test_a_long_error_is_cut_to_one_bounded_line(resources, smtp_server, pg_store):
+    fail_window(pg_store, 0, START)
+    deliver(resources, START)
+    hostile = "Subject: x\r\nBcc: victim@example.com\n" + "y" * 10_000
+    fail_window(pg_store, 1, START, error=hostile)
+    deliver(resources, START + timedelta(minutes=60))
+    summary = smtp_server.received[-1].message
+    assert summary["Bcc"] is None and "victim" not in summary["Subject"]
+    (line,) = [line for line in summary.get_content().splitlines() if " × " in line]
+    assert line.startswith("  1 × Subject: x Bcc: victim@example.com yyy")
+    assert line.endswith("…") and len(line) == len("  1 × ") + ERROR_CHARS_IN_SUMMARY
+
+
+def test_a_success_sends_one_recovered_email_and_nothing_after_it(
+    resources, smtp_server, pg_store
+):
+    for n in range(3):
+        fail_window(pg_store, n, START + timedelta(minutes=10 * n))
+        deliver(resources, START + timedelta(minutes=10 * n))
+    assert kinds(smtp_server) == ["first"]  # windows 1 and 2 wait for the summary
+    assert resolve_recovery(pg_store) is None  # nothing has succeeded since
+    run_of_window(pg_store, 3, succeeded=True)
+    later = START + timedelta(minutes=35)
+    for tick in range(3):  # the success sensor, the sweeper, and the sweeper again
+        resolve_recovery(pg_store)
+        deliver(resources, later + timedelta(minutes=5 * tick))
+    assert kinds(smtp_server) == ["first", "recovered"]
+    recovered = smtp_server.received[-1].message
+    assert recovered["Subject"] == (
+        "agent_pipeline: agent_job recovered, window 2026-11-26 09:30–09:40 UTC succeeded"
+    )
+    body = recovered.get_content()
+    assert "It had been failing since window 2026-11-26 09:00–09:10 UTC: 3 windows failed " \
+        "for good, the last 2026-11-26 09:20–09:30 UTC." in " ".join(body.split("\n"))
+    # The two windows no summary had told of yet are in it, and no summary comes later.
+    assert "2 of them were in no earlier alert." in body
+    assert "dagster job backfill -j agent_job --from 2026-11-26-09:00 --to 2026-11-26-09:20" in body
+    assert f"{WEBSERVER}/runs/run-3-ok" in body
+    for hours in (1, 2, 25):
+        resolve_recovery(pg_store)
+        deliver(resources, START + timedelta(hours=hours))
+    assert kinds(smtp_server) == ["first", "recovered"]
+    assert pg_store.pending_alerts(100) == []
+
+
+def test_after_recovery_a_new_failure_alerts_at_once(resources, smtp_server, pg_store):
+    fail_window(pg_store, 0, START)
+    deliver(resources, START)
+    run_of_window(pg_store, 1, succeeded=True)
+    resolve_recovery(pg_store)
+    deliver(resources, START + timedelta(minutes=11))
+    # Ten minutes after the last failure alert, well within its hour: a new streak.
+    fail_window(pg_store, 2, START + timedelta(minutes=21))
+    deliver(resources, START + timedelta(minutes=21))
+    assert kinds(smtp_server) == ["first", "recovered", "first"]
+    assert "09:20–09:30 UTC failed" in smtp_server.received[-1].message["Subject"]
+
+
+def test_a_success_before_the_last_failure_does_not_end_the_streak(
+    resources, smtp_server, pg_store
+):
+    run_of_window(pg_store, 0, succeeded=True)
+    fail_window(pg_store, 1, START)
+    deliver(resources, START)
+    assert resolve_recovery(pg_store) is None
+    deliver(resources, START + timedelta(hours=2))
+    assert kinds(smtp_server) == ["first"]
+
+
+def test_the_sweeper_finds_the_success_and_sends_the_recovered_email(
+    resources, smtp_server, pg_store
+):
+    """Recovery is read from agent_runs: a success the success sensor never saw (the daemon
+    was down) ends the streak at the sweeper's next tick."""
+    fail_window(pg_store, 0, START)
+    deliver(resources, START)
+    run_of_window(pg_store, 1, succeeded=True)
+    with instance_for_test() as instance:
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            agent_runs_sweeper(context)
+    assert kinds(smtp_server) == ["first", "recovered"]
+
+
+def test_the_success_sensor_sends_the_recovered_email(resources, smtp_server, pg_store):
+    fail_window(pg_store, 0, START)
+    deliver(resources, START)
+    run_id = run_of_window(pg_store, 1, succeeded=True)
+    with instance_for_test() as instance:
+        run = instance.add_run(DagsterRun(job_name="agent_job", run_id=run_id,
+                                          status=DagsterRunStatus.SUCCESS))
+        for _ in range(2):
+            with build_run_status_sensor_context(
+                sensor_name=agent_job_recovery_alert.name, dagster_instance=instance,
+                dagster_run=run, resources=resources,
+                dagster_event=DagsterEvent(DagsterEventType.RUN_SUCCESS.value, "agent_job"),
+            ) as context:
+                agent_job_recovery_alert(context)
+    assert kinds(smtp_server) == ["first", "recovered"]
+
+
+def test_an_email_that_may_not_have_gone_out_is_alerted_on_its_own(
+    resources, smtp_server, pg_store
+):
+    fail_window(pg_store, 0, START)
+    deliver(resources, START)
+    # Within the failure streak's hour: not a failure, so not held for its summary.
+    queue_unknown_email_alert(pg_store, window(1), "run-1", "the attempt died while sending")
+    deliver(resources, START + timedelta(minutes=10))
+    assert len(smtp_server.received) == 2
+    assert "may not have gone out" in smtp_server.received[-1].message["Subject"]
+
+
+def test_two_deliveries_at_once_send_a_streak_email_once(resources, smtp_server, pg_store):
+    fail_window(pg_store, 0, START)
+    now = START.replace(tzinfo=None)
+    (streak,) = pg_store.streaks_to_deliver()
+    # Another sensor evaluation holds the streak's email: this one sends nothing.
+    assert pg_store.claim_streak_notice(streak["id"], timedelta(hours=1), now)
+    assert deliver(resources, START) == []
+    assert smtp_server.received == []
+
+
+def test_a_summary_the_server_cannot_take_waits_and_a_rejected_one_is_not_retried(
+    resources, smtp_server, pg_store
+):
+    fail_window(pg_store, 0, START)
+    smtp_server.fail_with = lambda: "421 4.3.0 down for maintenance"
+    deliver(resources, START)
+    assert smtp_server.received == []
+    smtp_server.fail_with = None
+    deliver(resources, START + timedelta(minutes=5))  # the next tick: it goes out then
+    assert kinds(smtp_server) == ["first"]
+
+    fail_window(pg_store, 1, START + timedelta(minutes=10))
+    smtp_server.fail_with = lambda: "554 5.7.1 rejected"
+    attempts = smtp_server.attempts
+    for minutes in (65, 70, 75):
+        deliver(resources, START + timedelta(minutes=minutes))
+    assert smtp_server.attempts == attempts + 1  # tried once, then given up
+    assert kinds(smtp_server) == ["first"] and pg_store.pending_alerts(10) == []
+
+    # The recovered email: the server down, then back.
+    run_of_window(pg_store, 2, succeeded=True)
+    resolve_recovery(pg_store)
+    smtp_server.fail_with = lambda: "421 4.3.0 down for maintenance"
+    deliver(resources, START + timedelta(minutes=80))
+    smtp_server.fail_with = None
+    deliver(resources, START + timedelta(minutes=85))
+    deliver(resources, START + timedelta(minutes=90))
+    assert kinds(smtp_server) == ["first", "recovered"]

@@ -8,12 +8,15 @@ import subprocess
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import make_url
 
+from agent_pipeline.alerts import window_text
 from agent_pipeline.jobs import agent_job
+from agent_pipeline.schema import agent_alerts
 from agent_pipeline_tests.services import TcpProxy, free_port
 from agent_pipeline_tests.test_pipeline import rows
-from agent_pipeline_tests.topology import BIN, production_topology, wait_for
+from agent_pipeline_tests.topology import BIN, graphql, production_topology, wait_for
 
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
@@ -192,6 +195,29 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
     assert windows.count(window) == 1
 
 
+SCHEDULE_ID_QUERY = """
+query {
+  scheduleOrError(scheduleSelector: {
+    repositoryLocationName: "agent_pipeline", repositoryName: "__repository__",
+    scheduleName: "agent_job_schedule"
+  }) { ... on Schedule { id } }
+}
+"""
+STOP_SCHEDULE = """
+mutation Stop($id: String!) {
+  stopRunningSchedule(id: $id) { __typename }
+}
+"""
+
+
+def stop_the_schedule(port: int) -> None:
+    """Schedule off, as from the UI: a tick's run of the broken agent would join the test's
+    failures at a moment of its own."""
+    schedule_id = graphql(port, SCHEDULE_ID_QUERY)["scheduleOrError"]["id"]
+    stopped = graphql(port, STOP_SCHEDULE, {"id": schedule_id})["stopRunningSchedule"]
+    assert stopped["__typename"] == "ScheduleStateResult", stopped
+
+
 def test_a_window_that_fails_for_good_alerts_once_after_its_retries(
     tmp_path, clean_env, postgres_url, redis_url, smtp_server
 ):
@@ -206,6 +232,9 @@ def test_a_window_that_fails_for_good_alerts_once_after_its_retries(
     window = agent_job.partitions_def.get_partition_keys()[-180]
     with production_topology(tmp_path, postgres_url, settings) as topology:
         export_storage_env(clean_env, topology)
+        # A tick's failing run that failed for good first would take the failure streak's
+        # first alert, and this window's would wait for the hour's summary.
+        stop_the_schedule(topology.web_port)
         daemon_log = tmp_path / "daemon.log"
         # A run-status sensor only sees failures after its first tick.
         wait_for(lambda: "Sensor agent_job_failure_alert skipped" in daemon_log.read_text(),
@@ -224,8 +253,7 @@ def test_a_window_that_fails_for_good_alerts_once_after_its_retries(
         with DagsterInstance.from_config(str(topology.home)) as instance:
             runs = instance.get_runs(filters=RunsFilter(tags={"dagster/partition": window}))
     # The sensor reads failures in order: by the time the last one's alert is out, the
-    # earlier attempts have been seen, and sent nothing. (A schedule tick during the test
-    # fails too and may alert on its own window, so only this window's alerts count.)
+    # earlier attempts have been seen, and sent nothing.
     assert [run.status for run in runs] == [DagsterRunStatus.FAILURE] * 3
     (alert,) = alerts_of_window()
     last = next(run for run in runs if run.tags.get("dagster/retry_number") == "2")
@@ -234,6 +262,85 @@ def test_a_window_that_fails_for_good_alerts_once_after_its_retries(
     assert "after 3 attempts" in body
     assert "op run_agent failed: RuntimeError: the agent fell over" in body
     assert f"https://dagster.example.com/runs/{last.run_id}" in body
+
+
+def test_a_broken_agent_alerts_once_then_says_when_it_recovers(
+    tmp_path, clean_env, postgres_url, redis_url, smtp_server
+):
+    """An agent with an expired key fails three windows in a row, then is fixed: one alert
+    at the first failure, no summary within the hour (ALERT_REPEAT_MINUTES=60), and one
+    recovered email once a window succeeds, as the SMTP server receives them."""
+    flag = tmp_path / "key-expired"
+    flag.touch()
+    settings = pipeline_settings(
+        tmp_path, postgres_url, redis_url, smtp_server,
+        AGENT="agent_pipeline_tests.sample_agents:broken_while_flagged",
+        BROKEN_FLAG=str(flag),
+        ALERT_EMAIL_TO="oncall@example.com",
+        CATCH_UP_HOURS="0",
+    )
+    # Retries off: each failure is final at once (the retries' own path is tested above).
+    no_retries = {"run_retries": {"enabled": False}}
+    failing = agent_job.partitions_def.get_partition_keys()[-200:-197]
+    fixed = agent_job.partitions_def.get_partition_keys()[-197]
+    with production_topology(
+        tmp_path, postgres_url, settings, instance_changes=no_retries
+    ) as topology:
+        export_storage_env(clean_env, topology)
+        stop_the_schedule(topology.web_port)
+        daemon_log = tmp_path / "daemon.log"
+        # Run-status sensors only see runs that end after their first tick.
+        for sensor in ("agent_job_failure_alert", "agent_job_recovery_alert"):
+            wait_for(lambda s=sensor: f"Sensor {s} skipped" in daemon_log.read_text(),
+                     f"{sensor} did not tick", 120, topology.processes)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
+
+        def alerts():  # the fixed window's digest goes to EMAIL_TO, through the same server
+            return [m.message for m in smtp_server.received
+                    if m.rcpt_tos == ["oncall@example.com"]]
+
+        def launch(window):
+            return client.submit_job_execution(
+                "agent_job", repository_location_name="agent_pipeline",
+                tags={"dagster/partition": window},
+            )
+
+        with DagsterInstance.from_config(str(topology.home)) as instance:
+            stack = {"instance": instance, "processes": topology.processes}
+            records = wait_for_runs(stack, [launch(window) for window in failing])
+            assert {r.dagster_run.status for r in records} == {DagsterRunStatus.FAILURE}
+            # Every failure seen by the alert sensor, the first alert out.
+            wait_for(lambda: len(alert_rows(postgres_url)) == 3 and alerts(),
+                     "the failures were not alerted", 120, topology.processes)
+            flag.unlink()  # the key renewed
+            (record,) = wait_for_runs(stack, [launch(fixed)])
+            assert record.dagster_run.status == DagsterRunStatus.SUCCESS
+            wait_for(lambda: len(alerts()) >= 2, "no recovered email", 120,
+                     topology.processes)
+            # One more pass of the alert sensors: nothing more goes out.
+            ticks = daemon_log.read_text().count("agent_job_recovery_alert")
+            wait_for(lambda: daemon_log.read_text().count("agent_job_recovery_alert") > ticks,
+                     "the recovery sensor did not tick again", 120, topology.processes)
+        first, recovered = alerts()
+    assert first["Subject"] == (
+        f"agent_pipeline: window {window_text(failing[0])} failed after 1 attempt"
+    )
+    assert "LLM API: 401 the API key has expired" in first.get_content()
+    assert recovered["Subject"] == (
+        f"agent_pipeline: agent_job recovered, window {window_text(fixed)} succeeded"
+    )
+    body = " ".join(recovered.get_content().split())
+    assert f"failing since window {window_text(failing[0])}: 3 windows failed for good" in body
+    assert "2 of them were in no earlier alert." in body
+
+
+def alert_rows(database_url: str) -> list[dict]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return [dict(r) for r in connection.execute(select(agent_alerts)).mappings()]
+    finally:
+        engine.dispose()
 
 
 def test_a_run_that_hangs_is_ended_by_run_monitoring_and_the_queue_moves_on(
