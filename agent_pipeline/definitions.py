@@ -2,9 +2,13 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from agent_pipeline.jobs import agent_job
+from agent_pipeline.jobs import agent_job, retention_job
 from agent_pipeline.logs import configure_output
-from agent_pipeline.schedules import build_agent_job_schedule, build_catch_up_sensor
+from agent_pipeline.schedules import (
+    build_agent_job_schedule,
+    build_catch_up_sensor,
+    retention_job_schedule,
+)
 from agent_pipeline.sensors import (
     agent_job_failure_alert,
     agent_job_recovery_alert,
@@ -23,8 +27,8 @@ from agent_pipeline.settings import (
 configure_output(log_settings())
 
 defs = Definitions(
-    jobs=[agent_job],
-    schedules=[build_agent_job_schedule(overlap_policy())],
+    jobs=[agent_job, retention_job],
+    schedules=[build_agent_job_schedule(overlap_policy()), retention_job_schedule],
     sensors=[
         build_catch_up_sensor(catch_up_hours()),
         agent_runs_on_run_failure,

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 from dagster import in_process_executor, job
 
-from agent_pipeline.ops import mark_row_failed, rank_top_five, record_run, run_agent, send_email
+from agent_pipeline.ops import (
+    apply_retention_policy,
+    mark_row_failed,
+    rank_top_five,
+    record_run,
+    run_agent,
+    send_email,
+)
 from agent_pipeline.partitions import window_partitions
 from agent_pipeline.settings import window_history_days
 
@@ -22,3 +29,15 @@ from agent_pipeline.settings import window_history_days
 )
 def agent_job() -> None:
     send_email(rank_top_five(run_agent(record_run())))
+
+
+@job(
+    description=(
+        "Keeps growth bounded: deletes old Dagster runs (with their event logs, compute logs "
+        "and op outputs) and old agent_runs and agent_alerts rows, and compacts old results. "
+        "Runs daily on retention_job_schedule; what it removed is in its op's metadata."
+    ),
+    executor_def=in_process_executor,
+)
+def retention_job() -> None:
+    apply_retention_policy()

@@ -4,7 +4,7 @@
 # types to wire inputs, resources and the context.
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
@@ -34,8 +34,16 @@ from agent_pipeline.ranking import (
     top_five_markdown,
     validate_outcomes,
 )
-from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
+from agent_pipeline.resources import (
+    AgentResource,
+    AgentRunsStore,
+    DigestSettings,
+    Redis,
+    Retention,
+    Smtp,
+)
 from agent_pipeline.resources.agent_runs import describe_error
+from agent_pipeline.retention import apply_retention
 from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT
 from agent_pipeline.settings import log_settings
 
@@ -302,3 +310,26 @@ def mark_row_failed(context: HookContext) -> None:
     error = context.op_exception
     message = describe_error(error) if error else f"op {context.op.name} failed"
     context.resources.agent_runs.fail_run(context.run_id, message)
+
+
+@op(
+    out=Out(Nothing),
+    description="Delete Dagster runs older than DAGSTER_RUN_RETENTION_DAYS with their event "
+    "logs, compute logs and stored op outputs; cut agent_runs results older than "
+    "RESULT_COMPACT_DAYS down to the top five and the counts; delete agent_runs and "
+    "agent_alerts rows older than AGENT_RUNS_RETENTION_DAYS. In batches, for at most 5 "
+    "minutes: the rest waits for the next day.",
+)
+def apply_retention_policy(
+    context: OpExecutionContext, agent_runs: AgentRunsStore, retention: Retention
+) -> None:
+    started = time.monotonic()
+    report = apply_retention(context.instance, agent_runs, retention, datetime.now(UTC))
+    removed = report.as_dict()
+    context.log.info(
+        "Retention: "
+        + ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in removed.items())
+    )
+    context.add_output_metadata(
+        {**removed, "duration_seconds": round(time.monotonic() - started, 3)}
+    )

@@ -548,3 +548,18 @@ def top_five_markdown(top: list[dict[str, Any]]) -> str:
             f"{cell(url) if url else ''} |"
         )
     return "\n".join(lines)
+
+
+def compact_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored result as the retention job keeps it once it is old: the top five, the counts
+    and the agent's numeric stats (calls, tokens, cost); the outcomes, drops and warnings go."""
+    def counts(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            key: value for key, value in values.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+
+    compacted = {"top_five": result.get("top_five") or [], **counts(result)}
+    if isinstance(result.get("agent_stats"), Mapping):
+        compacted["agent_stats"] = counts(result["agent_stats"])
+    return compacted

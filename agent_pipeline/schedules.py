@@ -30,7 +30,7 @@ from dagster import (
 from dagster._core.scheduler.instigation import InstigatorType
 from dagster._time import get_current_datetime
 
-from agent_pipeline.jobs import agent_job
+from agent_pipeline.jobs import agent_job, retention_job
 from agent_pipeline.partitions import (
     WINDOW_CRON,
     WINDOW_LENGTH,
@@ -211,3 +211,14 @@ def build_catch_up_sensor(catch_up_hours: int) -> SensorDefinition:
         )
 
     return agent_job_catch_up
+
+
+# Once a day, at a quiet minute between two windows' runs.
+retention_job_schedule = ScheduleDefinition(
+    name="retention_job_schedule",
+    job=retention_job,
+    cron_schedule="17 3 * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Runs retention_job daily at 03:17 UTC: old runs, rows and results go.",
+)

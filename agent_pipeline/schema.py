@@ -74,11 +74,15 @@ agent_runs = Table(
     Column("email_status", String(20)),
     Column("email_sent_at", DateTime),
     Column("email_error", Text),
+    # Added by 0006: when the retention job cut `result` down to the top five and the counts.
+    Column("result_compacted_at", DateTime),
 )
 
 # One row per Dagster run: a retried record_run op finds its row instead of adding one.
 Index("agent_runs_dagster_run_id", agent_runs.c.dagster_run_id, unique=True)
 Index("agent_runs_partition_key", agent_runs.c.partition_key)
+# Added by 0006: the retention job's range scans by age.
+Index("agent_runs_started_at", agent_runs.c.started_at)
 # Added by 0005: whether a run succeeded after a failure streak's last failure is one short
 # range scan, however many rows the table holds.
 Index("agent_runs_completed_at", agent_runs.c.completed_at)
@@ -119,6 +123,7 @@ agent_alerts = Table(
 )
 Index("agent_alerts_one_per_key", agent_alerts.c.alert_key, unique=True)
 Index("agent_alerts_status", agent_alerts.c.status)
+Index("agent_alerts_created_at", agent_alerts.c.created_at)
 Index("agent_alerts_streak", agent_alerts.c.streak_id, agent_alerts.c.status)
 
 # The job whose failures are grouped into streaks; a column so that each job could have its

@@ -23,6 +23,12 @@ from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettin
 from agent_pipeline.resources.agent import DEFAULT_CACHE_TTL_SECONDS
 from agent_pipeline.resources.agent_runs import parse_database_url
 from agent_pipeline.resources.digest import DEFAULT_ALERT_REPEAT_MINUTES
+from agent_pipeline.resources.retention import (
+    DEFAULT_AGENT_RUNS_DAYS,
+    DEFAULT_DAGSTER_RUN_DAYS,
+    DEFAULT_RESULT_COMPACT_DAYS,
+    Retention,
+)
 from agent_pipeline.resources.smtp import SECURITY_MODES, check_login_is_encrypted
 
 # Every variable this project reads, each documented in .env.example.
@@ -57,6 +63,9 @@ ENVIRONMENT_VARIABLES = (
     "WINDOW_HISTORY_DAYS",
     "OVERLAP_POLICY",
     "CATCH_UP_HOURS",
+    "DAGSTER_RUN_RETENTION_DAYS",
+    "RESULT_COMPACT_DAYS",
+    "AGENT_RUNS_RETENTION_DAYS",
     "AGENT_SOURCES",
     "AGENT_SCORER",
     "LLM_BASE_URL",
@@ -161,6 +170,35 @@ def catch_up_hours(env: Mapping[str, str] = os.environ) -> int:
     return _int(
         env, "CATCH_UP_HOURS", DEFAULT_CATCH_UP_HOURS, minimum=0,
         maximum=window_history_days(env) * 24,
+    )
+
+
+def retention_from_env(env: Mapping[str, str] = os.environ) -> Retention:
+    """How long runs, results and rows are kept; 0 keeps them for ever."""
+    dagster_run_days = _int(
+        env, "DAGSTER_RUN_RETENTION_DAYS", DEFAULT_DAGSTER_RUN_DAYS, minimum=0
+    )
+    if dagster_run_days and dagster_run_days * 24 <= catch_up_hours(env):
+        # The catch-up sensor would launch again the windows whose runs were deleted.
+        raise ConfigurationError(
+            "DAGSTER_RUN_RETENTION_DAYS",
+            f"must be 0 or longer than CATCH_UP_HOURS ({catch_up_hours(env)} h)",
+        )
+    agent_runs_days = _int(
+        env, "AGENT_RUNS_RETENTION_DAYS", DEFAULT_AGENT_RUNS_DAYS, minimum=0
+    )
+    if agent_runs_days and agent_runs_days <= window_history_days(env):
+        # A window that can still be launched keeps its row: it holds the window's email claim.
+        raise ConfigurationError(
+            "AGENT_RUNS_RETENTION_DAYS",
+            f"must be 0 or more than WINDOW_HISTORY_DAYS ({window_history_days(env)})",
+        )
+    return Retention(
+        dagster_run_days=dagster_run_days,
+        result_compact_days=_int(
+            env, "RESULT_COMPACT_DAYS", DEFAULT_RESULT_COMPACT_DAYS, minimum=0
+        ),
+        agent_runs_days=agent_runs_days,
     )
 
 
@@ -341,6 +379,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         cache_ttl_seconds=_int(env, "AGENT_CACHE_TTL", DEFAULT_CACHE_TTL_SECONDS),
     )
     return {
+        "retention": retention_from_env(env),
         "agent_runs": agent_runs,
         "redis": redis,
         "smtp": smtp,

@@ -31,10 +31,10 @@ def test_defs_resolve_the_job_its_ops_and_resources():
 def test_everything_the_ui_lists_says_what_it_is():
     """The UI shows these descriptions to a newcomer: none may be missing or a stub."""
     repository = defs.get_repository_def()
-    job = repository.get_job("agent_job")
+    jobs = [repository.get_job(name) for name in ("agent_job", "retention_job")]
     described = {
-        "job agent_job": job.description,
-        **{f"op {node.name}": node.definition.description for node in job.nodes},
+        **{f"job {job.name}": job.description for job in jobs},
+        **{f"op {node.name}": node.definition.description for job in jobs for node in job.nodes},
         **{f"schedule {s.name}": s.description for s in repository.schedule_defs},
         **{f"sensor {s.name}": s.description for s in repository.sensor_defs},
         **{
@@ -42,7 +42,7 @@ def test_everything_the_ui_lists_says_what_it_is():
             for key, resource in repository.get_top_level_resources().items()
         },
     }
-    assert len(described) == 1 + 4 + 1 + 5 + 5
+    assert len(described) == 2 + (4 + 1) + 2 + 5 + 6
     short = {name: text for name, text in described.items() if len(text or "") < 40}
     assert short == {}
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
-from agent_pipeline.ranking import dedupe_key
+from agent_pipeline.ranking import compact_result, dedupe_key
 from agent_pipeline.schema import (
     ALERT_FAILED,
     ALERT_PENDING,
@@ -818,3 +818,53 @@ class AgentRunsStore(ConfigurableResource):
                    agent_alerts.c.status == ALERT_SENDING)
             .values(**values)
         )
+
+    # -- retention --------------------------------------------------------------------------
+    # Each call handles one batch in its own short transaction: the retention job loops, so no
+    # lock is held for long while the schedule's runs write.
+
+    def compact_results(self, started_before: datetime, batch: int) -> int:
+        """Cut the result of up to `batch` rows started before the cutoff down to the top five
+        and the counts (compact_result); how many rows were compacted."""
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                select(agent_runs.c.id, agent_runs.c.result)
+                .where(
+                    agent_runs.c.started_at < started_before,
+                    agent_runs.c.result.is_not(None),
+                    agent_runs.c.result_compacted_at.is_(None),
+                )
+                .order_by(agent_runs.c.id)
+                .limit(batch)
+            ).all()
+            now = utc_now()
+            for row_id, result in rows:
+                connection.execute(
+                    update(agent_runs)
+                    .where(agent_runs.c.id == row_id)
+                    .values(result=compact_result(result), result_compacted_at=now)
+                )
+            return len(rows)
+
+    def delete_runs_started_before(self, started_before: datetime, batch: int) -> int:
+        """Delete up to `batch` of the oldest rows started before the cutoff; how many."""
+        return self._delete_oldest(agent_runs, agent_runs.c.started_at, started_before, batch)
+
+    def delete_alerts_created_before(self, created_before: datetime, batch: int) -> int:
+        """Delete up to `batch` of the oldest alerts created before the cutoff, and the failure
+        streaks that ended before it; how many alerts."""
+        deleted = self._delete_oldest(
+            agent_alerts, agent_alerts.c.created_at, created_before, batch
+        )
+        with self.engine.begin() as connection:
+            connection.execute(
+                alert_streaks.delete().where(alert_streaks.c.resolved_at < created_before)
+            )
+        return deleted
+
+    def _delete_oldest(self, table: Any, column: Any, before: datetime, batch: int) -> int:
+        with self.engine.begin() as connection:
+            ids = select(table.c.id).where(column < before).order_by(table.c.id).limit(batch)
+            return connection.execute(
+                table.delete().where(table.c.id.in_(ids.scalar_subquery()))
+            ).rowcount
