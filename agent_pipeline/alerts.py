@@ -12,10 +12,9 @@ import smtplib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from typing import Any
 
-from agent_pipeline.emails import WINDOW_HEADER, run_link, window_label
+from agent_pipeline.emails import WINDOW_HEADER, new_message, run_link, window_label
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
@@ -95,17 +94,13 @@ def build_alert_email(
     else:
         what = f"run {run_id} (no window)"
     tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    message = EmailMessage()
     # The error often carries the agent's words: it goes in the body, never in a header.
-    message["Subject"] = (
+    subject = (
         f"agent_pipeline: the email of {what} may not have gone out"
         if about_email
         else f"agent_pipeline: {what} failed after {tries}"
     )
-    message["From"] = sender
-    message["To"] = ", ".join(recipients)
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
+    message = new_message(subject, sender, recipients)
     if partition_key:
         message[WINDOW_HEADER] = partition_key
     lines = [
@@ -139,16 +134,6 @@ def _what_comes_next(repeat_minutes: int) -> str:
         f"If more windows fail, they are summed up in at most one email every {repeat_minutes} "
         "minutes, and one email says when a run succeeds again."
     )
-
-
-def _new_message(subject: str, sender: str, recipients: list[str]) -> EmailMessage:
-    message = EmailMessage()
-    message["Subject"] = subject
-    message["From"] = sender
-    message["To"] = ", ".join(recipients)
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
-    return message
 
 
 def _finish(message: EmailMessage, lines: list[str]) -> None:
@@ -209,7 +194,7 @@ def build_failure_summary_email(
         f"agent_pipeline: {failures} failed" if first
         else f"agent_pipeline: agent_job still failing, {_plural(count, 'more window')} failed"
     )
-    message = _new_message(subject, sender, recipients)
+    message = new_message(subject, sender, recipients)
     lines = [
         f"agent_job failed for good in {failures}." if first else
         f"agent_job is still failing: {failures} failed for good since the last alert.",
@@ -257,7 +242,7 @@ def build_recovered_email(
     subject = "agent_pipeline: agent_job recovered" + (
         f", window {succeeded} succeeded" if succeeded else ""
     )
-    message = _new_message(subject, sender, recipients)
+    message = new_message(subject, sender, recipients)
     ended = f"{streak['resolved_run_at']:%Y-%m-%d %H:%M} UTC"
     since = window_text(streak_total["first_window"])
     failed = _plural(streak_total["count"], "window")

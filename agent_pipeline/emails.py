@@ -68,6 +68,17 @@ def run_link(webserver_url: str | None, run_id: str | None) -> str | None:
     return f"{webserver_url.rstrip('/')}/runs/{run_id}"
 
 
+def new_message(subject: str, sender: str, recipients: list[str]) -> EmailMessage:
+    """An email with this project's headers; the subject must hold nothing from an agent."""
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
+    return message
+
+
 def build_digest_email(
     *,
     partition_key: str,
@@ -81,12 +92,7 @@ def build_digest_email(
     label = window_label(*window_bounds(partition_key))
     subject = f"agent_pipeline: top {len(top)} for {label}"
     text, html_body = render_digest(label, top, subject=subject, run_url=run_url)
-    message = EmailMessage()
-    message["Subject"] = subject
-    message["From"] = sender
-    message["To"] = ", ".join(recipients)
-    message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain="agent-pipeline.local")
+    message = new_message(subject, sender, recipients)
     message[WINDOW_HEADER] = partition_key
     message.set_content(text)
     message.add_alternative(html_body, subtype="html")

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, execute_job, reconstructable
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    Definitions,
+    execute_job,
+    reconstructable,
+)
 from sqlalchemy import bindparam, create_engine, insert, select, text, update
 
 from agent_pipeline import retention
@@ -20,10 +27,19 @@ from agent_pipeline.resources import Retention
 from agent_pipeline.retention import apply_retention
 from agent_pipeline.schema import agent_alerts, agent_runs
 from agent_pipeline.settings import resources_from_env, retention_from_env
-from agent_pipeline_tests.test_pipeline import agent_job_from_env, window_keys
+from agent_pipeline_tests.test_pipeline import window_keys
 
 # The production topology's fixture: code server, webserver and daemon on Postgres.
 from agent_pipeline_tests.test_production_topology import stack, wait_for_runs  # noqa: F401
+
+
+def local_agent_job():
+    """agent_job with the zero-setup resources (SQLite agent_runs, the outbox). A function of
+    its own: Dagster caches what a reconstructable function returns, per function."""
+    return Definitions(jobs=[agent_job], resources=resources_from_env(os.environ)).resolve_job_def(
+        "agent_job"
+    )
+
 
 KEEP_ALL = Retention(dagster_run_days=0, result_compact_days=0, agent_runs_days=0)
 
@@ -55,7 +71,7 @@ def footprint(instance: DagsterInstance, home: Path, run_id: str) -> dict[str, b
 def test_old_runs_go_with_their_events_logs_and_outputs_recent_ones_stay(clean_env, tmp_path):
     home = tmp_path / "dagster"
     home.mkdir()
-    job = reconstructable(agent_job_from_env)
+    job = reconstructable(local_agent_job)
     # Compute logs apart from the op outputs, as in this repository's dagster.yaml.
     compute_logs = {
         "module": "dagster._core.storage.local_compute_log_manager",

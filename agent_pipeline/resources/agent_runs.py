@@ -488,20 +488,38 @@ class AgentRunsStore(ConfigurableResource):
         """Queue the failure alert of alert_key; False when it has one already."""
         try:
             with self.engine.begin() as connection:
-                connection.execute(
-                    insert(agent_alerts).values(
-                        alert_key=alert_key,
-                        partition_key=partition_key,
-                        dagster_run_id=dagster_run_id,
-                        error_message=storable_text(error_message)[:ERROR_MESSAGE_LIMIT],
-                        attempts=attempts,
-                        created_at=utc_now(),
-                        status=ALERT_PENDING,
-                    )
+                self._insert_alert(
+                    connection, alert_key, partition_key, dagster_run_id, error_message,
+                    attempts, utc_now(),
                 )
         except IntegrityError:
             return False
         return True
+
+    @staticmethod
+    def _insert_alert(
+        connection: Any,
+        alert_key: str,
+        partition_key: str | None,
+        dagster_run_id: str,
+        error_message: str,
+        attempts: int,
+        created_at: datetime,
+        streak_id: int | None = None,
+    ) -> None:
+        """A pending alert; IntegrityError when alert_key has one (its unique index)."""
+        connection.execute(
+            insert(agent_alerts).values(
+                alert_key=alert_key,
+                partition_key=partition_key,
+                dagster_run_id=dagster_run_id,
+                error_message=storable_text(error_message)[:ERROR_MESSAGE_LIMIT],
+                attempts=attempts,
+                created_at=created_at,
+                status=ALERT_PENDING,
+                streak_id=streak_id,
+            )
+        )
 
     def pending_alerts(
         self, limit: int, max_age_hours: int = 24, *, ungrouped_only: bool = False
@@ -586,17 +604,9 @@ class AgentRunsStore(ConfigurableResource):
                     )
                 ).scalar_one_or_none() or now
                 streak_id = self._join_open_streak(connection, failed_at, now)
-                connection.execute(
-                    insert(agent_alerts).values(
-                        alert_key=alert_key,
-                        partition_key=partition_key,
-                        dagster_run_id=dagster_run_id,
-                        error_message=storable_text(error_message)[:ERROR_MESSAGE_LIMIT],
-                        attempts=attempts,
-                        created_at=now,
-                        status=ALERT_PENDING,
-                        streak_id=streak_id,
-                    )
+                self._insert_alert(
+                    connection, alert_key, partition_key, dagster_run_id, error_message,
+                    attempts, now, streak_id,
                 )
         except IntegrityError:  # the alert key's: the streak change rolls back with it
             return False
