@@ -15,10 +15,11 @@ WORKDIR /opt/dagster/app
 # Extras to install: empty for docker compose, "k8s" for the Helm chart's run launcher.
 ARG EXTRAS=""
 
-# Dependencies first, so that a code change does not reinstall them.
-COPY setup.py pyproject.toml ./
+# Dependencies first, so that a code change does not reinstall them; at the versions of
+# constraints.txt, as make dev and make test install them.
+COPY setup.py pyproject.toml constraints.txt ./
 RUN mkdir agent_pipeline && touch agent_pipeline/__init__.py \
-    && pip install ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y agent_pipeline \
+    && pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y agent_pipeline \
     && rm -rf agent_pipeline build
 
 COPY agent_pipeline ./agent_pipeline

@@ -10,14 +10,14 @@ PORT ?= 3000
 CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 
-.PHONY: install system-packages dev test lint bench clean
+.PHONY: install system-packages dev test lint bench clean constraints
 
-$(INSTALLED): setup.py pyproject.toml
+$(INSTALLED): setup.py pyproject.toml constraints.txt
 	@echo "Installing agent_pipeline and its pinned dependencies into $(VENV) ..."
 	@$(PYTHON) -m venv $(VENV)
 	@# pip's output goes to a log: it is long, and this machine's pip config adds noise.
 	@$(BIN)/python -m pip install --upgrade pip > $(VENV)/install.log 2>&1 \
-	  && $(BIN)/python -m pip install -e '.[dev]' >> $(VENV)/install.log 2>&1 \
+	  && $(BIN)/python -m pip install -c constraints.txt -e '.[dev]' >> $(VENV)/install.log 2>&1 \
 	  || { tail -n 40 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }
 	@touch $(INSTALLED)
 
@@ -47,6 +47,17 @@ test: $(INSTALLED) system-packages
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+# constraints.txt anew: every dependency of every extra, resolved afresh from setup.py in a
+# throwaway venv. Run it after changing setup.py (or to take upgrades), and commit both.
+CONSTRAINTS_VENV := .constraints-venv
+constraints:
+	rm -rf $(CONSTRAINTS_VENV) && $(PYTHON) -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CONSTRAINTS_VENV)/bin/python -m pip install -q '.[dev,k8s]'
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(CONSTRAINTS_VENV)/bin/python -m pip freeze --exclude agent_pipeline; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf $(CONSTRAINTS_VENV) build
 
 clean:
 	rm -rf $(VENV) .dagster_home .agent_pipeline

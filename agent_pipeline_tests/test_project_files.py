@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -229,3 +230,46 @@ def test_make_dev_uses_this_folder_as_dagster_home():
     # The dry run prints the install recipe too; the dev command is the one that runs Dagster.
     (command,) = [line for line in dry_run.stdout.splitlines() if "dg dev" in line]
     assert command == f"DAGSTER_HOME={REPO} .venv/bin/dg dev -w workspace.yaml --port 3000"
+
+
+def pinned_versions() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonical_name(name)] = version
+    return pins
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_installed_dependencies_are_the_pinned_ones():
+    """make test installs with -c constraints.txt: every installed package that the file
+    pins is at its version, and the file pins every requirement of setup.py's."""
+    pins = pinned_versions()
+    installed = {
+        canonical_name(dist.metadata["Name"]): dist.version
+        for dist in importlib.metadata.distributions()
+    }
+    differing = {
+        name: (installed[name], version)
+        for name, version in pins.items()
+        if name in installed and installed[name] != version
+    }
+    assert differing == {}
+    required = importlib.metadata.requires("agent_pipeline") or []
+    names = {canonical_name(re.split(r"[\s\[<>=!~;]", requirement)[0]) for requirement in required}
+    assert sorted(names - set(pins)) == []
+
+
+def test_the_image_and_the_makefile_install_with_the_constraints():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "COPY setup.py pyproject.toml constraints.txt ./" in dockerfile
+    assert 'pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}"' in dockerfile
+    dry_run = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-W", "constraints.txt", "install"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert "pip install -c constraints.txt -e '.[dev]'" in dry_run.stdout
