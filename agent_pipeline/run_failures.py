@@ -5,10 +5,15 @@ op that failed, else the run's own error."""
 from __future__ import annotations
 
 from dagster import DagsterEventType, DagsterInstance
+from dagster._core.events import RunFailureReason
 
-# What Dagster writes when a run's process dies (the code server) or its worker is found dead
-# or timed out (run monitoring); more telling than the generic run failure message.
-_LOSS_MARKERS = ("terminated by signal", "unexpectedly exited", "run worker", "timed out")
+# What Dagster's structured failure data says when a run's worker never started, died or was
+# restarted (run monitoring); the failure event's message then says how.
+_LOST_REASONS = {
+    RunFailureReason.UNEXPECTED_TERMINATION,
+    RunFailureReason.START_TIMEOUT,
+    RunFailureReason.RUN_WORKER_RESTART,
+}
 
 
 def termination_reason(instance: DagsterInstance, run_id: str) -> str | None:
@@ -21,14 +26,33 @@ def termination_reason(instance: DagsterInstance, run_id: str) -> str | None:
 
 def describe_loss(instance: DagsterInstance, run_id: str) -> str | None:
     """Why a run ended without its ops finishing: it was terminated, or its worker was lost.
-    None when neither shows in its events."""
+    None when its events show neither. Read from the events' types and Dagster's failure data,
+    never from their wording, which is only passed on."""
     terminated = termination_reason(instance, run_id)
     if terminated:
         return f"run terminated: {terminated}"
-    for entry in reversed(instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)):
-        message = entry.message or ""
-        if any(marker in message for marker in _LOSS_MARKERS):
-            return f"run killed or lost: {message}"
+    entries = instance.all_logs(
+        run_id, of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.ENGINE_EVENT}
+    )
+    failures = [e for e in entries if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
+    if not failures:
+        return None
+    failure = failures[-1]
+    data = failure.dagster_event.event_specific_data
+    reason = getattr(data, "failure_reason", None)
+    if reason in _LOST_REASONS:
+        return f"run killed or lost: {failure.message}"
+    engine = [
+        e for e in entries[: entries.index(failure)]
+        if e.dagster_event_type == DagsterEventType.ENGINE_EVENT
+    ]
+    if engine and getattr(data, "error", None) is None and reason in (
+        None, RunFailureReason.UNKNOWN,
+    ):
+        # Failed from outside, with neither an error nor a reason: the code server found the
+        # run's process dead and said how in the engine event just before (Dagster 1.13's
+        # DagsterApiServer._check_for_orphaned_runs).
+        return f"run killed or lost: {engine[-1].message}"
     return None
 
 

@@ -7,6 +7,7 @@ from dagster import (
     build_run_status_sensor_context,
     build_sensor_context,
 )
+from dagster._core.events import JobFailureData, RunFailureReason
 
 from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
 from agent_pipeline.sensors import agent_runs_on_run_failure, agent_runs_sweeper
@@ -94,6 +95,36 @@ def test_the_failure_sensor_fails_a_running_row_and_inserts_a_missing_one(pg_sto
     inserted = pg_store.find_run(never_started.run_id)
     assert inserted["status"] == "failed" and inserted["partition_key"] == WINDOW
     assert inserted["error_message"].startswith("run failed: ")
+
+
+def test_a_lost_run_is_told_by_dagsters_data_never_by_its_wording(pg_store):
+    """What makes a run lost is the shape of its events (failed from outside, with neither an
+    error nor a reason, after an engine event) or the reason in its failure data; the words
+    are only passed on, so a rewording upstream changes nothing."""
+    with DagsterInstance.ephemeral() as instance:
+        crashed, timed_out = add_run(instance, DagsterRunStatus.FAILURE), add_run(
+            instance, DagsterRunStatus.FAILURE
+        )
+        instance.report_engine_event("Der Prozess ist weg.", crashed)
+        events = {
+            crashed.run_id: instance.report_run_failed(crashed),
+            timed_out.run_id: instance.report_run_failed(
+                timed_out, "Zu spät gestartet.",
+                JobFailureData(error=None, failure_reason=RunFailureReason.START_TIMEOUT),
+            ),
+        }
+        for run in (crashed, timed_out):
+            pg_store.start_run(run.run_id, WINDOW, "keywords")
+            evaluate_failure_sensor(
+                agent_runs_on_run_failure, instance, run, events[run.run_id],
+                {"agent_runs": pg_store, "agent": AgentResource()},
+            )
+    assert pg_store.find_run(crashed.run_id)["error_message"] == (
+        "run killed or lost: Der Prozess ist weg."
+    )
+    assert pg_store.find_run(timed_out.run_id)["error_message"] == (
+        "run killed or lost: Zu spät gestartet."
+    )
 
 
 def test_the_failure_sensor_keeps_the_hooks_message(pg_store):
