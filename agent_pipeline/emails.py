@@ -18,7 +18,8 @@ import jinja2
 from agent_pipeline.dates import parse_timestamp
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
-from agent_pipeline.ranking import MAX_TITLE_CHARS, clean_text, safe_url
+from agent_pipeline.ranking import MAX_TITLE_CHARS
+from agent_pipeline.text import clean_text, one_line, safe_url
 
 WINDOW_HEADER = "X-Agent-Pipeline-Window"
 # The agent's one-line reason, or the start of the summary when it gave none.
@@ -157,10 +158,10 @@ def digest_items(top: Sequence[Mapping[str, Any]]) -> list[DigestItem]:
             percent = 1  # a positive score shows as a sliver, not as nothing
         details = [
             detail
-            for detail in (_one_line(outcome.get("source"), 80), _published(outcome))
+            for detail in (one_line(outcome.get("source"), 80), _published(outcome))
             if detail
         ]
-        reason = _one_line(outcome.get("reason"), MAX_REASON_CHARS) or _one_line(
+        reason = one_line(outcome.get("reason"), MAX_REASON_CHARS) or one_line(
             outcome.get("summary"), MAX_REASON_CHARS
         )
         items.append(
@@ -186,12 +187,8 @@ def _bar_colour(percent: int) -> str:
     return "#7b8494"
 
 
-def _one_line(value: Any, limit: int) -> str:
-    return clean_text(value, limit) if isinstance(value, str) else ""
-
-
 def _published(outcome: Mapping[str, Any]) -> str:
     """The item's published time in UTC, or as the feed wrote it when it is no date."""
-    raw = _one_line(outcome.get("published"), 60)
+    raw = one_line(outcome.get("published"), 60)
     when = parse_timestamp(raw)
     return f"{when:%d %b %Y, %H:%M} UTC" if when else raw

@@ -7,24 +7,21 @@ import json
 import math
 import numbers
 import operator
-import re
 import reprlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import pandas as pd
 
 from agent_pipeline.errors import AgentOutputError
-from agent_pipeline.text import storable_text
+from agent_pipeline.text import clean_text, markdown_cell, safe_url, storable_text
 
 TOP_N = 5
 MAX_TITLE_CHARS = 300
 MAX_SUMMARY_CHARS = 2_000
-MAX_URL_CHARS = 2_048
 MAX_EXTRA_FIELDS = 20
 MAX_EXTRA_JSON_CHARS = 10_000
 # All of one outcome's extra fields together: what one outcome may add to the stored row.
@@ -49,9 +46,6 @@ MAX_DROP_REASONS = 50
 OTHER_REASONS = "other reasons"
 
 KNOWN_FIELDS = ("title", "score", "url", "summary", "id")
-# C0/C1 control characters, CR and LF included: none of them belongs in a one-line title,
-# and CR/LF is how a value breaks out of an email header.
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 @dataclass(frozen=True)
@@ -136,33 +130,6 @@ def iterate_outcomes(raw: Any) -> Iterator[Any]:
             f"the agent returned a {type(raw).__name__}, which is not iterable; "
             "expected an iterable of mappings"
         ) from None
-
-
-def clean_text(value: str, limit: int) -> str:
-    """One line of text: control characters become spaces, whitespace collapses, and the
-    result is cut to limit characters. Only a bounded prefix is looked at, so a huge value
-    costs no more than a long one."""
-    text = " ".join(_CONTROL_CHARS.sub(" ", storable_text(value[: limit * 8])).split())
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return text
-
-
-def safe_url(value: Any) -> str | None:
-    """The URL if it is an absolute http(s) URL fit for a link, else None."""
-    if not isinstance(value, str) or len(value) > MAX_URL_CHARS:
-        return None
-    url = value.strip()
-    # Not printable: control characters, NUL, lone surrogates and every space but " ".
-    if not url.isprintable() or " " in url:
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return None
-    return url
 
 
 class _PreviewRepr(reprlib.Repr):
@@ -520,18 +487,13 @@ def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
     return result
 
 
-def _markdown_cell(text: str) -> str:
-    # Pipes end a cell and brackets or angle brackets could form links or HTML.
-    return re.sub(r"([\\|\[\]<>`*_])", r"\\\1", text)
-
-
 def drop_reasons_markdown(reasons: Counter[str]) -> str:
     """Why items were dropped, most common reason first, as a Markdown table for the UI."""
     if not reasons:
         return "_Nothing dropped._"
     counts = reasons.most_common()
     lines = ["| reason | items |", "| --- | --- |"]
-    lines += [f"| {_markdown_cell(reason)} | {count} |" for reason, count in counts]
+    lines += [f"| {markdown_cell(reason)} | {count} |" for reason, count in counts]
     return "\n".join(lines)
 
 
@@ -539,7 +501,7 @@ def top_five_markdown(top: list[dict[str, Any]]) -> str:
     """The top five as a Markdown table for the Dagster UI; cells are escaped."""
     if not top:
         return "_No outcomes._"
-    cell = _markdown_cell
+    cell = markdown_cell
     lines = ["| # | score | title | url |", "| --- | --- | --- | --- |"]
     for rank, outcome in enumerate(top, start=1):
         url = outcome.get("url")

@@ -18,7 +18,6 @@ from agent_pipeline.agents.sources import SourceError, check_source, parse_sourc
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.logs import LEVELS, LogSettings
-from agent_pipeline.ranking import safe_url
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
 from agent_pipeline.resources.agent import DEFAULT_CACHE_TTL_SECONDS
 from agent_pipeline.resources.agent_runs import parse_database_url
@@ -30,6 +29,7 @@ from agent_pipeline.resources.retention import (
     Retention,
 )
 from agent_pipeline.resources.smtp import SECURITY_MODES, check_login_is_encrypted
+from agent_pipeline.text import safe_url
 
 # Every variable this project reads, each documented in .env.example.
 ENVIRONMENT_VARIABLES = (

@@ -13,16 +13,15 @@ from agent_pipeline.ranking import (
     MAX_STORED_OUTCOMES,
     MAX_TITLE_CHARS,
     build_result,
-    clean_text,
     dedupe_key,
     drop_reasons_markdown,
     iterate_outcomes,
     rank_outcomes,
-    safe_url,
     storable_stats,
     top_five_markdown,
     validate_outcomes,
 )
+from agent_pipeline.text import clean_text, safe_url
 
 
 @pytest.mark.parametrize(

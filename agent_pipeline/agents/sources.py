@@ -8,7 +8,6 @@ public feed may not lead inward. A broken source is reported and skipped."""
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import re
 import time
@@ -36,7 +35,8 @@ from agent_pipeline.agents.bounded_http import (
     deadline,
     plain_address,
 )
-from agent_pipeline.ranking import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS
+from agent_pipeline.ranking import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS
+from agent_pipeline.text import MAX_URL_CHARS, html_to_text
 
 MAX_SOURCE_BYTES = 5_000_000
 # One request, from connecting through the headers to the last byte (redirects included).
@@ -59,7 +59,6 @@ JSON_FIELDS = {
     "published": ("published", "date", "published_at", "created_at", "updated"),
 }
 # No "<" inside: a run of "<<<<" would make a "[^>]+" match try every start (quadratic).
-_TAGS = re.compile(r"<[^<>]*>")
 # An entity declaration in any encoding an XML parser would take: refused, never expanded.
 _ENTITY_DECLARATIONS = tuple(
     "<!ENTITY".encode(encoding)
@@ -139,13 +138,6 @@ def check_source(source: str) -> None:
         raise SourceError("not a valid URL (no host)")
 
 
-def _text(value: Any, limit: int) -> str:
-    """Plain text from a feed value that may hold HTML, at most limit characters. Only a
-    bounded prefix is looked at: what lies past it would be cut anyway."""
-    raw = str(value or "")[: limit * 8]
-    return " ".join(html.unescape(_TAGS.sub(" ", raw)).split())[:limit]
-
-
 def _short(value: Any, limit: int) -> str | None:
     """An identifier, URL or date as the source wrote it; None when missing or too long to
     be one."""
@@ -205,13 +197,17 @@ def items_from_feed(data: bytes, source: str, content_type: str = "") -> Fetched
     entries = feed.entries[:MAX_ITEMS_PER_SOURCE]
     if problem and not entries:
         raise SourceError(f"not a readable feed ({problem})")
-    source_name = _text(feed.feed.get("title"), MAX_SOURCE_NAME_CHARS) or urlsplit(source).netloc
+    source_name = (
+        html_to_text(feed.feed.get("title"), MAX_SOURCE_NAME_CHARS) or urlsplit(source).netloc
+    )
     items = []
     for entry in entries:
         item = {
-            "title": _text(entry.get("title"), MAX_TITLE_CHARS),
+            "title": html_to_text(entry.get("title"), MAX_TITLE_CHARS),
             "url": _short(entry.get("link"), MAX_URL_CHARS),
-            "summary": _text(entry.get("summary") or entry.get("description"), MAX_SUMMARY_CHARS),
+            "summary": html_to_text(
+                entry.get("summary") or entry.get("description"), MAX_SUMMARY_CHARS
+            ),
             "id": _short(entry.get("id") or entry.get("guid"), MAX_ID_CHARS),
             "published": _published(entry),
             "source": source_name or source_label(source),
@@ -250,9 +246,9 @@ def items_from_json(data: bytes, source: str) -> Fetched:
             for name, keys in JSON_FIELDS.items()
         }
         item: dict[str, Any] = {
-            "title": _text(found["title"], MAX_TITLE_CHARS),
+            "title": html_to_text(found["title"], MAX_TITLE_CHARS),
             "url": _short(found["url"], MAX_URL_CHARS),
-            "summary": _text(found["summary"], MAX_SUMMARY_CHARS),
+            "summary": html_to_text(found["summary"], MAX_SUMMARY_CHARS),
             "id": _short(found["id"], MAX_ID_CHARS),
             "published": _short(found["published"], MAX_PUBLISHED_CHARS),
             "source": source_name,
