@@ -39,6 +39,8 @@ setup(
         "gql[requests]>=3.5,<4",
         "jinja2>=3.1,<4",
         "structlog>=24.1,<27",
+        # The one retry mechanism: SMTP delivery and the LLM API (agent_pipeline/retries.py).
+        "tenacity>=8.2,<10",
     ],
     extras_require={
         # Kubernetes run launcher, for the Helm deployment (README, "On Kubernetes").

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
 from agent_pipeline.resources.digest import DigestSettings
-from agent_pipeline.resources.smtp import Smtp, is_transient, rejects_message
+from agent_pipeline.resources.smtp import Smtp, rejects_message
 from agent_pipeline.schema import (
     EMAIL_REJECTED,
     EMAIL_SENDING,
@@ -47,26 +47,26 @@ def deliver_once(
     rejected = store.rejected_email(row_id)
     if rejected is not None:
         return _rejected_before(store, row_id, rejected)
-    for attempt in range(smtp.retries + 1):
-        if not store.claim_email(row_id):
-            reason = claim_refused_reason(store.email_claim(row_id))
-            store.record_email_skipped(row_id, reason)
-            return Delivery(EMAIL_SKIPPED, reason)
-        try:
-            destination = smtp.send_once(message)
-        except Exception as exc:
-            error = describe_error(exc)
-            if rejects_message(exc):
-                store.record_email_rejected(row_id, error)
-                return Delivery(EMAIL_REJECTED, error)
-            store.record_email_failed(row_id, error)
-            if attempt == smtp.retries or not is_transient(exc):
-                raise
-            smtp.wait_before_retry(attempt, exc)
-            continue
-        store.record_email_sent(row_id)
-        return Delivery(EMAIL_SENT, destination)
-    raise AssertionError("unreachable")
+    return smtp.retrying()(_attempt, store, smtp, row_id, message)
+
+
+def _attempt(store: AgentRunsStore, smtp: Smtp, row_id: int, message: EmailMessage) -> Delivery:
+    """One claimed attempt; a failure worth retrying is recorded on the row and raised."""
+    if not store.claim_email(row_id):
+        reason = claim_refused_reason(store.email_claim(row_id))
+        store.record_email_skipped(row_id, reason)
+        return Delivery(EMAIL_SKIPPED, reason)
+    try:
+        destination = smtp.send_once(message)
+    except Exception as exc:
+        error = describe_error(exc)
+        if rejects_message(exc):
+            store.record_email_rejected(row_id, error)
+            return Delivery(EMAIL_REJECTED, error)
+        store.record_email_failed(row_id, error)
+        raise
+    store.record_email_sent(row_id)
+    return Delivery(EMAIL_SENT, destination)
 
 
 def claim_refused_reason(holder: dict[str, Any] | None) -> str:

@@ -32,8 +32,13 @@ def test_the_claim_is_released_while_waiting_to_retry(pg_store, smtp_server):
     states_while_waiting = []
 
     class Watching(Smtp):
-        def wait_before_retry(self, attempt, exc):
-            states_while_waiting.append(pg_store.get_run(row_id)["email_status"])
+        def retrying(self):
+            # The policy's own, with a wait that looks at the row instead of sleeping.
+            return super().retrying().copy(
+                sleep=lambda seconds: states_while_waiting.append(
+                    pg_store.get_run(row_id)["email_status"]
+                )
+            )
 
     smtp = Watching(host=smtp_server.host, port=smtp_server.port, security="none", retries=2)
     assert deliver_once(pg_store, smtp, row_id, message("w")).status == "sent"

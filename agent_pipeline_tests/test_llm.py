@@ -16,8 +16,8 @@ from agent_pipeline.agents.llm import (
     MalformedAnswer,
     ScoringDeadline,
     parse_answer,
-    retry_after_seconds,
 )
+from agent_pipeline.retries import retry_after_seconds
 from agent_pipeline_tests.feed_server import DripServer
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply, default_score
 

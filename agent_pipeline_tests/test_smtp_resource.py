@@ -19,6 +19,11 @@ from agent_pipeline_tests.raw_server import ScriptedServer
 from agent_pipeline_tests.services import free_port
 
 
+def deliver(smtp: Smtp, message: EmailMessage | None = None) -> str:
+    """A delivery with the resource's retry policy, as delivery.deliver_once makes it."""
+    return smtp.retrying()(smtp.send_once, message or a_message())
+
+
 def a_message() -> EmailMessage:
     message = EmailMessage()
     message["Subject"] = "hello"
@@ -30,7 +35,7 @@ def a_message() -> EmailMessage:
 
 def test_plain_smtp_delivers_to_every_recipient(smtp_server):
     smtp = Smtp(host=smtp_server.host, port=smtp_server.port, security="none", timeout=5)
-    assert smtp.send(a_message()) == f"smtp 127.0.0.1:{smtp_server.port} (none)"
+    assert deliver(smtp) == f"smtp 127.0.0.1:{smtp_server.port} (none)"
     (mail,) = smtp_server.received
     assert mail.rcpt_tos == ["a@example.com", "b@example.com"]
     assert mail.message["Subject"] == "hello"
@@ -38,7 +43,7 @@ def test_plain_smtp_delivers_to_every_recipient(smtp_server):
 
 def test_without_host_the_email_lands_in_the_outbox(tmp_path):
     smtp = Smtp(outbox_dir=str(tmp_path / "outbox"))
-    where = smtp.send(a_message())
+    where = deliver(smtp)
     (path,) = (tmp_path / "outbox").glob("*.eml")
     assert where == f"outbox file {path}"
     saved = message_from_bytes(path.read_bytes(), policy=policy.default)
@@ -93,7 +98,7 @@ def test_tls_with_login_and_a_verified_certificate(tls_smtp_server, request, ca_
         host="127.0.0.1", port=tls_smtp_server.port, security=mode, username="agent",
         password="right", ca_file=ca_file, timeout=5,
     )
-    smtp.send(a_message())
+    deliver(smtp)
     assert [mail.message["Subject"] for mail in tls_smtp_server.received] == ["hello"]
 
 
@@ -102,7 +107,7 @@ def test_certificates_are_verified_by_default(tls_smtp_server, request):
     mode = request.node.callspec.params["tls_smtp_server"]
     smtp = Smtp(host="127.0.0.1", port=tls_smtp_server.port, security=mode, timeout=5)
     with pytest.raises(ssl.SSLCertVerificationError):
-        smtp.send(a_message())
+        deliver(smtp)
     assert tls_smtp_server.received == []
 
 
@@ -113,7 +118,7 @@ def test_a_wrong_password_is_refused(tls_smtp_server, ca_file):
         password="wrong", ca_file=ca_file, timeout=5,
     )
     with pytest.raises(smtplib.SMTPAuthenticationError):
-        smtp.send(a_message())
+        deliver(smtp)
     assert tls_smtp_server.received == []
 
 
@@ -125,14 +130,14 @@ def plain(smtp_server, **settings) -> Smtp:
 def test_transient_refusals_are_retried(smtp_server):
     refusals = iter(["451 4.3.0 busy, try later", "421 4.7.0 closing", None])
     smtp_server.fail_with = lambda: next(refusals)
-    plain(smtp_server, retries=3).send(a_message())
+    deliver(plain(smtp_server, retries=3))
     assert smtp_server.attempts == 3 and len(smtp_server.received) == 1
 
 
 def test_delivery_gives_up_after_the_retries(smtp_server):
     smtp_server.fail_with = lambda: "451 4.3.0 busy"
     with pytest.raises(smtplib.SMTPDataError) as failure:
-        plain(smtp_server, retries=2).send(a_message())
+        deliver(plain(smtp_server, retries=2))
     assert failure.value.smtp_code == 451 and is_transient(failure.value)
     assert smtp_server.attempts == 3 and smtp_server.received == []
 
@@ -141,7 +146,7 @@ def test_delivery_gives_up_after_the_retries(smtp_server):
 def test_a_5xx_rejection_is_not_retried(smtp_server, reply):
     smtp_server.fail_with = lambda: reply
     with pytest.raises(smtplib.SMTPDataError) as failure:
-        plain(smtp_server, retries=3).send(a_message())
+        deliver(plain(smtp_server, retries=3))
     assert failure.value.smtp_code == int(reply[:3])
     assert rejects_message(failure.value) and not is_transient(failure.value)
     assert smtp_server.attempts == 1 and smtp_server.received == []
@@ -184,7 +189,7 @@ def test_every_recipient_refused_for_good_is_not_retried(recipient_refuser):
     """Not a rejection of this message either: every digest would get it (a mistyped
     EMAIL_TO, relay denied), so it is the configuration's to fix."""
     with pytest.raises(smtplib.SMTPRecipientsRefused) as failure:
-        plain(recipient_refuser, retries=3).send(a_message())
+        deliver(plain(recipient_refuser, retries=3))
     assert not rejects_message(failure.value) and not is_transient(failure.value)
     assert recipient_refuser.rcpt_attempts == 2  # one attempt, two recipients
     assert recipient_refuser.received == []
@@ -199,7 +204,7 @@ SOME_REFUSED_FOR_NOW = {
 @pytest.mark.parametrize("recipient_refuser", [SOME_REFUSED_FOR_NOW], indirect=True)
 def test_recipients_refused_for_now_are_retried(recipient_refuser):
     with pytest.raises(smtplib.SMTPRecipientsRefused) as failure:
-        plain(recipient_refuser, retries=2).send(a_message())
+        deliver(plain(recipient_refuser, retries=2))
     assert is_transient(failure.value) and not rejects_message(failure.value)
     assert recipient_refuser.rcpt_attempts == 6  # three attempts, two recipients each
 
@@ -208,7 +213,7 @@ def test_a_refused_connection_is_retried_then_raised():
     smtp = Smtp(host="127.0.0.1", port=free_port(), security="none", retries=2,
                 retry_backoff_seconds=0.01)
     with pytest.raises(ConnectionRefusedError):
-        smtp.send(a_message())
+        deliver(smtp)
 
 
 @pytest.mark.parametrize(
@@ -271,7 +276,7 @@ def test_a_plain_login_to_a_loopback_relay_works(plain_auth_server, host):
     catcher, logins = plain_auth_server
     smtp = Smtp(host=host, port=catcher.port, security="none", username="agent",
                 password="right", timeout=5)
-    smtp.send(a_message())
+    deliver(smtp)
     assert [mail.message["Subject"] for mail in catcher.received] == ["hello"]
     assert [(login, password) for _, login, password in logins] == [(b"agent", b"right")]
 
@@ -281,7 +286,7 @@ def test_a_plain_login_to_another_machine_is_refused_before_connecting():
     smtp = Smtp(host="mail.invalid", port=587, security="none", username="agent",
                 password="secret", retries=2, retry_backoff_seconds=0.01, timeout=1)
     with pytest.raises(ConfigurationError) as failure:
-        smtp.send(a_message())
+        deliver(smtp)
     assert failure.value.variable == "SMTP_SECURITY"
     assert "starttls or ssl" in str(failure.value) and "mail.invalid" in str(failure.value)
     assert not is_transient(failure.value)
@@ -340,7 +345,7 @@ def test_a_server_that_drips_its_greeting_meets_the_attempt_deadline():
         smtp = Smtp(host="127.0.0.1", port=server.port, security="none", timeout=5,
                     attempt_deadline_seconds=1.5, retries=0)
         with pytest.raises(TimeoutError, match="did not finish within 1.5 s") as failure:
-            smtp.send(a_message())
+            deliver(smtp)
     assert server.sent < 20  # cut off inside the greeting
     assert is_transient(failure.value)  # the next attempt, or the next run, tries again
 
@@ -349,7 +354,7 @@ def test_an_endless_reply_is_cut_off_at_the_cap():
     with ScriptedServer(endless_reply) as server:
         smtp = Smtp(host="127.0.0.1", port=server.port, security="none", retries=0)
         with pytest.raises(smtplib.SMTPServerDisconnected, match="reply is over 65,536 bytes"):
-            smtp.send(a_message())
+            deliver(smtp)
     assert server.sent < 10_000_000  # of 50 MB offered
 
 
@@ -380,6 +385,6 @@ def test_the_attempt_deadline_holds_across_starttls(certificate_authority, ca_fi
         smtp = Smtp(host="127.0.0.1", port=server.port, security="starttls", timeout=5,
                     attempt_deadline_seconds=1.5, ca_file=ca_file, retries=0)
         with pytest.raises(TimeoutError, match="did not finish within 1.5 s"):
-            smtp.send(a_message())
+            deliver(smtp)
         greeting_and_replies = 24 + 36 + 14
         assert server.sent <= greeting_and_replies  # not one byte of the drip went out

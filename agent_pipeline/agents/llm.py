@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -26,6 +24,7 @@ from agent_pipeline.agents.bounded_http import (
     bounded_client,
     bounded_request,
 )
+from agent_pipeline.retries import RetryLater, retry_after_seconds, retry_policy
 
 # Part of every cache key: bump it when the prompt changes, so old scores are not reused.
 PROMPT_VERSION = 1
@@ -37,7 +36,6 @@ SYSTEM_PROMPT = (
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ITEM_CHARS = 2_000
 MAX_REASON_CHARS = 300
-MAX_RETRY_AFTER_SECONDS = 60.0
 # What LLM_BASE_URL, LLM_MODEL and LLM_CONCURRENCY default to.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -115,22 +113,6 @@ class Usage:
         if price_input is None or price_output is None:
             return None
         return (self.prompt_tokens * price_input + self.completion_tokens * price_output) / 1e6
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, OverflowError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def parse_answer(content: str) -> tuple[float, str]:
@@ -218,50 +200,56 @@ class LlmScorer:
                 {"role": "user", "content": prompt},
             ],
         }
+        attempts = self.settings.max_retries + 1
+        policy = retry_policy(
+            attempts=attempts,
+            backoff_seconds=self.settings.backoff_seconds,
+            worth_retrying=lambda exc: isinstance(exc, RetryLater),
+            # A wait never outlasts the run's scoring budget (ScoringDeadline when it is gone).
+            sleep=lambda seconds: self._sleep(min(seconds, self._remaining())),
+        )
+        try:
+            return policy(self._attempt, body)
+        except RetryLater as exc:
+            raise LlmError(f"{exc} after {attempts} attempts") from None
+
+    def _attempt(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One request; RetryLater for what another attempt may cure (429, 5xx, timeouts,
+        dropped connections), with the Retry-After the API sent."""
         timeout = self.settings.timeout_seconds
-        for attempt in range(self.settings.max_retries + 1):
-            wait = None
-            remaining = self._remaining()
+        try:
+            response = bounded_request(
+                self._client, "POST", "chat/completions", json=body,
+                max_bytes=self.settings.max_reply_bytes,
+                deadline_seconds=min(timeout, self._remaining()),
+            )
+        except ResponseTooLarge as exc:
+            raise MalformedAnswer(f"the API's reply is {exc}") from None
+        except UnsupportedEncoding as exc:
+            raise MalformedAnswer(f"the API's reply: {exc}") from None
+        except httpx.TimeoutException:
+            self._remaining()  # the budget, not the API, may have run out
+            raise RetryLater(f"no answer within {timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise RetryLater(f"{type(exc).__name__}") from None
+        if response.status_code == 200:
             try:
-                response = bounded_request(
-                    self._client, "POST", "chat/completions", json=body,
-                    max_bytes=self.settings.max_reply_bytes,
-                    deadline_seconds=min(timeout, remaining),
-                )
-            except ResponseTooLarge as exc:
-                raise MalformedAnswer(f"the API's reply is {exc}") from None
-            except UnsupportedEncoding as exc:
-                raise MalformedAnswer(f"the API's reply: {exc}") from None
-            except httpx.TimeoutException:
-                self._remaining()  # the budget, not the API, may have run out
-                problem = f"no answer within {timeout:g} s"
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        answer = json.loads(response.content)
-                    except (ValueError, RecursionError):
-                        raise MalformedAnswer("the API's reply is not JSON") from None
-                    if not isinstance(answer, dict):
-                        raise MalformedAnswer("the API's reply is not a JSON object")
-                    self.usage.add(answer)
-                    return answer
-                if response.status_code in (401, 403):
-                    # The body is left out: some APIs echo the key they refused.
-                    raise LlmError(f"HTTP {response.status_code}: the API refused LLM_API_KEY")
-                if response.status_code not in RETRY_STATUSES:
-                    raise LlmError(
-                        f"HTTP {response.status_code}: {self._redact(response.text[:200])}"
-                    )
-                problem = f"HTTP {response.status_code}"
-                wait = retry_after_seconds(response.headers.get("Retry-After"))
-            if attempt == self.settings.max_retries:
-                raise LlmError(f"{problem} after {attempt + 1} attempts")
-            if wait is None:  # exponential backoff with full jitter
-                wait = random.uniform(0, self.settings.backoff_seconds * 2**attempt)
-            self._sleep(min(wait, self._remaining()))
-        raise AssertionError("unreachable")
+                answer = json.loads(response.content)
+            except (ValueError, RecursionError):
+                raise MalformedAnswer("the API's reply is not JSON") from None
+            if not isinstance(answer, dict):
+                raise MalformedAnswer("the API's reply is not a JSON object")
+            self.usage.add(answer)
+            return answer
+        if response.status_code in (401, 403):
+            # The body is left out: some APIs echo the key they refused.
+            raise LlmError(f"HTTP {response.status_code}: the API refused LLM_API_KEY")
+        if response.status_code not in RETRY_STATUSES:
+            raise LlmError(f"HTTP {response.status_code}: {self._redact(response.text[:200])}")
+        raise RetryLater(
+            f"HTTP {response.status_code}",
+            retry_after_seconds(response.headers.get("Retry-After")),
+        )
 
     def _redact(self, text: str) -> str:
         return text.replace(self.settings.api_key, "***") if self.settings.api_key else text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import smtplib
 import socket
 import ssl
@@ -17,10 +16,12 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import tenacity
 from dagster import ConfigurableResource
 from pydantic import Field
 
 from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.retries import retry_policy
 
 SECURITY_MODES = ("starttls", "ssl", "none")
 # SMTP_TIMEOUT bounds each read, which a server answering a byte at a time never trips; one
@@ -191,29 +192,24 @@ class Smtp(ConfigurableResource):
 
     @property
     def destination(self) -> str:
-        """Where send() delivers, for the log and the UI."""
+        """Where send_once() delivers, for the log and the UI."""
         if not self.host:
             return f"outbox {Path(self.outbox_dir).resolve()}"
         return f"smtp {self.host}:{self.port} ({self.security})"
 
-    def send(self, message: EmailMessage) -> str:
-        """Deliver message to its To recipients, retrying transient failures with exponential
-        backoff and jitter; returns where it went, or raises the last failure."""
-        for attempt in range(self.retries + 1):
-            try:
-                return self.send_once(message)
-            except Exception as exc:
-                if attempt == self.retries or not is_transient(exc):
-                    raise
-                self.wait_before_retry(attempt, exc)
-        raise AssertionError("unreachable")
-
-    def wait_before_retry(self, attempt: int, exc: Exception) -> None:
-        delay = self.retry_backoff_seconds * 2**attempt * random.uniform(0.5, 1.0)
-        log.warning(
-            "SMTP delivery failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
+    def retrying(self) -> tenacity.Retrying:
+        """The retry policy of a delivery: SMTP_RETRIES more attempts after a transient
+        failure, SMTP_RETRY_BACKOFF seconds before the first, doubling, with jitter."""
+        return retry_policy(
+            attempts=self.retries + 1,
+            backoff_seconds=self.retry_backoff_seconds,
+            worth_retrying=is_transient,
+            least_jitter=0.5,
+            on_retry=lambda exc, delay: log.warning(
+                "SMTP delivery failed (%s: %s); retrying in %.1f s",
+                type(exc).__name__, exc, delay,
+            ),
         )
-        time.sleep(delay)
 
     def send_once(self, message: EmailMessage) -> str:
         """One delivery attempt; returns where it went."""

@@ -1,0 +1,76 @@
+"""The one way this project retries a call that may fail for a moment (an SMTP delivery, an
+LLM request): tenacity, with a bounded number of attempts, exponential backoff with jitter, and
+the server's Retry-After when it gives one. Callers say which failures are worth another
+attempt; everything else is raised at once."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+
+import tenacity
+
+# A server asking for more than this is not waited for longer: the run has its own budget.
+MAX_RETRY_AFTER_SECONDS = 60.0
+
+
+class RetryLater(Exception):
+    """A failure worth another attempt; retry_after: the seconds the server asked for."""
+
+    def __init__(self, problem: str, retry_after: float | None = None):
+        super().__init__(problem)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def retry_policy(
+    *,
+    attempts: int,
+    backoff_seconds: float,
+    worth_retrying: Callable[[BaseException], bool],
+    least_jitter: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> tenacity.Retrying:
+    """Up to `attempts` calls. Before call n+1 it waits the failure's retry_after, else
+    backoff_seconds * 2**(n-1) times a random factor between least_jitter and 1 (0: full
+    jitter). on_retry(error, seconds) is told before each wait. The last failure is raised
+    as it was."""
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        retry_after = getattr(state.outcome.exception(), "retry_after", None)
+        if retry_after is not None:
+            return retry_after
+        growth = backoff_seconds * 2 ** (state.attempt_number - 1)
+        return growth * random.uniform(least_jitter, 1.0)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None:
+            on_retry(state.outcome.exception(), state.upcoming_sleep)
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max(attempts, 1)),
+        wait=wait,
+        retry=tenacity.retry_if_exception(worth_retrying),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
