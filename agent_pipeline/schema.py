@@ -86,6 +86,10 @@ Index("agent_runs_started_at", agent_runs.c.started_at)
 # Added by 0005: whether a run succeeded after a failure streak's last failure is one short
 # range scan, however many rows the table holds.
 Index("agent_runs_completed_at", agent_runs.c.completed_at)
+# Added by 0007: the only-new lookup (emails sent in the last days) and the sweeper (rows still
+# running, emails left sending) read a few rows, not the year of rows the table holds.
+Index("agent_runs_email_sent", agent_runs.c.email_status, agent_runs.c.email_sent_at)
+Index("agent_runs_status", agent_runs.c.status, agent_runs.c.email_status)
 _claims_email = text("email_status IN ('sending', 'sent', 'unknown')")
 Index(
     "agent_runs_one_email_per_window",
