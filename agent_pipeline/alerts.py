@@ -15,9 +15,9 @@ from email.message import EmailMessage
 from typing import Any
 
 from agent_pipeline.emails import WINDOW_HEADER, new_message, run_link, window_label
-from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.errors import ConfigurationError, describe_error
 from agent_pipeline.partitions import window_bounds
-from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
+from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp, rejects_message
 from agent_pipeline.schema import ALERT_FAILED, ALERT_PENDING, ALERT_SENT

@@ -7,7 +7,8 @@ import logging
 from email.message import EmailMessage
 from typing import Any, NamedTuple
 
-from agent_pipeline.resources.agent_runs import AgentRunsStore, describe_error
+from agent_pipeline.errors import describe_error
+from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp, rejects_message
 from agent_pipeline.schema import (

@@ -3,6 +3,11 @@ environment, the variable to fix."""
 
 from __future__ import annotations
 
+from agent_pipeline.text import storable_text
+
+# An error kept in a row or an alert: one line of at most this many characters.
+ERROR_MESSAGE_LIMIT = 4_000
+
 
 class AgentPipelineError(Exception):
     """Base of every error this project raises on purpose."""
@@ -22,3 +27,12 @@ class DatabaseUnavailableError(AgentPipelineError):
 
 class AgentOutputError(AgentPipelineError):
     """The agent returned something that is not a list of outcomes at all."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a row's or an alert's error: the exception's type and message, bounded."""
+    message = storable_text(str(exc).strip() or repr(exc))
+    line = f"{type(exc).__name__}: {message}"
+    if len(line) > ERROR_MESSAGE_LIMIT:
+        line = line[: ERROR_MESSAGE_LIMIT - 1] + "…"
+    return line

@@ -20,7 +20,7 @@ from dagster import (
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.delivery import Delivery, deliver_once, redeliver_failed
-from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.errors import ConfigurationError, describe_error
 from agent_pipeline.logs import event_logger
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import (
@@ -42,7 +42,6 @@ from agent_pipeline.resources import (
     Retention,
     Smtp,
 )
-from agent_pipeline.resources.agent_runs import describe_error
 from agent_pipeline.retention import apply_retention
 from agent_pipeline.schema import EMAIL_REJECTED, EMAIL_SENT
 from agent_pipeline.settings import log_settings

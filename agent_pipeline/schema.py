@@ -19,6 +19,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
+# Where Alembic keeps the schema's migration revision: Dagster's own storage keeps an
+# `alembic_version` table in the same database in production; ours must not collide with it.
+VERSION_TABLE = "agent_runs_alembic_version"
 
 # JSONB on Postgres (the seed schema's type, indexable); plain JSON text on SQLite.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
@@ -28,7 +31,6 @@ PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed
 # A window the schedule did not run at its tick (OVERLAP_POLICY=skip): the row has no Dagster
 # run, says why in error_message, and the catch-up sensor launches the window later.
 SKIPPED = "skipped"
-RUN_STATUSES = (PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED)
 
 # Email delivery states. A row holding SENDING, SENT or UNKNOWN owns its window's email: the
 # partial unique index below lets only one row per window hold one, so two runs of one window

@@ -16,7 +16,7 @@ import redis
 from aiosmtpd.controller import Controller
 from sqlalchemy.engine import make_url
 
-from agent_pipeline.resources.agent_runs import AgentRunsStore, forget_migrations
+from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.settings import ENVIRONMENT_VARIABLES
 from agent_pipeline_tests.services import (
     ServiceMissing,
@@ -83,7 +83,6 @@ def postgres_url(postgres_database: str) -> Iterator[str]:
     with psycopg2.connect(postgres_database) as connection, connection.cursor() as cursor:
         cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     connection.close()
-    forget_migrations()
 
 
 @pytest.fixture
@@ -97,7 +96,6 @@ def pg_store(postgres_url: str) -> Iterator[AgentRunsStore]:
 @pytest.fixture
 def sqlite_url(tmp_path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'agent_runs.sqlite3'}"
-    forget_migrations()
 
 
 @pytest.fixture(scope="session")

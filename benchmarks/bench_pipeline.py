@@ -37,7 +37,6 @@ from agent_pipeline.ranking import (  # noqa: E402
     validate_outcomes,
 )
 from agent_pipeline.resources import AgentRunsStore, Redis  # noqa: E402
-from agent_pipeline.resources.agent_runs import forget_migrations  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
 from agent_pipeline_tests.conftest import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
@@ -146,7 +145,6 @@ def main() -> None:
             assert len(handler.received) == 4 * per_kind, len(handler.received)
         finally:
             smtp_server.stop()
-            forget_migrations()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -10,13 +11,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
-from sqlalchemy import create_engine, exists, func, insert, or_, select, text, update
+from sqlalchemy import create_engine, exists, func, insert, inspect, or_, select, text, update
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
+from agent_pipeline.errors import (
+    ERROR_MESSAGE_LIMIT,
+    ConfigurationError,
+    DatabaseUnavailableError,
+)
 from agent_pipeline.ranking import compact_result, dedupe_key
 from agent_pipeline.schema import (
     ALERT_FAILED,
@@ -37,6 +43,7 @@ from agent_pipeline.schema import (
     SKIPPED,
     STREAK_JOB,
     SUCCEEDED,
+    VERSION_TABLE,
     agent_alerts,
     agent_runs,
     alert_streaks,
@@ -46,7 +53,6 @@ from agent_pipeline.text import storable_text
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 # Any fixed number: it serialises migrations of concurrent first uses on Postgres.
 MIGRATION_LOCK_ID = 7_262_010
-ERROR_MESSAGE_LIMIT = 4_000
 DIED_WHILE_SENDING = (
     "the attempt died while sending: the server may or may not have taken the email, so it "
     "is not sent again; check the inbox"
@@ -55,14 +61,16 @@ DIED_WHILE_SENDING = (
 # belongs to a process that died, and the alert is tried again.
 ALERT_CLAIM_TIMEOUT = timedelta(minutes=10)
 
-_migrated: set[str] = set()
+# Serialises this process's migrations (SQLite has no advisory lock; Postgres takes one too).
 _migrate_lock = threading.Lock()
 
 
-def forget_migrations() -> None:
-    """Make the next open() check the schema again (for tests that drop the table)."""
-    with _migrate_lock:
-        _migrated.clear()
+@functools.cache
+def head_revision() -> str:
+    """The newest migration under alembic/versions/."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
 
 
 def utc_now() -> datetime:
@@ -92,15 +100,6 @@ def parse_database_url(database_url: str) -> URL:
     if backend == "postgresql" and not url.database:
         raise ConfigurationError("DATABASE_URL", "names no database (…/dbname at the end)")
     return url
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for error_message: the exception's type and message, bounded."""
-    message = storable_text(str(exc).strip() or repr(exc))
-    line = f"{type(exc).__name__}: {message}"
-    if len(line) > ERROR_MESSAGE_LIMIT:
-        line = line[: ERROR_MESSAGE_LIMIT - 1] + "…"
-    return line
 
 
 class AgentRunsStore(ConfigurableResource):
@@ -154,26 +153,31 @@ class AgentRunsStore(ConfigurableResource):
         return url.render_as_string(hide_password=True)
 
     def _migrate(self, url: URL) -> None:
-        key = url.render_as_string(hide_password=False)
-        with _migrate_lock:
-            if key in _migrated:
+        """Bring the schema to the newest migration. One query when it is there already, as
+        on every open but the first after an upgrade."""
+        try:
+            if self._schema_revision() == head_revision():
                 return
-            try:
-                with self.engine.begin() as connection:
-                    if connection.dialect.name == "postgresql":
-                        connection.execute(
-                            text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
-                        )
-                    config = AlembicConfig()
-                    config.set_main_option("script_location", str(ALEMBIC_DIR))
-                    config.attributes["connection"] = connection
-                    command.upgrade(config, "head")
-            except OperationalError as exc:
-                raise DatabaseUnavailableError(
-                    f"cannot reach the agent_runs database {self.describe()} (DATABASE_URL): "
-                    f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
-                ) from None
-            _migrated.add(key)
+            with _migrate_lock, self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+                    )
+                config = AlembicConfig()
+                config.set_main_option("script_location", str(ALEMBIC_DIR))
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot reach the agent_runs database {self.describe()} (DATABASE_URL): "
+                f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+            ) from None
+
+    def _schema_revision(self) -> str | None:
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -422,11 +426,13 @@ class AgentRunsStore(ConfigurableResource):
         """For each window whose email failed in the last max_age_hours, that no row has sent
         or is sending since and whose email the server has not rejected, its newest failed row
         with a top five; oldest windows first, at most limit."""
-        # Rejected windows are never tried again, so they must not take redelivery slots. No
-        # NULL in the list: NOT IN a list holding one matches nothing.
-        settled = select(agent_runs.c.partition_key).where(
-            agent_runs.c.email_status.in_((*EMAIL_CLAIMING_STATES, EMAIL_REJECTED)),
-            agent_runs.c.partition_key.is_not(None),
+        # Rejected windows are never tried again, so they must not take redelivery slots.
+        # Correlated on the window, so the partition_key index answers it: a NOT IN over every
+        # settled row grew with the table (bench_year.py).
+        settled = agent_runs.alias("settled")
+        settled_since = exists().where(
+            settled.c.partition_key == agent_runs.c.partition_key,
+            settled.c.email_status.in_((*EMAIL_CLAIMING_STATES, EMAIL_REJECTED)),
         )
         with self.engine.connect() as connection:
             rows = connection.execute(
@@ -435,7 +441,7 @@ class AgentRunsStore(ConfigurableResource):
                     agent_runs.c.email_status == EMAIL_FAILED,
                     agent_runs.c.started_at >= utc_now() - timedelta(hours=max_age_hours),
                     agent_runs.c.partition_key.is_not(None),
-                    agent_runs.c.partition_key.not_in(settled),
+                    ~settled_since,
                 )
                 .order_by(agent_runs.c.id.desc())
             ).mappings()
