@@ -100,7 +100,11 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
 
         def three_succeeded():
             rows = [r for r in agent_rows(tmp_path) if r["partition_key"] in backfilled]
-            done = all(r["email_status"] not in ("not_sent", "sending") for r in rows)
+            # A row ends once send_email has settled its email: wait for both.
+            done = all(
+                r["status"] != "running" and r["email_status"] not in ("not_sent", "sending")
+                for r in rows
+            )
             return len(rows) == 3 and done and rows
 
         rows = wait_for(
