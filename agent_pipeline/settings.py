@@ -1,5 +1,6 @@
-"""Configuration from environment variables: one place that reads them, checks them, and
-builds the resources. Secrets are handed to Dagster as EnvVar, so only their names reach
+"""Configuration from environment variables: one place that reads them (a typed pydantic
+model, Environment, validated at load), checks how they go together, and builds the
+resources. Secrets are handed to Dagster as EnvVar, so only their names reach
 the UI and the run config."""
 
 from __future__ import annotations
@@ -7,9 +8,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dagster import EnvVar
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent_pipeline.agents import DEFAULT_AGENT, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
@@ -28,59 +30,11 @@ from agent_pipeline.resources.retention import (
     DEFAULT_RESULT_COMPACT_DAYS,
     Retention,
 )
-from agent_pipeline.resources.smtp import SECURITY_MODES, check_login_is_encrypted
+from agent_pipeline.resources.smtp import check_login_is_encrypted
 from agent_pipeline.text import safe_url
 
-# Every variable this project reads, each documented in .env.example.
-ENVIRONMENT_VARIABLES = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "SMTP_HOST",
-    "SMTP_CATCHER",
-    "SMTP_PORT",
-    "SMTP_SECURITY",
-    "SMTP_USERNAME",
-    "SMTP_PASSWORD",
-    "SMTP_TIMEOUT",
-    "SMTP_CA_FILE",
-    "SMTP_RETRIES",
-    "SMTP_RETRY_BACKOFF",
-    "EMAIL_FROM",
-    "EMAIL_TO",
-    "EMAIL_ONLY_NEW",
-    "BACKFILL_EMAIL",
-    "ALERT_EMAIL_TO",
-    "ALERT_REPEAT_MINUTES",
-    "DAGSTER_WEBSERVER_URL",
-    "LOG_LEVEL",
-    "LOG_FILE",
-    "LOG_FILE_MAX_BYTES",
-    "LOG_FILE_BACKUPS",
-    "AGENT",
-    "AGENT_INTERESTS",
-    "AGENT_CACHE_TTL",
-    "AGENT_PIPELINE_HOME",
-    "WINDOW_HISTORY_DAYS",
-    "OVERLAP_POLICY",
-    "CATCH_UP_HOURS",
-    "DAGSTER_RUN_RETENTION_DAYS",
-    "RESULT_COMPACT_DAYS",
-    "AGENT_RUNS_RETENTION_DAYS",
-    "AGENT_SOURCES",
-    "AGENT_SCORER",
-    "LLM_BASE_URL",
-    "LLM_API_KEY",
-    "LLM_MODEL",
-    "LLM_CONCURRENCY",
-    "LLM_PRICE_INPUT",
-    "LLM_PRICE_OUTPUT",
-)
 DEFAULT_HISTORY_DAYS = 14
-BACKFILL_EMAIL_MODES = ("none", "each")
 MAX_HISTORY_DAYS = 366
-# buffer: every tick requests its window, whatever is running; skip: a tick that finds a run
-# in progress records its window as skipped and leaves it to the catch-up sensor.
-OVERLAP_POLICIES = ("buffer", "skip")
 DEFAULT_CATCH_UP_HOURS = 24
 # A week: a longer silence between alerts about a broken agent helps nobody.
 MAX_ALERT_REPEAT_MINUTES = 7 * 24 * 60
@@ -90,132 +44,183 @@ MAX_PORT = 65535
 OUTBOX_EMAIL_FROM = "agent-pipeline@example.com"
 OUTBOX_EMAIL_TO = "you@example.com"
 DEFAULT_WEBSERVER_URL = "http://localhost:3000"
+PER_MILLION_TOKENS = Field(default=None, ge=0, le=1e6)
+
+
+class Environment(BaseModel):
+    """Every variable this project reads, typed and constrained, each documented in
+    .env.example. Unset or empty means the default; read_environment names a bad one."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    DATABASE_URL: str | None = None
+    REDIS_URL: str | None = None
+    SMTP_HOST: str | None = None
+    SMTP_CATCHER: str | None = None
+    SMTP_PORT: int | None = Field(default=None, ge=1, le=MAX_PORT)
+    SMTP_SECURITY: Literal["starttls", "ssl", "none"] = "starttls"
+    SMTP_USERNAME: str | None = None
+    SMTP_PASSWORD: str | None = None
+    SMTP_TIMEOUT: float = Field(default=30.0, gt=0, le=3600)
+    SMTP_CA_FILE: str | None = None
+    SMTP_RETRIES: int = Field(default=3, ge=0, le=10)
+    SMTP_RETRY_BACKOFF: float = Field(default=2.0, ge=0, le=3600)
+    EMAIL_FROM: str | None = None
+    EMAIL_TO: str | None = None
+    EMAIL_ONLY_NEW: bool = True
+    # none: a backfill's runs send no email; each: every backfilled window is emailed.
+    BACKFILL_EMAIL: Literal["none", "each"] = "none"
+    ALERT_EMAIL_TO: str | None = None
+    ALERT_REPEAT_MINUTES: int = Field(
+        default=DEFAULT_ALERT_REPEAT_MINUTES, ge=1, le=MAX_ALERT_REPEAT_MINUTES
+    )
+    DAGSTER_WEBSERVER_URL: str = DEFAULT_WEBSERVER_URL
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FILE: str | None = None
+    LOG_FILE_MAX_BYTES: int = Field(default=LogSettings.file_max_bytes, ge=1024)
+    # At least 1: Python's RotatingFileHandler never rotates with no backups to keep.
+    LOG_FILE_BACKUPS: int = Field(default=LogSettings.file_backups, ge=1, le=1000)
+    AGENT: str = DEFAULT_AGENT
+    AGENT_INTERESTS: str = DEFAULT_INTERESTS
+    AGENT_CACHE_TTL: int = Field(default=DEFAULT_CACHE_TTL_SECONDS, ge=1)
+    AGENT_PIPELINE_HOME: str = ".agent_pipeline"
+    # At most a year: 52,560 windows, under the 100,000 partitions Dagster advises as a limit.
+    WINDOW_HISTORY_DAYS: int = Field(default=DEFAULT_HISTORY_DAYS, ge=1, le=MAX_HISTORY_DAYS)
+    # buffer: every tick requests its window, whatever is running; skip: a tick that finds a
+    # run in progress records its window as skipped and leaves it to the catch-up sensor.
+    OVERLAP_POLICY: Literal["buffer", "skip"] = "buffer"
+    CATCH_UP_HOURS: int = Field(default=DEFAULT_CATCH_UP_HOURS, ge=0)
+    DAGSTER_RUN_RETENTION_DAYS: int = Field(default=DEFAULT_DAGSTER_RUN_DAYS, ge=0)
+    RESULT_COMPACT_DAYS: int = Field(default=DEFAULT_RESULT_COMPACT_DAYS, ge=0)
+    AGENT_RUNS_RETENTION_DAYS: int = Field(default=DEFAULT_AGENT_RUNS_DAYS, ge=0)
+    AGENT_SOURCES: str = ""
+    # Default: llm when LLM_API_KEY is set, else keyword.
+    AGENT_SCORER: Literal["llm", "keyword"] | None = None
+    LLM_BASE_URL: str = DEFAULT_BASE_URL
+    LLM_API_KEY: str | None = None
+    LLM_MODEL: str = DEFAULT_MODEL
+    LLM_CONCURRENCY: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=64)
+    # Prices per million tokens; with both, each run's cost is shown and stored.
+    LLM_PRICE_INPUT: float | None = PER_MILLION_TOKENS
+    LLM_PRICE_OUTPUT: float | None = PER_MILLION_TOKENS
+
+    @field_validator("SMTP_SECURITY", "BACKFILL_EMAIL", "OVERLAP_POLICY", "AGENT_SCORER",
+                     mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+ENVIRONMENT_VARIABLES = tuple(Environment.model_fields)
+
+
+def read_environment(env: Mapping[str, str] = os.environ) -> Environment:
+    """The project's variables from env, validated; a ConfigurationError names the first bad
+    one and says what is wrong with it."""
+    values = {
+        name: env[name].strip() for name in ENVIRONMENT_VARIABLES if (env.get(name) or "").strip()
+    }
+    try:
+        return Environment.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigurationError(str(error["loc"][0]), _problem(error)) from None
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """Pydantic's error in this project's words: what is wrong, with the value given."""
+    given, limits = error.get("input"), error.get("ctx") or {}
+    kind = error["type"]
+    bounds = {
+        "greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+        "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, limit = bounds[kind]
+        return f"must be {words} {limits[limit]:g}, got {given}"
+    if kind in ("int_parsing", "int_from_float"):
+        return f"{given!r} is not a whole number"
+    if kind == "float_parsing":
+        return f"{given!r} is not a number"
+    if kind == "bool_parsing":
+        return f"{given!r} is not true or false"
+    if kind == "literal_error":
+        choices = str(limits.get("expected", "")).replace("'", "").replace(" or ", ", ")
+        return f"{given!r} is not one of {choices}"
+    return f"{given!r}: {error['msg']}"
 
 
 def local_data_dir(env: Mapping[str, str]) -> Path:
     """Where the zero-setup defaults keep their files: the SQLite agent_runs database and
     the email outbox. AGENT_PIPELINE_HOME, else .agent_pipeline in the working directory."""
-    return Path(env.get("AGENT_PIPELINE_HOME") or ".agent_pipeline").resolve()
+    return Path(read_environment(env).AGENT_PIPELINE_HOME).resolve()
 
 
-def _int(
-    env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int | None = None
-) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(name, f"{raw!r} is not a whole number") from None
-    if value < minimum:
-        raise ConfigurationError(name, f"must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ConfigurationError(name, f"must be at most {maximum}, got {value}")
-    return value
-
-
-def _float(
-    env: Mapping[str, str], name: str, default: float, maximum: float = 3600.0, unit: str = "s"
-) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(name, f"{raw!r} is not a number") from None
-    if not 0 <= value <= maximum:
-        raise ConfigurationError(name, f"must be between 0 and {maximum:g}{unit}, got {raw}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigurationError(name, f"{raw!r} is not true or false")
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    """One of choices (the first is the default), or a ConfigurationError naming them."""
-    raw = env.get(name, "").strip().lower() or choices[0]
-    if raw not in choices:
-        raise ConfigurationError(name, f"{raw!r} is not one of {', '.join(choices)}")
-    return raw
-
-
-def _secret(env: Mapping[str, str], name: str) -> Any:
-    return EnvVar(name) if env.get(name) else None
+def _secret(config: Environment, name: str) -> Any:
+    """An EnvVar for a variable that is set: Dagster reads the value, the UI shows the name."""
+    return EnvVar(name) if getattr(config, name) else None
 
 
 def window_history_days(env: Mapping[str, str] = os.environ) -> int:
-    """How many days back the window partitions start (WINDOW_HISTORY_DAYS). At most a year:
-    52,560 windows, well under the 100,000 partitions Dagster advises as a limit."""
-    return _int(env, "WINDOW_HISTORY_DAYS", DEFAULT_HISTORY_DAYS, maximum=MAX_HISTORY_DAYS)
+    """How many days back the window partitions start (WINDOW_HISTORY_DAYS)."""
+    return read_environment(env).WINDOW_HISTORY_DAYS
 
 
 def overlap_policy(env: Mapping[str, str] = os.environ) -> str:
     """What a tick does while a run of agent_job is in progress (OVERLAP_POLICY)."""
-    return _choice(env, "OVERLAP_POLICY", OVERLAP_POLICIES)
+    return read_environment(env).OVERLAP_POLICY
 
 
 def catch_up_hours(env: Mapping[str, str] = os.environ) -> int:
     """How far back the catch-up sensor looks for windows without a run (CATCH_UP_HOURS); 0
     turns it off. At most the window history: older windows do not exist."""
-    return _int(
-        env, "CATCH_UP_HOURS", DEFAULT_CATCH_UP_HOURS, minimum=0,
-        maximum=window_history_days(env) * 24,
-    )
+    config = read_environment(env)
+    if config.CATCH_UP_HOURS > config.WINDOW_HISTORY_DAYS * 24:
+        raise ConfigurationError(
+            "CATCH_UP_HOURS",
+            f"must be at most {config.WINDOW_HISTORY_DAYS * 24} (WINDOW_HISTORY_DAYS in "
+            f"hours), got {config.CATCH_UP_HOURS}",
+        )
+    return config.CATCH_UP_HOURS
 
 
 def retention_from_env(env: Mapping[str, str] = os.environ) -> Retention:
     """How long runs, results and rows are kept; 0 keeps them for ever."""
-    dagster_run_days = _int(
-        env, "DAGSTER_RUN_RETENTION_DAYS", DEFAULT_DAGSTER_RUN_DAYS, minimum=0
-    )
-    if dagster_run_days and dagster_run_days * 24 <= catch_up_hours(env):
+    config = read_environment(env)
+    hours = catch_up_hours(env)
+    if config.DAGSTER_RUN_RETENTION_DAYS and config.DAGSTER_RUN_RETENTION_DAYS * 24 <= hours:
         # The catch-up sensor would launch again the windows whose runs were deleted.
         raise ConfigurationError(
-            "DAGSTER_RUN_RETENTION_DAYS",
-            f"must be 0 or longer than CATCH_UP_HOURS ({catch_up_hours(env)} h)",
+            "DAGSTER_RUN_RETENTION_DAYS", f"must be 0 or longer than CATCH_UP_HOURS ({hours} h)"
         )
-    agent_runs_days = _int(
-        env, "AGENT_RUNS_RETENTION_DAYS", DEFAULT_AGENT_RUNS_DAYS, minimum=0
-    )
-    if agent_runs_days and agent_runs_days <= window_history_days(env):
+    history = config.WINDOW_HISTORY_DAYS
+    if config.AGENT_RUNS_RETENTION_DAYS and config.AGENT_RUNS_RETENTION_DAYS <= history:
         # A window that can still be launched keeps its row: it holds the window's email claim.
         raise ConfigurationError(
-            "AGENT_RUNS_RETENTION_DAYS",
-            f"must be 0 or more than WINDOW_HISTORY_DAYS ({window_history_days(env)})",
+            "AGENT_RUNS_RETENTION_DAYS", f"must be 0 or more than WINDOW_HISTORY_DAYS ({history})"
         )
     return Retention(
-        dagster_run_days=dagster_run_days,
-        result_compact_days=_int(
-            env, "RESULT_COMPACT_DAYS", DEFAULT_RESULT_COMPACT_DAYS, minimum=0
-        ),
-        agent_runs_days=agent_runs_days,
+        dagster_run_days=config.DAGSTER_RUN_RETENTION_DAYS,
+        result_compact_days=config.RESULT_COMPACT_DAYS,
+        agent_runs_days=config.AGENT_RUNS_RETENTION_DAYS,
     )
 
 
 def log_settings(env: Mapping[str, str] = os.environ) -> LogSettings:
     """LOG_LEVEL, LOG_FILE, LOG_FILE_MAX_BYTES and LOG_FILE_BACKUPS."""
-    level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
-    if level not in LEVELS:
-        raise ConfigurationError("LOG_LEVEL", f"{level!r} is not one of {', '.join(LEVELS)}")
-    log_file = env.get("LOG_FILE", "").strip() or None
-    if log_file:
-        _check_log_file(Path(log_file))
+    config = read_environment(env)
+    if config.LOG_FILE:
+        _check_log_file(Path(config.LOG_FILE))
     return LogSettings(
-        level=LEVELS[level],
-        file=log_file,
-        file_max_bytes=_int(env, "LOG_FILE_MAX_BYTES", LogSettings.file_max_bytes, minimum=1024),
-        # At least 1: Python's RotatingFileHandler never rotates with no backups to keep.
-        file_backups=_int(env, "LOG_FILE_BACKUPS", LogSettings.file_backups, maximum=1000),
+        level=LEVELS[config.LOG_LEVEL],
+        file=config.LOG_FILE,
+        file_max_bytes=config.LOG_FILE_MAX_BYTES,
+        file_backups=config.LOG_FILE_BACKUPS,
     )
 
 
@@ -234,32 +239,28 @@ def _check_log_file(path: Path) -> None:
 
 def smtp_from_env(env: Mapping[str, str], outbox_dir: Path) -> Smtp:
     """SMTP_HOST's server; while it is unset, SMTP_CATCHER's mail catcher, else the outbox."""
-    security = _choice(env, "SMTP_SECURITY", SECURITY_MODES)
-    ca_file = env.get("SMTP_CA_FILE", "").strip() or None
-    if ca_file and not Path(ca_file).is_file():
-        raise ConfigurationError("SMTP_CA_FILE", f"{ca_file!r} is not a file")
+    config = read_environment(env)
+    if config.SMTP_CA_FILE and not Path(config.SMTP_CA_FILE).is_file():
+        raise ConfigurationError("SMTP_CA_FILE", f"{config.SMTP_CA_FILE!r} is not a file")
     common: dict[str, Any] = {
-        "timeout": float(_int(env, "SMTP_TIMEOUT", 30)),
-        "ca_file": ca_file,
-        "retries": _int(env, "SMTP_RETRIES", 3, minimum=0, maximum=10),
-        "retry_backoff_seconds": _float(env, "SMTP_RETRY_BACKOFF", 2.0),
+        "timeout": config.SMTP_TIMEOUT,
+        "ca_file": config.SMTP_CA_FILE,
+        "retries": config.SMTP_RETRIES,
+        "retry_backoff_seconds": config.SMTP_RETRY_BACKOFF,
         "outbox_dir": str(outbox_dir),
     }
-    port = _int(env, "SMTP_PORT", DEFAULT_PORTS[security], maximum=MAX_PORT)
-    host = env.get("SMTP_HOST", "").strip()
-    catcher = env.get("SMTP_CATCHER", "").strip()
-    if not host and catcher:
+    if not config.SMTP_HOST and config.SMTP_CATCHER:
         # A catcher takes everything over plain SMTP without a login: nothing to protect.
-        catcher_host, catcher_port = _host_and_port(catcher, "SMTP_CATCHER")
+        catcher_host, catcher_port = _host_and_port(config.SMTP_CATCHER, "SMTP_CATCHER")
         return Smtp(host=catcher_host, port=catcher_port, security="none", **common)
-    username = env.get("SMTP_USERNAME") or None
-    check_login_is_encrypted(host, security, username)  # fail at load, not at the first run
+    # Fail at load, not at the first run.
+    check_login_is_encrypted(config.SMTP_HOST or "", config.SMTP_SECURITY, config.SMTP_USERNAME)
     return Smtp(
-        host=host or None,
-        port=port,
-        security=security,
-        username=username,
-        password=_secret(env, "SMTP_PASSWORD"),
+        host=config.SMTP_HOST,
+        port=config.SMTP_PORT or DEFAULT_PORTS[config.SMTP_SECURITY],
+        security=config.SMTP_SECURITY,
+        username=config.SMTP_USERNAME,
+        password=_secret(config, "SMTP_PASSWORD"),
         **common,
     )
 
@@ -275,17 +276,18 @@ def _host_and_port(value: str, name: str) -> tuple[str, int]:
 def alert_recipients(env: Mapping[str, str] = os.environ) -> list[str]:
     """ALERT_EMAIL_TO, else EMAIL_TO; none (alerts off) when neither is set. The outbox's
     stand-in recipient does not count: nobody reads it."""
-    if env.get("ALERT_EMAIL_TO", "").strip():
-        return parse_address_list(env["ALERT_EMAIL_TO"], "ALERT_EMAIL_TO")
-    if env.get("EMAIL_TO", "").strip():
-        return parse_address_list(env["EMAIL_TO"], "EMAIL_TO")
+    config = read_environment(env)
+    if config.ALERT_EMAIL_TO:
+        return parse_address_list(config.ALERT_EMAIL_TO, "ALERT_EMAIL_TO")
+    if config.EMAIL_TO:
+        return parse_address_list(config.EMAIL_TO, "EMAIL_TO")
     return []
 
 
 def webserver_url(env: Mapping[str, str] = os.environ) -> str:
     """The Dagster UI as email readers reach it (DAGSTER_WEBSERVER_URL); `make dev`'s by
     default."""
-    url = env.get("DAGSTER_WEBSERVER_URL", "").strip() or DEFAULT_WEBSERVER_URL
+    url = read_environment(env).DAGSTER_WEBSERVER_URL
     if safe_url(url) is None:
         raise ConfigurationError(
             "DAGSTER_WEBSERVER_URL",
@@ -308,75 +310,59 @@ def check_sources(text: str) -> None:
 
 def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The job's resources, configured from env; a ConfigurationError names a bad variable."""
+    config = read_environment(env)
     log_settings(env)  # fail at load, naming the LOG_ variable
     data_dir = local_data_dir(env)
 
-    database_url = env.get("DATABASE_URL", "").strip()
-    if database_url:
-        parse_database_url(database_url)  # fail at load, naming DATABASE_URL
+    if config.DATABASE_URL:
+        parse_database_url(config.DATABASE_URL)  # fail at load, naming DATABASE_URL
         agent_runs = AgentRunsStore(database_url=EnvVar("DATABASE_URL"))
     else:
         agent_runs = AgentRunsStore(database_url=f"sqlite:///{data_dir / 'agent_runs.sqlite3'}")
 
-    redis_url = env.get("REDIS_URL", "").strip()
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+    if config.REDIS_URL and not config.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError("REDIS_URL", "must start with redis://, rediss:// or unix://")
-    redis = Redis(url=EnvVar("REDIS_URL")) if redis_url else Redis()
+    redis = Redis(url=EnvVar("REDIS_URL")) if config.REDIS_URL else Redis()
 
-    smtp_host = env.get("SMTP_HOST", "").strip()
     smtp = smtp_from_env(env, data_dir / "outbox")
-
-    email_from = env.get("EMAIL_FROM", "").strip()
-    email_to = env.get("EMAIL_TO", "").strip()
-    if smtp_host and not email_from:
+    if config.SMTP_HOST and not config.EMAIL_FROM:
         raise ConfigurationError("EMAIL_FROM", "must be set when SMTP_HOST is set")
-    if smtp_host and not email_to:
+    if config.SMTP_HOST and not config.EMAIL_TO:
         raise ConfigurationError("EMAIL_TO", "must be set when SMTP_HOST is set")
     digest = DigestSettings(
-        email_from=parse_address(email_from or OUTBOX_EMAIL_FROM, "EMAIL_FROM"),
-        email_to=", ".join(parse_address_list(email_to or OUTBOX_EMAIL_TO, "EMAIL_TO")),
-        only_new=_bool(env, "EMAIL_ONLY_NEW", True),
-        backfill_email=_choice(env, "BACKFILL_EMAIL", BACKFILL_EMAIL_MODES),
+        email_from=parse_address(config.EMAIL_FROM or OUTBOX_EMAIL_FROM, "EMAIL_FROM"),
+        email_to=", ".join(parse_address_list(config.EMAIL_TO or OUTBOX_EMAIL_TO, "EMAIL_TO")),
+        only_new=config.EMAIL_ONLY_NEW,
+        backfill_email=config.BACKFILL_EMAIL,
         alert_email_to=", ".join(alert_recipients(env)),
-        alert_repeat_minutes=_int(
-            env, "ALERT_REPEAT_MINUTES", DEFAULT_ALERT_REPEAT_MINUTES,
-            maximum=MAX_ALERT_REPEAT_MINUTES,
-        ),
+        alert_repeat_minutes=config.ALERT_REPEAT_MINUTES,
         webserver_url=webserver_url(env),
     )
 
-    agent_spec = env.get("AGENT", "").strip() or DEFAULT_AGENT
-    load_agent(agent_spec)  # fail at load, naming AGENT
-    llm_key = env.get("LLM_API_KEY", "").strip()
-    scorer = env.get("AGENT_SCORER", "").strip().lower() or ("llm" if llm_key else "keyword")
-    if scorer not in ("llm", "keyword"):
-        raise ConfigurationError("AGENT_SCORER", "must be llm or keyword")
-    if scorer == "llm" and not llm_key:
+    load_agent(config.AGENT)  # fail at load, naming AGENT
+    scorer = config.AGENT_SCORER or ("llm" if config.LLM_API_KEY else "keyword")
+    if scorer == "llm" and not config.LLM_API_KEY:
         raise ConfigurationError("LLM_API_KEY", "must be set when AGENT_SCORER is llm")
-    if agent_spec == "triage" and not env.get("AGENT_SOURCES", "").strip():
+    if config.AGENT == "triage" and not config.AGENT_SOURCES:
         raise ConfigurationError(
             "AGENT_SOURCES", "must name at least one feed URL or file for the triage agent"
         )
-    check_sources(env.get("AGENT_SOURCES", ""))
-    llm_base_url = env.get("LLM_BASE_URL", "").strip() or DEFAULT_BASE_URL
-    if not llm_base_url.startswith(("http://", "https://")):
+    check_sources(config.AGENT_SOURCES)
+    if not config.LLM_BASE_URL.startswith(("http://", "https://")):
         raise ConfigurationError("LLM_BASE_URL", "must be an http(s) URL")
-    per_million = {"maximum": 1e6, "unit": " per million tokens"}
-    price_input = _float(env, "LLM_PRICE_INPUT", -1.0, **per_million)
-    price_output = _float(env, "LLM_PRICE_OUTPUT", -1.0, **per_million)
     agent = AgentResource(
         # Feed URLs often carry tokens: an EnvVar keeps them out of the UI's resource config.
-        sources=_secret(env, "AGENT_SOURCES") or "",
+        sources=_secret(config, "AGENT_SOURCES") or "",
         scorer=scorer,
-        llm_base_url=llm_base_url,
-        llm_api_key=_secret(env, "LLM_API_KEY"),
-        llm_model=env.get("LLM_MODEL", "").strip() or DEFAULT_MODEL,
-        llm_concurrency=_int(env, "LLM_CONCURRENCY", DEFAULT_CONCURRENCY, maximum=64),
-        llm_price_input=None if price_input < 0 else price_input,
-        llm_price_output=None if price_output < 0 else price_output,
-        agent=agent_spec,
-        interests=env.get("AGENT_INTERESTS", "").strip() or DEFAULT_INTERESTS,
-        cache_ttl_seconds=_int(env, "AGENT_CACHE_TTL", DEFAULT_CACHE_TTL_SECONDS),
+        llm_base_url=config.LLM_BASE_URL,
+        llm_api_key=_secret(config, "LLM_API_KEY"),
+        llm_model=config.LLM_MODEL,
+        llm_concurrency=config.LLM_CONCURRENCY,
+        llm_price_input=config.LLM_PRICE_INPUT,
+        llm_price_output=config.LLM_PRICE_OUTPUT,
+        agent=config.AGENT,
+        interests=config.AGENT_INTERESTS,
+        cache_ttl_seconds=config.AGENT_CACHE_TTL,
     )
     return {
         "retention": retention_from_env(env),

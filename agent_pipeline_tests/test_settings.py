@@ -198,3 +198,35 @@ def test_a_bad_source_is_named_at_load_without_its_query(sources, problem):
 def test_alert_repeat_minutes_defaults_to_an_hour():
     assert resources_from_env({})["digest"].alert_repeat_minutes == 60
     assert resources_from_env({"ALERT_REPEAT_MINUTES": " 15 "})["digest"].alert_repeat_minutes == 15
+
+
+def test_typed_values_are_taken_as_typed():
+    """Each variable is read by its type: a float is a float (SMTP_TIMEOUT=2.5 was refused as
+    no whole number), a free model's price of 0 is a price (not "no price"), and a choice is
+    taken in any case."""
+    resources = resources_from_env({
+        "SMTP_TIMEOUT": "2.5", "SMTP_SECURITY": "SSL",
+        "LLM_PRICE_INPUT": "0", "LLM_PRICE_OUTPUT": "0.6",
+    })
+    assert resources["smtp"].timeout == 2.5 and resources["smtp"].security == "ssl"
+    assert resources["smtp"].port == 465
+    assert resources["agent"].llm_price_input == 0.0
+    assert resources["agent"].llm_price_output == 0.6
+    unpriced = resources_from_env({})["agent"]
+    assert unpriced.llm_price_input is None and unpriced.llm_price_output is None
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"SMTP_TIMEOUT": "0"}, "SMTP_TIMEOUT: must be more than 0, got 0"),
+        ({"SMTP_TIMEOUT": "soon"}, "SMTP_TIMEOUT: 'soon' is not a number"),
+        ({"EMAIL_ONLY_NEW": "maybe"}, "EMAIL_ONLY_NEW: 'maybe' is not true or false"),
+        ({"OVERLAP_POLICY": "queue"}, "OVERLAP_POLICY: 'queue' is not one of buffer, skip"),
+        ({"LLM_PRICE_INPUT": "-1"}, "LLM_PRICE_INPUT: must be at least 0, got -1"),
+    ],
+)
+def test_a_bad_value_is_named_with_what_was_given(env, message):
+    with pytest.raises(ConfigurationError) as failure:
+        resources_from_env(env)
+    assert str(failure.value) == message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -26,13 +28,16 @@ class AgentResource(ConfigurableResource):
     )
     cache_ttl_seconds: int = Field(
         default=DEFAULT_CACHE_TTL_SECONDS,
+        ge=1,
         description="AGENT_CACHE_TTL: seconds a cached score is kept.",
     )
 
     sources: str = Field(
         default="", description="AGENT_SOURCES: feed URLs, JSON endpoints or files (triage)."
     )
-    scorer: str = Field(default="keyword", description="AGENT_SCORER: llm or keyword (triage).")
+    scorer: Literal["llm", "keyword"] = Field(
+        default="keyword", description="AGENT_SCORER: llm or keyword (triage)."
+    )
     llm_base_url: str = Field(
         default=DEFAULT_BASE_URL,
         description="LLM_BASE_URL: an OpenAI-compatible API (OpenAI, Ollama, vLLM).",
@@ -40,13 +45,13 @@ class AgentResource(ConfigurableResource):
     llm_api_key: str | None = Field(default=None, description="LLM_API_KEY (an EnvVar).")
     llm_model: str = Field(default=DEFAULT_MODEL, description="LLM_MODEL.")
     llm_concurrency: int = Field(
-        default=DEFAULT_CONCURRENCY, description="LLM_CONCURRENCY: calls at once."
+        default=DEFAULT_CONCURRENCY, ge=1, le=64, description="LLM_CONCURRENCY: calls at once."
     )
     llm_price_input: float | None = Field(
-        default=None, description="LLM_PRICE_INPUT: price per million prompt tokens."
+        default=None, ge=0, description="LLM_PRICE_INPUT: price per million prompt tokens."
     )
     llm_price_output: float | None = Field(
-        default=None, description="LLM_PRICE_OUTPUT: price per million completion tokens."
+        default=None, ge=0, description="LLM_PRICE_OUTPUT: price per million completion tokens."
     )
 
     def load(self) -> Agent:

@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tenacity
 from dagster import ConfigurableResource
@@ -23,7 +23,6 @@ from pydantic import Field
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.retries import retry_policy
 
-SECURITY_MODES = ("starttls", "ssl", "none")
 # SMTP_TIMEOUT bounds each read, which a server answering a byte at a time never trips; one
 # delivery attempt ends by this deadline whatever the server does. smtplib caps a reply's
 # lines, not their number: a reply is cut off past MAX_REPLY_BYTES.
@@ -162,23 +161,28 @@ class Smtp(ConfigurableResource):
     host: str | None = Field(
         default=None, description="SMTP server from SMTP_HOST; unset writes to the outbox."
     )
-    port: int = Field(default=587, description="SMTP_PORT: 587 starttls, 465 ssl, 25 none.")
-    security: str = Field(
+    port: int = Field(
+        default=587, ge=1, le=65535, description="SMTP_PORT: 587 starttls, 465 ssl, 25 none."
+    )
+    security: Literal["starttls", "ssl", "none"] = Field(
         default="starttls", description="SMTP_SECURITY: starttls, ssl (implicit TLS) or none."
     )
     username: str | None = Field(default=None, description="SMTP_USERNAME; unset: no login.")
     password: str | None = Field(default=None, description="SMTP_PASSWORD (an EnvVar).")
-    timeout: float = Field(default=30.0, description="Seconds per SMTP network operation.")
+    timeout: float = Field(
+        default=30.0, gt=0, description="SMTP_TIMEOUT: seconds per SMTP network operation."
+    )
     ca_file: str | None = Field(
         default=None,
         description="SMTP_CA_FILE: a CA bundle for a private server certificate; "
         "certificates are always verified.",
     )
     retries: int = Field(
-        default=3, description="SMTP_RETRIES: further attempts after a failed delivery."
+        default=3, ge=0, description="SMTP_RETRIES: further attempts after a failed delivery."
     )
     retry_backoff_seconds: float = Field(
         default=2.0,
+        ge=0,
         description="SMTP_RETRY_BACKOFF: seconds before the first retry; doubles each time.",
     )
     attempt_deadline_seconds: float = Field(
@@ -215,8 +219,6 @@ class Smtp(ConfigurableResource):
         """One delivery attempt; returns where it went."""
         if not self.host:
             return self._write_to_outbox(message)
-        if self.security not in SECURITY_MODES:
-            raise ValueError(f"SMTP_SECURITY must be one of {', '.join(SECURITY_MODES)}")
         # Before connecting: settings.py refuses this at load, but a resource may be built by
         # hand.
         check_login_is_encrypted(self.host, self.security, self.username)
