@@ -20,7 +20,7 @@ from dagster import (
 )
 from sqlalchemy import create_engine, select
 
-from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings
 from agent_pipeline.agents.keywords import keywords_agent
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.partitions import window_bounds
@@ -63,7 +63,8 @@ def rows(database_url: str) -> list[dict]:
 def expected_top_five(window: str) -> list[dict]:
     start, end = window_bounds(window)
     context = AgentContext(
-        window, start, end, AgentCache(None, 1), logging.getLogger(), {"interests": INTERESTS}
+        window, start, end, AgentCache(None, 1), logging.getLogger(),
+        AgentSettings(interests=INTERESTS),
     )
     outcomes = keywords_agent(context)
     return rank_outcomes(validate_outcomes(outcomes).outcomes).top

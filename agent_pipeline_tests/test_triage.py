@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.agents.llm import LlmSettings
 from agent_pipeline.agents.sources import (
     MAX_SOURCE_BYTES,
     SourceError,
@@ -136,10 +138,10 @@ def test_every_source_failing_fails_the_run():
             list(triage_agent(ctx))
 
 
-def llm_settings(llm: LoopbackLlm) -> dict[str, str]:
-    return {"scorer": "llm", "llm_base_url": llm.base_url, "llm_api_key": "sk-test",
-            "llm_model": "test-model", "llm_concurrency": "4",
-            "llm_price_input": "1.0", "llm_price_output": "2.0"}
+def llm_settings(llm: LoopbackLlm) -> dict[str, Any]:
+    return {"scorer": "llm", "llm_price_input": 1.0, "llm_price_output": 2.0,
+            "llm": LlmSettings(base_url=llm.base_url, api_key="sk-test", model="test-model",
+                               concurrency=4)}
 
 
 def test_the_second_run_scores_from_cache_and_an_unchanged_feed_costs_a_304(redis_url):

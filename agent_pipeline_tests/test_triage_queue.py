@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis as redis_client
 
-from agent_pipeline.agents import AgentCache, AgentContext
-from agent_pipeline.agents.llm import LlmScorer
+from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings
+from agent_pipeline.agents.llm import LlmScorer, LlmSettings
 from agent_pipeline.agents.triage import ScoringFailed, triage_agent
 from agent_pipeline.caching import stream_key
 from agent_pipeline.resources.redis import Redis
@@ -35,10 +35,11 @@ def write_items(folder: Path) -> str:
     return str(path)
 
 
-def settings(source: str, llm: LoopbackLlm) -> dict[str, str]:
-    return {"interests": "dagster", "sources": source, "scorer": "llm",
-            "llm_base_url": llm.base_url, "llm_api_key": "sk-test", "llm_model": "m",
-            "llm_concurrency": "4"}
+def settings(source: str, llm: LoopbackLlm) -> AgentSettings:
+    return AgentSettings(
+        interests="dagster", sources=source, scorer="llm",
+        llm=LlmSettings(base_url=llm.base_url, api_key="sk-test", model="m", concurrency=4),
+    )
 
 
 def run_triage(redis_url: str, source: str, llm: LoopbackLlm) -> list[dict]:

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
-from agent_pipeline.agents import AgentCache, AgentContext  # noqa: E402
+from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings  # noqa: E402
+from agent_pipeline.agents.llm import LlmSettings  # noqa: E402
 from agent_pipeline.agents.triage import triage_agent  # noqa: E402
 from agent_pipeline.resources.redis import Redis  # noqa: E402
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply  # noqa: E402
@@ -38,9 +39,11 @@ def run(source: str, cache: Redis, llm: LoopbackLlm, concurrency: int) -> tuple[
         window_end=datetime(2026, 11, 26, 9, 40, tzinfo=UTC),
         cache=AgentCache(cache, 3600),
         log=logging.getLogger("bench"),
-        settings={"interests": "dagster, postgres", "sources": source, "scorer": "llm",
-                  "llm_base_url": llm.base_url, "llm_api_key": "sk-bench",
-                  "llm_model": "bench", "llm_concurrency": str(concurrency)},
+        settings=AgentSettings(
+            interests="dagster, postgres", sources=source, scorer="llm",
+            llm=LlmSettings(base_url=llm.base_url, api_key="sk-bench", model="bench",
+                            concurrency=concurrency),
+        ),
     )
     started = time.perf_counter()
     outcomes = list(triage_agent(context))

@@ -16,6 +16,7 @@ from agent_pipeline.dates import parse_timestamp
 from agent_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from agent_pipeline.agents.llm import LlmSettings
     from agent_pipeline.resources.redis import Redis
 
 Agent = Callable[["AgentContext"], Iterable[Mapping[str, Any]]]
@@ -59,6 +60,21 @@ class AgentCache:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    """What an agent is told, from the environment. A custom agent reads what it needs;
+    the LLM's settings, its key among them, go only to the agent that scores with the LLM
+    (the built-in triage with AGENT_SCORER=llm)."""
+
+    interests: str = ""  # AGENT_INTERESTS
+    sources: str = ""  # AGENT_SOURCES
+    scorer: str = "keyword"  # AGENT_SCORER: llm or keyword
+    llm: LlmSettings | None = None
+    # LLM_PRICE_INPUT and LLM_PRICE_OUTPUT, per million tokens; None: no price known.
+    llm_price_input: float | None = None
+    llm_price_output: float | None = None
+
+
+@dataclass(frozen=True)
 class AgentContext:
     """What an agent gets: its window, a cache, a logger and its settings."""
 
@@ -69,7 +85,7 @@ class AgentContext:
     # Takes debug/info/warning/error calls, %-style arguments included: in a run, a structlog
     # logger bound with the run, window, agent and op; any logging.Logger elsewhere.
     log: Any
-    settings: Mapping[str, str] = field(default_factory=dict)
+    settings: AgentSettings = field(default_factory=AgentSettings)
     # What the agent reports about its work (sources, cache, LLM calls, tokens): shown on the
     # run_agent op in the UI and kept in the row's result.
     stats: dict[str, Any] = field(default_factory=dict)

@@ -65,7 +65,7 @@ def keyword_score(item: Mapping[str, Any], interests: list[str]) -> float:
 def keywords_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
     """Every sample feed item published before the window's end, with its keyword score;
     scores come from the cache when the item and the interests are unchanged."""
-    interests = parse_interests(context.settings.get("interests", DEFAULT_INTERESTS))
+    interests = parse_interests(context.settings.interests or DEFAULT_INTERESTS)
     items = [item for item in load_sample_feed() if context.known_by_window_end(item)]
     context.log.info(
         "Scoring %d sample feed items against %d interests", len(items), len(interests)

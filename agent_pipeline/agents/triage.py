@@ -19,11 +19,9 @@ from rank_bm25 import BM25Plus
 from agent_pipeline.agents import AgentContext
 from agent_pipeline.agents.keywords import mentions_reason, parse_interests
 from agent_pipeline.agents.llm import (
-    DEFAULT_CONCURRENCY,
     PROMPT_VERSION,
     LlmError,
     LlmScorer,
-    LlmSettings,
     ScoringDeadline,
 )
 from agent_pipeline.agents.sources import (
@@ -232,13 +230,14 @@ def score_with_llm(
 
 def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
     settings = context.settings
-    sources = parse_sources(settings.get("sources", ""))
+    sources = parse_sources(settings.sources)
     collected, failures = collect_items(context, sources)
     # A backfilled window reports what was known by its end, not what came later.
     items = [item for item in collected if context.known_by_window_end(item)]
-    interests = settings.get("interests", "")
-    scorer_name = settings.get("scorer", "keyword")
-    model = settings.get("llm_model", "") if scorer_name == "llm" else ""
+    interests = settings.interests
+    llm = settings.llm if settings.scorer == "llm" else None
+    scorer_name = "llm" if llm else "keyword"
+    model = llm.model if llm else ""
     key_of = {
         id(item): {"scorer": scorer_name, "model": model, "prompt": PROMPT_VERSION,
                    "keyword_version": KEYWORD_SCORER_VERSION, "interests": interests,
@@ -258,11 +257,7 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
         "items_after_window": len(collected) - len(items),
         "cache_hits": len(items) - len(misses), "cache_misses": len(misses), "llm_calls": 0,
     }
-    if scorer_name == "llm" and misses:
-        llm = LlmSettings(
-            base_url=settings["llm_base_url"], api_key=settings["llm_api_key"],
-            model=model, concurrency=int(settings.get("llm_concurrency", DEFAULT_CONCURRENCY)),
-        )
+    if llm and misses:
         with LlmScorer(llm, interests, context.log) as scorer:
             failures = score_with_llm(context, scorer, misses, key_of, scores)
         late = sum(isinstance(failure, ScoringDeadline) for failure in failures)
@@ -272,9 +267,9 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
                      llm_answers_rejected=scorer.usage.rejected_answers)
         if failures and len(failures) == len(misses):
             raise ScoringFailed(f"no item could be scored: {failures[0]}")
-        price_in, price_out = settings.get("llm_price_input"), settings.get("llm_price_output")
-        if price_in and price_out:
-            stats["cost"] = scorer.usage.cost(float(price_in), float(price_out))
+        cost = scorer.usage.cost(settings.llm_price_input, settings.llm_price_output)
+        if cost is not None:
+            stats["cost"] = cost
     else:
         # BM25 weighs each item against the window's other items, so its scores are not
         # cached per item; they cost nothing to compute again.

@@ -7,9 +7,14 @@ from typing import Literal
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from agent_pipeline.agents import DEFAULT_AGENT, Agent, load_agent
+from agent_pipeline.agents import DEFAULT_AGENT, Agent, AgentSettings, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
-from agent_pipeline.agents.llm import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_MODEL
+from agent_pipeline.agents.llm import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MODEL,
+    LlmSettings,
+)
 
 # What AGENT_CACHE_TTL defaults to: a week.
 DEFAULT_CACHE_TTL_SECONDS = 7 * 24 * 3600
@@ -57,20 +62,21 @@ class AgentResource(ConfigurableResource):
     def load(self) -> Agent:
         return load_agent(self.agent)
 
-    def settings(self) -> dict[str, str]:
-        """What the agent is told. The API key goes only to the built-in triage agent when it
-        scores with the LLM: no other agent needs it, so none gets it."""
-        settings = {
-            "interests": self.interests,
-            "sources": self.sources,
-            "scorer": self.scorer,
-            "llm_base_url": self.llm_base_url,
-            "llm_model": self.llm_model,
-            "llm_concurrency": str(self.llm_concurrency),
-        }
+    def settings(self) -> AgentSettings:
+        """What the agent is told. The LLM's settings, with the API key, go only to the
+        built-in triage agent when it scores with the LLM: no other agent needs them, so none
+        gets them."""
+        llm = None
         if self.agent.strip() == "triage" and self.scorer == "llm":
-            settings["llm_api_key"] = self.llm_api_key or ""
-        if self.llm_price_input is not None and self.llm_price_output is not None:
-            settings["llm_price_input"] = str(self.llm_price_input)
-            settings["llm_price_output"] = str(self.llm_price_output)
-        return settings
+            llm = LlmSettings(
+                base_url=self.llm_base_url, api_key=self.llm_api_key or "",
+                model=self.llm_model, concurrency=self.llm_concurrency,
+            )
+        return AgentSettings(
+            interests=self.interests,
+            sources=self.sources,
+            scorer=self.scorer,
+            llm=llm,
+            llm_price_input=self.llm_price_input,
+            llm_price_output=self.llm_price_output,
+        )
