@@ -4,9 +4,11 @@ Plain functions over the store and the Smtp resource."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from typing import Any, NamedTuple
 
+from agent_pipeline.emails import build_digest_email, run_link
 from agent_pipeline.errors import describe_error
 from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.resources.digest import DigestSettings
@@ -34,6 +36,21 @@ class Delivery(NamedTuple):
     status: str
     # Sent: where it went. Rejected: the server's reply. Skipped: why it was not sent.
     detail: str
+
+
+def window_email(
+    digest: DigestSettings, partition_key: str, top: Sequence[Mapping[str, Any]],
+    run_id: str | None,
+) -> EmailMessage:
+    """The digest of a window, from DigestSettings' sender to its recipients, linking to the
+    run in the Dagster UI."""
+    return build_digest_email(
+        partition_key=partition_key,
+        top=top,
+        sender=digest.sender(),
+        recipients=digest.recipients(),
+        run_url=run_link(digest.webserver_url, run_id),
+    )
 
 
 def deliver_once(
@@ -108,7 +125,7 @@ def redeliver_failed(
     for row in store.undelivered_windows(limit, max_age_hours=REDELIVERY_MAX_AGE_HOURS):
         window = row["partition_key"]
         try:
-            message = digest.build_email(window, row["result"]["top_five"], row["dagster_run_id"])
+            message = window_email(digest, window, row["result"]["top_five"], row["dagster_run_id"])
             delivery = deliver_once(store, smtp, row["id"], message)
         except Exception as exc:
             log.warning(f"Redelivery of window {window} failed again: {describe_error(exc)}")

@@ -18,8 +18,7 @@ import jinja2
 from agent_pipeline.dates import parse_timestamp
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.partitions import window_bounds
-from agent_pipeline.ranking import MAX_TITLE_CHARS
-from agent_pipeline.text import clean_text, one_line, safe_url
+from agent_pipeline.text import MAX_TITLE_CHARS, clean_text, one_line, safe_url
 
 WINDOW_HEADER = "X-Agent-Pipeline-Window"
 # The agent's one-line reason, or the start of the summary when it gave none.

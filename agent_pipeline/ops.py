@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from agent_pipeline.agents import AgentCache, AgentContext
-from agent_pipeline.delivery import Delivery, deliver_once, redeliver_failed
+from agent_pipeline.delivery import Delivery, deliver_once, redeliver_failed, window_email
 from agent_pipeline.errors import ConfigurationError, describe_error
 from agent_pipeline.logs import event_logger
 from agent_pipeline.partitions import window_bounds
@@ -30,6 +30,7 @@ from agent_pipeline.ranking import (
     drop_reasons_markdown,
     iterate_outcomes,
     rank_outcomes,
+    sent_item_keys,
     storable_stats,
     top_five_markdown,
     validate_outcomes,
@@ -55,6 +56,13 @@ BACKFILL = "backfill"
 # of its entries the UI shows.
 MAX_STATS_JSON_CHARS = 50_000
 MAX_STATS_SHOWN = 30
+
+
+def _already_sent(agent_runs: AgentRunsStore, digest: DigestSettings, window: str) -> set[str]:
+    """Dedupe keys of the items other windows' emails had (EMAIL_ONLY_NEW), else none."""
+    if not digest.only_new:
+        return set()
+    return sent_item_keys(agent_runs.sent_top_fives(other_than_window=window))
 
 
 def _window(context: OpExecutionContext) -> tuple[str, datetime, datetime]:
@@ -128,7 +136,7 @@ def run_agent(
         queue=redis,
     )
     # Known before the outcomes are chosen: the best new items are kept, not the best ones.
-    sent = agent_runs.sent_item_keys(other_than_window=window_key) if digest.only_new else set()
+    sent = _already_sent(agent_runs, digest, window_key)
     started = time.perf_counter()
     validation = validate_outcomes(
         iterate_outcomes(agent_callable(agent_context)), already_sent=sent
@@ -202,7 +210,7 @@ def rank_top_five(
     log = _logger(context, agent)
     window_key, _, _ = _window(context)
     # Asked again: a window may have been sent since run_agent chose the outcomes.
-    sent = agent_runs.sent_item_keys(other_than_window=window_key) if digest.only_new else set()
+    sent = _already_sent(agent_runs, digest, window_key)
     ranking = rank_outcomes(validation.outcomes, already_sent=sent)
     result = build_result(validation, ranking)
     if result["already_sent_left_out"]:
@@ -270,7 +278,7 @@ def send_email(
         log.info(f"No email: {reason}.")
         metadata["reason"] = reason
     else:
-        message = digest.build_email(window_key, top_five, context.run_id)
+        message = window_email(digest, window_key, top_five, context.run_id)
         # A failed delivery (after the resource's retries) fails the run; the row keeps the
         # result and the error, and a later run delivers it. A rejected one (5xx) does not
         # fail it: Dagster's retry of the run would only be rejected again.

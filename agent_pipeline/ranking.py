@@ -17,11 +17,16 @@ from typing import Any
 import pandas as pd
 
 from agent_pipeline.errors import AgentOutputError
-from agent_pipeline.text import clean_text, markdown_cell, safe_url, storable_text
+from agent_pipeline.text import (
+    MAX_SUMMARY_CHARS,
+    MAX_TITLE_CHARS,
+    clean_text,
+    markdown_cell,
+    safe_url,
+    storable_text,
+)
 
 TOP_N = 5
-MAX_TITLE_CHARS = 300
-MAX_SUMMARY_CHARS = 2_000
 MAX_EXTRA_FIELDS = 20
 MAX_EXTRA_JSON_CHARS = 10_000
 # All of one outcome's extra fields together: what one outcome may add to the stored row.
@@ -525,3 +530,13 @@ def compact_result(result: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(result.get("agent_stats"), Mapping):
         compacted["agent_stats"] = counts(result["agent_stats"])
     return compacted
+
+
+def sent_item_keys(top_fives: Iterable[Any]) -> set[str]:
+    """Dedupe keys of the items in emails already sent (their top fives)."""
+    return {
+        dedupe_key(item)
+        for top in top_fives
+        for item in (top if isinstance(top, list) else [])
+        if isinstance(item, dict) and item.get("title")
+    }

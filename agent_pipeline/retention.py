@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from agent_pipeline.ranking import compact_result
 from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.resources.retention import Retention
 
@@ -112,7 +113,7 @@ def apply_retention(
     if policy.result_compact_days:
         cutoff = naive_now - timedelta(days=policy.result_compact_days)
         report.results_compacted, short = _drain(
-            lambda: store.compact_results(cutoff, ROW_BATCH), ROW_BATCH, deadline
+            lambda: store.compact_results(cutoff, ROW_BATCH, compact_result), ROW_BATCH, deadline
         )
         cut_short.append(short)
 

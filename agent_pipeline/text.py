@@ -13,6 +13,9 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
 
+# What an item's title, summary and link may hold, wherever they come from or go to.
+MAX_TITLE_CHARS = 300
+MAX_SUMMARY_CHARS = 2_000
 MAX_URL_CHARS = 2_048
 
 _SURROGATES = re.compile(r"[\ud800-\udfff]")

@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from agent_pipeline.errors import ConfigurationError, DatabaseUnavailableError
+from agent_pipeline.ranking import sent_item_keys
 from agent_pipeline.resources.agent_runs import AgentRunsStore, parse_database_url
 from agent_pipeline_tests.services import free_port
 
@@ -149,7 +150,7 @@ def test_sent_item_keys_come_from_other_windows_emails(store):
     sent_row("r2", "w2", [{"title": "C", "score": 1.0}])
     failed = store.start_run("r3", "w3", "keywords")
     store.complete_run(failed, {"top_five": [{"title": "D", "score": 1.0}]})
-    assert store.sent_item_keys(other_than_window="w2") == {"id:a", "url:https://e.org/b"}
-    assert store.sent_item_keys(other_than_window="w9") == {
+    assert sent_item_keys(store.sent_top_fives(other_than_window="w2")) == {"id:a", "url:https://e.org/b"}
+    assert sent_item_keys(store.sent_top_fives(other_than_window="w9")) == {
         "id:a", "url:https://e.org/b", "title:c",
     }

@@ -28,6 +28,7 @@ from aiosmtpd.controller import Controller  # noqa: E402
 from dagster import DagsterInstance  # noqa: E402
 
 from agent_pipeline.agents import AgentCache, AgentContext  # noqa: E402
+from agent_pipeline.delivery import window_email  # noqa: E402
 from agent_pipeline.jobs import agent_job  # noqa: E402
 from agent_pipeline.partitions import window_bounds  # noqa: E402
 from agent_pipeline.ranking import (  # noqa: E402
@@ -59,7 +60,7 @@ def plain_run(window: str, resources: dict) -> None:
         validation = validate_outcomes(iterate_outcomes(agent.load()(context)))
         ranking = rank_outcomes(validation.outcomes)
         store.complete_run(row_id, build_result(validation, ranking))
-        message = digest.build_email(window, ranking.top, None)
+        message = window_email(digest, window, ranking.top, None)
         if store.claim_email(row_id):
             smtp.send(message)
             store.record_email_sent(row_id)

@@ -90,7 +90,7 @@ from dagster._core.definitions.run_status_sensor_definition import (  # noqa: E4
 from agent_pipeline.definitions import defs  # noqa: E402
 from agent_pipeline.jobs import agent_job, retention_job  # noqa: E402
 from agent_pipeline.partitions import WINDOW_FORMAT, last_closed_window  # noqa: E402
-from agent_pipeline.ranking import compact_result  # noqa: E402
+from agent_pipeline.ranking import compact_result, sent_item_keys  # noqa: E402
 from agent_pipeline.resources import AgentRunsStore, Retention  # noqa: E402
 from agent_pipeline.retention import apply_retention  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
@@ -546,7 +546,7 @@ def probes(url: str, instance: DagsterInstance, store: AgentRunsStore) -> dict[s
                               else None)
             for name in ("agent_job_catch_up", "agent_runs_sweeper", *RUN_STATUS_SENSORS)
         },
-        "sent_item_keys": lambda: store.sent_item_keys(other_than_window=window),
+        "sent_item_keys": lambda: sent_item_keys(store.sent_top_fives(other_than_window=window)),
         "undelivered_windows": lambda: store.undelivered_windows(10, 24),
         "record_run insert": lambda: store.start_run(f"bench-{uuid.uuid4()}", next_window,
                                                      "keywords"),

@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent_pipeline.caching import cache_key
 from agent_pipeline.dates import parse_timestamp
@@ -17,7 +17,6 @@ from agent_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from agent_pipeline.agents.llm import LlmSettings
-    from agent_pipeline.resources.redis import Redis
 
 Agent = Callable[["AgentContext"], Iterable[Mapping[str, Any]]]
 
@@ -28,11 +27,23 @@ BUILT_IN_AGENTS = {
 DEFAULT_AGENT = "keywords"
 
 
+class KeyValueStore(Protocol):
+    """What AgentCache needs of a store (the Redis resource, in the job): agents know no
+    resource, only this."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def cache_get(self, key: str) -> Any: ...
+
+    def cache_set(self, key: str, value: Any, ttl_seconds: int) -> None: ...
+
+
 class AgentCache:
     """The agent's view of the Redis cache: namespaced content-hash keys, one TTL, and
     hit/miss counts for the run's metadata. Without Redis every lookup is a miss."""
 
-    def __init__(self, redis: Redis | None, ttl_seconds: int):
+    def __init__(self, redis: KeyValueStore | None, ttl_seconds: int):
         self._redis = redis
         self._ttl_seconds = ttl_seconds
         self.hits = 0
@@ -89,8 +100,9 @@ class AgentContext:
     # What the agent reports about its work (sources, cache, LLM calls, tokens): shown on the
     # run_agent op in the UI and kept in the row's result.
     stats: dict[str, Any] = field(default_factory=dict)
-    # Redis, for agents that queue their work (None, or not enabled: no queue).
-    queue: Redis | None = None
+    # A work queue (the Redis resource in the job), for agents that queue their work: None,
+    # or not enabled, is no queue.
+    queue: Any = None
 
     def known_by_window_end(self, item: Mapping[str, Any]) -> bool:
         """False for an item published at or after the window's end (a backfilled window

@@ -35,8 +35,7 @@ from agent_pipeline.agents.bounded_http import (
     deadline,
     plain_address,
 )
-from agent_pipeline.ranking import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS
-from agent_pipeline.text import MAX_URL_CHARS, html_to_text
+from agent_pipeline.text import MAX_SUMMARY_CHARS, MAX_TITLE_CHARS, MAX_URL_CHARS, html_to_text
 
 MAX_SOURCE_BYTES = 5_000_000
 # One request, from connecting through the headers to the last byte (redirects included).

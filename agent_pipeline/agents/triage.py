@@ -38,7 +38,6 @@ from agent_pipeline.agents.sources import (
 )
 from agent_pipeline.caching import content_hash
 from agent_pipeline.errors import AgentPipelineError
-from agent_pipeline.resources.redis import Redis
 
 KEYWORD_SCORER_VERSION = 1
 QUEUE_GROUP = "scorers"
@@ -147,7 +146,7 @@ Remember = Callable[[str, dict[str, Any], tuple[float, str]], None]
 
 def score_through_queue(
     context: AgentContext,
-    queue: Redis,
+    queue: Any,
     scorer: LlmScorer,
     misses: list[dict],
     key_of: Mapping[int, dict[str, Any]],

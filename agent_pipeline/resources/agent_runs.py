@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from agent_pipeline.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
 )
-from agent_pipeline.ranking import compact_result, dedupe_key
 from agent_pipeline.schema import (
     ALERT_FAILED,
     ALERT_PENDING,
@@ -404,8 +403,8 @@ class AgentRunsStore(ConfigurableResource):
             return False
         return claimed.rowcount == 1
 
-    def sent_item_keys(self, other_than_window: str, days: int = 7) -> set[str]:
-        """Dedupe keys of the items in the emails sent for other windows in the last days."""
+    def sent_top_fives(self, other_than_window: str, days: int = 7) -> list[list[Any]]:
+        """The top fives of the emails sent for other windows in the last days."""
         since = utc_now() - timedelta(days=days)
         with self.engine.connect() as connection:
             tops = connection.execute(
@@ -415,12 +414,7 @@ class AgentRunsStore(ConfigurableResource):
                     agent_runs.c.partition_key != other_than_window,
                 )
             ).scalars()
-            return {
-                dedupe_key(item)
-                for top in tops
-                for item in (top if isinstance(top, list) else [])
-                if isinstance(item, dict) and item.get("title")
-            }
+            return [top for top in tops if isinstance(top, list)]
 
     def undelivered_windows(self, limit: int, max_age_hours: int = 24) -> list[dict[str, Any]]:
         """For each window whose email failed in the last max_age_hours, that no row has sent
@@ -839,9 +833,11 @@ class AgentRunsStore(ConfigurableResource):
     # Each call handles one batch in its own short transaction: the retention job loops, so no
     # lock is held for long while the schedule's runs write.
 
-    def compact_results(self, started_before: datetime, batch: int) -> int:
-        """Cut the result of up to `batch` rows started before the cutoff down to the top five
-        and the counts (compact_result); how many rows were compacted."""
+    def compact_results(
+        self, started_before: datetime, batch: int, compact: Callable[[Any], Any]
+    ) -> int:
+        """Replace the result of up to `batch` rows started before the cutoff by
+        compact(result); how many rows were compacted."""
         with self.engine.begin() as connection:
             rows = connection.execute(
                 select(agent_runs.c.id, agent_runs.c.result)
@@ -858,7 +854,7 @@ class AgentRunsStore(ConfigurableResource):
                 connection.execute(
                     update(agent_runs)
                     .where(agent_runs.c.id == row_id)
-                    .values(result=compact_result(result), result_compacted_at=now)
+                    .values(result=compact(result), result_compacted_at=now)
                 )
             return len(rows)
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from email.message import EmailMessage
-from typing import Any, Literal
+from typing import Literal
 
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from agent_pipeline.emails import build_digest_email, parse_address, parse_address_list, run_link
+from agent_pipeline.emails import parse_address, parse_address_list
 
 # An agent that breaks fails every window: six windows an hour, summed up in one email.
 DEFAULT_ALERT_REPEAT_MINUTES = 60
@@ -60,15 +58,3 @@ class DigestSettings(ConfigurableResource):
         if not self.alert_email_to.strip():
             return []
         return parse_address_list(self.alert_email_to, "ALERT_EMAIL_TO")
-
-    def build_email(
-        self, partition_key: str, top: Sequence[Mapping[str, Any]], run_id: str | None
-    ) -> EmailMessage:
-        """The digest of a window, from this sender to these recipients, linking to run_id."""
-        return build_digest_email(
-            partition_key=partition_key,
-            top=top,
-            sender=self.sender(),
-            recipients=self.recipients(),
-            run_url=run_link(self.webserver_url, run_id),
-        )
