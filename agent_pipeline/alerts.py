@@ -424,7 +424,7 @@ def _attempt(smtp: Smtp, build: Callable[[], EmailMessage]) -> tuple[str, str | 
     the server rejected it, or it cannot be built) or ALERT_PENDING (worth retrying), with
     the error."""
     try:
-        smtp.send_once(build())
+        smtp.send_attempt(build())
     except Exception as exc:
         error = describe_error(exc)
         # An alert that cannot be built (a partition tag that is no window) will not build

@@ -53,7 +53,7 @@ def window_email(
     )
 
 
-def deliver_once(
+def deliver_window_email(
     store: AgentRunsStore, smtp: Smtp, row_id: int, message: EmailMessage
 ) -> Delivery:
     """Claim the row's window, send, record; retried as SMTP_RETRIES says. Skipped when the
@@ -75,7 +75,7 @@ def _attempt(store: AgentRunsStore, smtp: Smtp, row_id: int, message: EmailMessa
         store.record_email_skipped(row_id, reason)
         return Delivery(EMAIL_SKIPPED, reason)
     try:
-        destination = smtp.send_once(message)
+        destination = smtp.send_attempt(message)
     except Exception as exc:
         error = describe_error(exc)
         if rejects_message(exc):
@@ -126,7 +126,7 @@ def redeliver_failed(
         window = row["partition_key"]
         try:
             message = window_email(digest, window, row["result"]["top_five"], row["dagster_run_id"])
-            delivery = deliver_once(store, smtp, row["id"], message)
+            delivery = deliver_window_email(store, smtp, row["id"], message)
         except Exception as exc:
             log.warning(f"Redelivery of window {window} failed again: {describe_error(exc)}")
             break

@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from agent_pipeline.agents import AgentCache, AgentContext
-from agent_pipeline.delivery import Delivery, deliver_once, redeliver_failed, window_email
+from agent_pipeline.delivery import Delivery, deliver_window_email, redeliver_failed, window_email
 from agent_pipeline.errors import ConfigurationError, describe_error
 from agent_pipeline.logs import event_logger
 from agent_pipeline.partitions import window_bounds
@@ -91,7 +91,7 @@ def _run_row(context: OpExecutionContext, agent_runs: AgentRunsStore, agent: Age
     by the run id, so a re-execution from failure (a new run that skips record_run) gets a row
     of its own instead of writing to its parent's."""
     window_key, _, _ = _window(context)
-    return agent_runs.start_run(context.run_id, window_key, agent.agent)
+    return agent_runs.get_or_create_row(context.run_id, window_key, agent.agent)
 
 
 @op(
@@ -254,7 +254,7 @@ def send_email(
 ) -> None:
     log = _logger(context, agent)
     row_id = _run_row(context, agent_runs, agent)
-    row = agent_runs.get_run(row_id)
+    row = agent_runs.get_row(row_id)
     if row["result"] is None:
         # A re-execution from failure that starts here: its row gets the top five it sends
         # (the parent run's row keeps the full result).
@@ -282,7 +282,7 @@ def send_email(
         # A failed delivery (after the resource's retries) fails the run; the row keeps the
         # result and the error, and a later run delivers it. A rejected one (5xx) does not
         # fail it: Dagster's retry of the run would only be rejected again.
-        delivery = deliver_once(agent_runs, smtp, row_id, message)
+        delivery = deliver_window_email(agent_runs, smtp, row_id, message)
         metadata.update(_report_delivery(log, delivery, len(top_five), len(recipients)))
     caught_up = redeliver_failed(agent_runs, smtp, digest, log)
     if caught_up:

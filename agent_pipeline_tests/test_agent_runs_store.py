@@ -30,38 +30,38 @@ def store(request):
 
 
 def test_a_run_moves_from_running_to_succeeded(store):
-    row_id = store.start_run("run-1", "2026-11-26-09:30", "keywords")
-    row = store.get_run(row_id)
+    row_id = store.get_or_create_row("run-1", "2026-11-26-09:30", "keywords")
+    row = store.get_row(row_id)
     assert row["status"] == "running" and row["completed_at"] is None
     assert row["partition_key"] == "2026-11-26-09:30" and row["agent"] == "keywords"
     assert row["email_status"] == "not_sent"
 
     store.complete_run(row_id, {"top_five": [{"title": "a", "score": 1.0}]})
-    row = store.get_run(row_id)
+    row = store.get_row(row_id)
     assert row["status"] == "succeeded"
     assert row["completed_at"] >= row["started_at"]
     assert row["result"] == {"top_five": [{"title": "a", "score": 1.0}]}
 
 
 def test_start_run_is_idempotent_per_dagster_run(store):
-    first = store.start_run("run-1", "2026-11-26-09:30", "keywords")
-    assert store.start_run("run-1", "2026-11-26-09:30", "keywords") == first
+    first = store.get_or_create_row("run-1", "2026-11-26-09:30", "keywords")
+    assert store.get_or_create_row("run-1", "2026-11-26-09:30", "keywords") == first
     assert len(store.runs_for_window("2026-11-26-09:30")) == 1
 
 
 def test_fail_run_records_the_message(store):
-    row_id = store.start_run("run-1", "2026-11-26-09:30", "keywords")
+    row_id = store.get_or_create_row("run-1", "2026-11-26-09:30", "keywords")
     assert store.fail_run("run-1", "ValueError: boom" + "x" * 10_000)
-    row = store.get_run(row_id)
+    row = store.get_row(row_id)
     assert row["status"] == "failed" and row["completed_at"] is not None
     assert row["error_message"].startswith("ValueError: boom") and len(row["error_message"]) == 4000
     assert store.fail_run("no-such-run", "x") is False
 
 
 def test_only_one_row_per_window_can_claim_the_email(store):
-    first = store.start_run("run-1", "w", "keywords")
-    second = store.start_run("run-2", "w", "keywords")
-    other_window = store.start_run("run-3", "v", "keywords")
+    first = store.get_or_create_row("run-1", "w", "keywords")
+    second = store.get_or_create_row("run-2", "w", "keywords")
+    other_window = store.get_or_create_row("run-3", "v", "keywords")
     assert store.claim_email(first)
     assert not store.claim_email(second)
     assert store.claim_email(other_window)
@@ -86,9 +86,9 @@ def test_an_existing_seed_table_is_adopted_with_its_rows(postgres_url):
     store = AgentRunsStore(database_url=postgres_url)
     store.open()
     try:
-        old = store.get_run(1)
+        old = store.get_row(1)
         assert old["status"] == "succeeded" and old["result"] == {"old": True}
-        assert store.start_run("run-1", "w", "keywords") == 2
+        assert store.get_or_create_row("run-1", "w", "keywords") == 2
         columns = {c["name"]: c for c in inspect(engine).get_columns("agent_runs")}
         assert str(columns["result"]["type"]) == "JSONB"
         assert {"dagster_run_id", "partition_key", "email_status"} <= set(columns)
@@ -140,7 +140,7 @@ def test_an_unreachable_database_fails_fast_naming_it():
 
 def test_sent_item_keys_come_from_other_windows_emails(store):
     def sent_row(run_id, window, top):
-        row_id = store.start_run(run_id, window, "keywords")
+        row_id = store.get_or_create_row(run_id, window, "keywords")
         store.complete_run(row_id, {"top_five": top})
         assert store.claim_email(row_id)
         store.record_email_sent(row_id)
@@ -148,7 +148,7 @@ def test_sent_item_keys_come_from_other_windows_emails(store):
     sent_row("r1", "w1", [{"title": "A", "score": 1.0, "id": "a"},
                           {"title": "B", "score": 1.0, "url": "https://e.org/b"}])
     sent_row("r2", "w2", [{"title": "C", "score": 1.0}])
-    failed = store.start_run("r3", "w3", "keywords")
+    failed = store.get_or_create_row("r3", "w3", "keywords")
     store.complete_run(failed, {"top_five": [{"title": "D", "score": 1.0}]})
     assert sent_item_keys(store.sent_top_fives(other_than_window="w2")) == {"id:a", "url:https://e.org/b"}
     assert sent_item_keys(store.sent_top_fives(other_than_window="w9")) == {

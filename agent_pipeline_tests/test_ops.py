@@ -38,7 +38,7 @@ def test_record_run_inserts_the_running_row(pg_store):
     with context(agent_runs=pg_store, agent=AgentResource()) as ctx:
         record_run(ctx)
         metadata = ctx.get_output_metadata("result")
-    row = pg_store.find_run(RUN_ID)
+    row = pg_store.get_row_of_run(RUN_ID)
     assert metadata["row_id"] == row["id"]
     assert row["status"] == "running" and row["partition_key"] == WINDOW
     assert row["agent"] == "keywords"
@@ -94,7 +94,7 @@ def test_run_agent_failures_raise(agent, error, pg_store):
 def test_run_agent_keeps_the_best_new_items_not_the_best_ones(pg_store, monkeypatch):
     """The 1,000 best items were all in earlier emails: the 500 new ones below them are
     what the run keeps, so the top five is not empty."""
-    sent_row = pg_store.start_run("earlier", "2026-11-26-09:20", "x")
+    sent_row = pg_store.get_or_create_row("earlier", "2026-11-26-09:20", "x")
     pg_store.complete_run(sent_row, {"top_five": [
         {"title": f"old {n}", "score": 1, "id": f"old-{n}"} for n in range(1_000)
     ]})
@@ -112,14 +112,14 @@ def test_run_agent_keeps_the_best_new_items_not_the_best_ones(pg_store, monkeypa
 
 
 def test_rank_top_five_stores_the_result_and_leaves_the_row_running(pg_store):
-    pg_store.start_run(RUN_ID, WINDOW, "keywords")
+    pg_store.get_or_create_row(RUN_ID, WINDOW, "keywords")
     validation = validate_outcomes([{"title": f"t{n}", "score": n} for n in range(8)] + [None])
     digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
     with context(agent_runs=pg_store, agent=AgentResource(), digest=digest) as ctx:
         top = rank_top_five(ctx, validation)
         metadata = ctx.get_output_metadata("result")
     assert [o["score"] for o in top] == [7, 6, 5, 4, 3]
-    row = pg_store.find_run(RUN_ID)
+    row = pg_store.get_row_of_run(RUN_ID)
     assert row["status"] == "running"  # until send_email has settled the email
     assert row["result"]["top_five"] == top
     assert row["result"]["outcomes_total"] == 8 and row["result"]["dropped_total"] == 1
@@ -127,18 +127,18 @@ def test_rank_top_five_stores_the_result_and_leaves_the_row_running(pg_store):
 
 
 def test_send_email_sends_and_records_it(pg_store, mail, smtp_server):
-    pg_store.start_run(RUN_ID, WINDOW, "keywords")
+    pg_store.get_or_create_row(RUN_ID, WINDOW, "keywords")
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
         send_email(ctx, [{"title": "only", "score": 1.0}])
         assert ctx.get_output_metadata("result")["sent"] is True
-    row = pg_store.find_run(RUN_ID)
+    row = pg_store.get_row_of_run(RUN_ID)
     assert (row["email_status"], row["status"]) == ("sent", "succeeded")
     assert row["completed_at"] >= row["email_sent_at"]
     assert len(smtp_server.received) == 1
 
 
 def test_send_email_skips_a_window_another_run_has_sent(pg_store, mail, smtp_server):
-    earlier = pg_store.start_run("earlier-run", WINDOW, "keywords")
+    earlier = pg_store.get_or_create_row("earlier-run", WINDOW, "keywords")
     assert pg_store.claim_email(earlier)
     pg_store.record_email_sent(earlier)
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
@@ -146,7 +146,7 @@ def test_send_email_skips_a_window_another_run_has_sent(pg_store, mail, smtp_ser
         reason = ctx.get_output_metadata("result")["reason"]
         assert reason == "already sent for this window by another run"
     assert smtp_server.received == []
-    assert pg_store.find_run(RUN_ID)["email_status"] == "skipped"
+    assert pg_store.get_row_of_run(RUN_ID)["email_status"] == "skipped"
 
 
 def test_send_email_never_sends_its_own_row_twice(pg_store, mail, smtp_server):
@@ -161,7 +161,7 @@ def test_send_email_completes_a_row_it_had_to_create(pg_store, mail):
     """A re-execution from failure that starts at send_email has no row yet."""
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
         send_email(ctx, [{"title": "only", "score": 1.0}])
-    row = pg_store.find_run(RUN_ID)
+    row = pg_store.get_row_of_run(RUN_ID)
     assert row["status"] == "succeeded" and row["email_status"] == "sent"
     assert row["result"]["top_five"] == [{"title": "only", "score": 1.0}]
 
@@ -170,7 +170,7 @@ def test_send_email_skips_an_empty_top_five(pg_store, mail, smtp_server):
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
         send_email(ctx, [])
     assert smtp_server.received == []
-    row = pg_store.find_run(RUN_ID)
+    row = pg_store.get_row_of_run(RUN_ID)
     assert row["email_status"] == "skipped" and row["email_error"] == "the agent found nothing"
 
 
@@ -182,7 +182,7 @@ def test_a_failed_delivery_is_recorded_and_releases_the_window(pg_store, mail):
     with context(smtp=smtp, **resources) as ctx:
         with pytest.raises(ConnectionRefusedError):
             send_email(ctx, [{"title": "x", "score": 1.0}])
-    row = pg_store.find_run(RUN_ID)
+    row = pg_store.get_row_of_run(RUN_ID)
     assert row["email_status"] == "failed"
     assert row["email_error"].startswith("ConnectionRefusedError:")
-    assert pg_store.claim_email(pg_store.start_run("later-run", WINDOW, "keywords"))
+    assert pg_store.claim_email(pg_store.get_or_create_row("later-run", WINDOW, "keywords"))

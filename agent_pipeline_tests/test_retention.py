@@ -210,7 +210,7 @@ def test_out_of_time_it_stops_and_says_so(pg_store):
 def test_zero_keeps_everything(pg_store):
     row = add_row(pg_store, 1000, result=FULL_RESULT)
     report = apply_retention(DagsterInstance.ephemeral(), pg_store, KEEP_ALL, datetime.now(UTC))
-    assert report.finished and pg_store.get_run(row)["result"] == FULL_RESULT
+    assert report.finished and pg_store.get_row(row)["result"] == FULL_RESULT
 
 
 def test_a_compacted_result_keeps_what_the_email_and_the_dedupe_read():

@@ -38,13 +38,13 @@ def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
         started = add_run(instance, DagsterRunStatus.STARTED)
         canceled = add_run(instance, DagsterRunStatus.CANCELED)
         for run in (failed, started, canceled):
-            pg_store.start_run(run.run_id, WINDOW, "keywords")
+            pg_store.get_or_create_row(run.run_id, WINDOW, "keywords")
         stopped = add_run(instance, DagsterRunStatus.STARTED)
-        pg_store.start_run(stopped.run_id, WINDOW, "keywords")
+        pg_store.get_or_create_row(stopped.run_id, WINDOW, "keywords")
         instance.report_run_canceling(stopped)  # Terminate in the UI, with Dagster's words
         instance.report_run_canceled(stopped)
-        pg_store.start_run("run-dagster-never-had", WINDOW, "keywords")
-        done = pg_store.start_run(failed.run_id + "-done", WINDOW, "keywords")
+        pg_store.get_or_create_row("run-dagster-never-had", WINDOW, "keywords")
+        done = pg_store.get_or_create_row(failed.run_id + "-done", WINDOW, "keywords")
         pg_store.complete_run(done, {"top_five": []})
 
         resources = {
@@ -58,7 +58,7 @@ def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
         assert skip.skip_message.startswith("marked 4 lost row(s) failed")
 
     def row(run_id):
-        return pg_store.find_run(run_id)
+        return pg_store.get_row_of_run(run_id)
 
     assert row(started.run_id)["status"] == "running"
     assert row(failed.run_id)["error_message"] == "run killed or lost: the run ended FAILURE"
@@ -69,14 +69,14 @@ def test_the_sweeper_fails_rows_whose_run_ended_or_is_unknown(pg_store):
     assert row("run-dagster-never-had")["error_message"] == (
         "run killed or lost: Dagster has no run run-dagster-never-had"
     )
-    assert pg_store.get_run(done)["status"] == "succeeded"
+    assert pg_store.get_row(done)["status"] == "succeeded"
 
 
 def test_the_failure_sensor_fails_a_running_row_and_inserts_a_missing_one(pg_store):
     with DagsterInstance.ephemeral() as instance:
         killed = add_run(instance, DagsterRunStatus.FAILURE)
         never_started = add_run(instance, DagsterRunStatus.FAILURE)
-        pg_store.start_run(killed.run_id, WINDOW, "keywords")
+        pg_store.get_or_create_row(killed.run_id, WINDOW, "keywords")
         instance.report_engine_event(
             f"Run execution process for {killed.run_id} was terminated by signal 9 (SIGKILL).",
             killed,
@@ -86,13 +86,13 @@ def test_the_failure_sensor_fails_a_running_row_and_inserts_a_missing_one(pg_sto
             event = instance.report_run_failed(run)
             evaluate_failure_sensor(agent_runs_on_run_failure, instance, run, event, resources)
 
-    killed_row = pg_store.find_run(killed.run_id)
+    killed_row = pg_store.get_row_of_run(killed.run_id)
     assert killed_row["status"] == "failed"
     assert killed_row["error_message"] == (
         f"run killed or lost: Run execution process for {killed.run_id} was terminated by "
         "signal 9 (SIGKILL)."
     )
-    inserted = pg_store.find_run(never_started.run_id)
+    inserted = pg_store.get_row_of_run(never_started.run_id)
     assert inserted["status"] == "failed" and inserted["partition_key"] == WINDOW
     assert inserted["error_message"].startswith("run failed: ")
 
@@ -114,15 +114,15 @@ def test_a_lost_run_is_told_by_dagsters_data_never_by_its_wording(pg_store):
             ),
         }
         for run in (crashed, timed_out):
-            pg_store.start_run(run.run_id, WINDOW, "keywords")
+            pg_store.get_or_create_row(run.run_id, WINDOW, "keywords")
             evaluate_failure_sensor(
                 agent_runs_on_run_failure, instance, run, events[run.run_id],
                 {"agent_runs": pg_store, "agent": AgentResource()},
             )
-    assert pg_store.find_run(crashed.run_id)["error_message"] == (
+    assert pg_store.get_row_of_run(crashed.run_id)["error_message"] == (
         "run killed or lost: Der Prozess ist weg."
     )
-    assert pg_store.find_run(timed_out.run_id)["error_message"] == (
+    assert pg_store.get_row_of_run(timed_out.run_id)["error_message"] == (
         "run killed or lost: Zu spät gestartet."
     )
 
@@ -130,13 +130,14 @@ def test_a_lost_run_is_told_by_dagsters_data_never_by_its_wording(pg_store):
 def test_the_failure_sensor_keeps_the_hooks_message(pg_store):
     with DagsterInstance.ephemeral() as instance:
         run = add_run(instance, DagsterRunStatus.FAILURE)
-        pg_store.start_run(run.run_id, WINDOW, "keywords")
+        pg_store.get_or_create_row(run.run_id, WINDOW, "keywords")
         pg_store.fail_run(run.run_id, "RuntimeError: the agent fell over")
         evaluate_failure_sensor(
             agent_runs_on_run_failure, instance, run, instance.report_run_failed(run),
             {"agent_runs": pg_store, "agent": AgentResource()},
         )
-    assert pg_store.find_run(run.run_id)["error_message"] == "RuntimeError: the agent fell over"
+    row = pg_store.get_row_of_run(run.run_id)
+    assert row["error_message"] == "RuntimeError: the agent fell over"
 
 
 def test_a_terminated_runs_row_gets_the_reason_it_was_terminated(pg_store):
@@ -144,7 +145,7 @@ def test_a_terminated_runs_row_gets_the_reason_it_was_terminated(pg_store):
     its own cancel event; the row names the reason."""
     with DagsterInstance.ephemeral() as instance:
         run = add_run(instance, DagsterRunStatus.FAILURE)
-        pg_store.start_run(run.run_id, WINDOW, "keywords")
+        pg_store.get_or_create_row(run.run_id, WINDOW, "keywords")
         instance.report_run_canceling(
             run, message="Canceling due to exceeding maximum runtime of 1200 seconds."
         )
@@ -154,7 +155,7 @@ def test_a_terminated_runs_row_gets_the_reason_it_was_terminated(pg_store):
             instance.report_run_failed(run, "Exceeded maximum runtime of 1200 seconds."),
             {"agent_runs": pg_store, "agent": AgentResource()},
         )
-    assert pg_store.find_run(run.run_id)["error_message"] == (
+    assert pg_store.get_row_of_run(run.run_id)["error_message"] == (
         "run terminated: Canceling due to exceeding maximum runtime of 1200 seconds."
     )
 
@@ -164,7 +165,7 @@ def test_an_email_a_dead_run_left_sending_becomes_unknown_and_alerts(pg_store, s
     email `unknown` (still holding the window: it may have gone out), and one alert says so."""
     with DagsterInstance.ephemeral() as instance:
         killed = add_run(instance, DagsterRunStatus.FAILURE)
-        row_id = pg_store.start_run(killed.run_id, WINDOW, "keywords")
+        row_id = pg_store.get_or_create_row(killed.run_id, WINDOW, "keywords")
         pg_store.store_result(row_id, {"top_five": [{"title": "t", "score": 1.0}]})
         assert pg_store.claim_email(row_id)  # and then kill -9
         resources = {
@@ -177,11 +178,11 @@ def test_an_email_a_dead_run_left_sending_becomes_unknown_and_alerts(pg_store, s
         for _ in range(2):  # a second sweep finds nothing more to do
             with build_sensor_context(instance=instance, resources=resources) as context:
                 skip = agent_runs_sweeper(context)
-    row = pg_store.get_run(row_id)
+    row = pg_store.get_row(row_id)
     assert (row["status"], row["email_status"]) == ("failed", "unknown")
     assert row["email_error"].startswith("the attempt died while sending")
     (alert,) = smtp_server.received
     assert "may not have gone out" in alert.message["Subject"]
     assert "no lost rows" in skip.skip_message
-    later = pg_store.start_run("later", WINDOW, "keywords")
+    later = pg_store.get_or_create_row("later", WINDOW, "keywords")
     assert not pg_store.claim_email(later)  # unknown keeps the window's claim

@@ -20,8 +20,8 @@ from agent_pipeline_tests.services import free_port
 
 
 def deliver(smtp: Smtp, message: EmailMessage | None = None) -> str:
-    """A delivery with the resource's retry policy, as delivery.deliver_once makes it."""
-    return smtp.retrying()(smtp.send_once, message or a_message())
+    """A delivery with the resource's retry policy, as delivery.deliver_window_email makes it."""
+    return smtp.retrying()(smtp.send_attempt, message or a_message())
 
 
 def a_message() -> EmailMessage:

@@ -52,7 +52,7 @@ def measure_validate_rank_store(database_url: str) -> dict:
 
     store = AgentRunsStore(database_url=database_url)
     store.open()
-    row_id = store.start_run(f"bench-{uuid.uuid4()}", "2026-11-29-10:00", AGENT)
+    row_id = store.get_or_create_row(f"bench-{uuid.uuid4()}", "2026-11-29-10:00", AGENT)
     now = datetime.now(UTC)
     context = AgentContext("2026-11-29-10:00", now, now, AgentCache(None, 60),
                            logging.getLogger("bench"))

@@ -51,7 +51,7 @@ def plain_run(window: str, resources: dict) -> None:
     store.open()
     redis.open()
     try:
-        row_id = store.start_run(f"plain-{uuid.uuid4()}", window, agent.agent)
+        row_id = store.get_or_create_row(f"plain-{uuid.uuid4()}", window, agent.agent)
         start, end = window_bounds(window)
         context = AgentContext(
             window, start, end, AgentCache(redis, agent.cache_ttl_seconds),

@@ -548,7 +548,7 @@ def probes(url: str, instance: DagsterInstance, store: AgentRunsStore) -> dict[s
         },
         "sent_item_keys": lambda: sent_item_keys(store.sent_top_fives(other_than_window=window)),
         "undelivered_windows": lambda: store.undelivered_windows(10, 24),
-        "record_run insert": lambda: store.start_run(f"bench-{uuid.uuid4()}", next_window,
+        "record_run insert": lambda: store.get_or_create_row(f"bench-{uuid.uuid4()}", next_window,
                                                      "keywords"),
     }
 
@@ -637,7 +637,7 @@ MEASURES = [
     ("agent_job_recovery_alert", "agent_job_recovery_alert"),
     ("sent_item_keys", "only-new lookup (sent_item_keys)"),
     ("undelivered_windows", "redelivery lookup (undelivered_windows)"),
-    ("record_run insert", "record_run's row insert (start_run)"),
+    ("record_run insert", "record_run's row insert (get_or_create_row)"),
     ("runs page", "UI runs page (runsFeed, 25)"),
     ("partitions page", "UI partitions page (PartitionsStatusQuery)"),
     ("retention", "apply_retention (steady: one expired day)"),

@@ -180,7 +180,9 @@ class AgentRunsStore(ConfigurableResource):
 
     # -- rows -------------------------------------------------------------------------------
 
-    def start_run(self, dagster_run_id: str, partition_key: str | None, agent: str) -> int:
+    def get_or_create_row(
+        self, dagster_run_id: str, partition_key: str | None, agent: str
+    ) -> int:
         """The row of this Dagster run, inserted as running if it is not there yet."""
         with self.engine.begin() as connection:
             existing = connection.execute(
@@ -357,14 +359,14 @@ class AgentRunsStore(ConfigurableResource):
             ).mappings()
             return [dict(row) for row in rows]
 
-    def get_run(self, row_id: int) -> dict[str, Any] | None:
+    def get_row(self, row_id: int) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
             row = connection.execute(
                 select(agent_runs).where(agent_runs.c.id == row_id)
             ).mappings().one_or_none()
             return dict(row) if row is not None else None
 
-    def find_run(self, dagster_run_id: str) -> dict[str, Any] | None:
+    def get_row_of_run(self, dagster_run_id: str) -> dict[str, Any] | None:
         """The row of a Dagster run, if it has one."""
         with self.engine.connect() as connection:
             row = connection.execute(

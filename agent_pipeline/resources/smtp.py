@@ -196,7 +196,7 @@ class Smtp(ConfigurableResource):
 
     @property
     def destination(self) -> str:
-        """Where send_once() delivers, for the log and the UI."""
+        """Where send_attempt() delivers, for the log and the UI."""
         if not self.host:
             return f"outbox {Path(self.outbox_dir).resolve()}"
         return f"smtp {self.host}:{self.port} ({self.security})"
@@ -215,7 +215,7 @@ class Smtp(ConfigurableResource):
             ),
         )
 
-    def send_once(self, message: EmailMessage) -> str:
+    def send_attempt(self, message: EmailMessage) -> str:
         """One delivery attempt; returns where it went."""
         if not self.host:
             return self._write_to_outbox(message)
