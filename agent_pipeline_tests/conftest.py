@@ -3,21 +3,26 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
 import redis
 from aiosmtpd.controller import Controller
+from dagster import DagsterInstance
+from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy.engine import make_url
 
 from agent_pipeline.resources.agent_runs import AgentRunsStore
-from agent_pipeline.settings import ENVIRONMENT_VARIABLES
+from agent_pipeline_tests.helpers import (
+    CONFIG_VARIABLES,
+    INTERESTS,
+    SmtpCatcher,
+    export_storage_env,
+    pipeline_settings,
+)
 from agent_pipeline_tests.services import (
     ServiceMissing,
     free_port,
@@ -26,9 +31,8 @@ from agent_pipeline_tests.services import (
     throwaway_postgres,
     throwaway_redis,
 )
+from agent_pipeline_tests.topology import production_topology
 
-# Each test starts from none of the project's variables set, and none of the LLM's.
-CONFIG_VARIABLES = (*ENVIRONMENT_VARIABLES, "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 TEST_REDIS_DB = 15
@@ -115,39 +119,6 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client.close()
 
 
-@dataclass
-class ReceivedMail:
-    mail_from: str
-    rcpt_tos: list[str]
-    message: EmailMessage
-
-
-@dataclass
-class SmtpCatcher:
-    """Keeps what it receives. fail_with, when set, is asked before each message: a reply
-    such as "451 4.3.0 try later" refuses that message, None accepts it."""
-
-    host: str
-    port: int
-    received: list[ReceivedMail] = field(default_factory=list)
-    attempts: int = 0
-    fail_with: Callable[[], str | None] | None = None
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
-        self.attempts += 1
-        refusal = self.fail_with() if self.fail_with else None
-        if refusal:
-            return refusal
-        self.received.append(
-            ReceivedMail(
-                envelope.mail_from,
-                list(envelope.rcpt_tos),
-                message_from_bytes(envelope.original_content, policy=policy.default),
-            )
-        )
-        return "250 Message accepted for delivery"
-
-
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpCatcher]:
     """A real SMTP server (aiosmtpd) on a free loopback port, keeping what it receives."""
@@ -167,10 +138,6 @@ def clean_env(monkeypatch, tmp_path) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-# The interests of the pipeline tests: three of the sample feed's topics.
-INTERESTS = "dagster, postgres, redis"
-
-
 @pytest.fixture
 def production_env(clean_env, postgres_url, redis_url, smtp_server):
     """The pipeline configured as in production: Postgres, Redis and SMTP, all real."""
@@ -184,3 +151,20 @@ def production_env(clean_env, postgres_url, redis_url, smtp_server):
     clean_env.setenv("EMAIL_TO", "ann@example.com, bob@example.com")
     clean_env.setenv("AGENT_INTERESTS", INTERESTS)
     return clean_env
+
+
+@pytest.fixture
+def stack(tmp_path, clean_env, postgres_url, redis_url, smtp_server):
+    settings = pipeline_settings(
+        tmp_path, postgres_url, redis_url, smtp_server,
+        AGENT="agent_pipeline_tests.sample_agents:slow_keywords",
+        SLOW_AGENT_SECONDS="1.5",
+        EMAIL_ONLY_NEW="false",  # every window has its five to send
+        BACKFILL_EMAIL="each",  # and the backfilled ones too
+    )
+    with production_topology(tmp_path, postgres_url, settings) as topology:
+        export_storage_env(clean_env, topology)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
+        with DagsterInstance.from_config(str(topology.home)) as instance:
+            yield {"client": client, "instance": instance, "processes": topology.processes,
+                   "cwd": tmp_path, "env": topology.env}

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
-from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings, load_agent
+from agent_pipeline.agents import AgentCache, load_agent
 from agent_pipeline.agents.keywords import (
     keyword_reason,
     keyword_score,
@@ -19,18 +17,7 @@ from agent_pipeline.agents.keywords import (
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.resources.agent import AgentResource
 from agent_pipeline.resources.redis import Redis
-
-
-def agent_context(cache: AgentCache, interests: str, **settings: Any) -> AgentContext:
-    """The context of the window 2026-11-26 09:30-09:40, told interests and settings."""
-    return AgentContext(
-        partition_key="2026-11-26-09:30",
-        window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
-        window_end=datetime(2026, 11, 26, 9, 40, tzinfo=UTC),
-        cache=cache,
-        log=logging.getLogger("test"),
-        settings=AgentSettings(interests=interests, **settings),
-    )
+from agent_pipeline_tests.helpers import agent_context
 
 
 def test_parse_interests():

@@ -39,7 +39,7 @@ from agent_pipeline.sensors import (
     queue_missed_alerts,
 )
 from agent_pipeline.settings import resources_from_env
-from agent_pipeline_tests.test_sensors import evaluate_failure_sensor
+from agent_pipeline_tests.helpers import evaluate_failure_sensor
 
 WINDOW = "2026-11-26-09:30"
 WEBSERVER = "https://dagster.example.com"

@@ -10,9 +10,8 @@ from aiosmtpd.controller import Controller
 from agent_pipeline.delivery import deliver_window_email, redeliver_failed
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp
-from agent_pipeline_tests.conftest import SmtpCatcher
+from agent_pipeline_tests.helpers import EVERY_RECIPIENT_REFUSED, RecipientRefuser, SmtpCatcher
 from agent_pipeline_tests.services import free_port
-from agent_pipeline_tests.test_smtp_resource import EVERY_RECIPIENT_REFUSED, RecipientRefuser
 
 LOG = logging.getLogger("test")
 DIGEST = DigestSettings(email_from="a@example.com", email_to="b@example.com")

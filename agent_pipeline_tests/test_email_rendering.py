@@ -13,7 +13,7 @@ from agent_pipeline.agents.keywords import DEFAULT_INTERESTS, keywords_agent
 from agent_pipeline.emails import build_digest_email
 from agent_pipeline.ranking import rank_outcomes, validate_outcomes
 from agent_pipeline_tests.browser import chromium
-from agent_pipeline_tests.test_agents import agent_context
+from agent_pipeline_tests.helpers import agent_context
 
 from .topology import REPO
 

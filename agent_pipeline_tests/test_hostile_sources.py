@@ -26,9 +26,9 @@ from agent_pipeline.agents.sources import (
 from agent_pipeline.agents.triage import AllSourcesFailed, collect_items, triage_agent
 from agent_pipeline.resources.redis import Redis
 from agent_pipeline_tests.feed_server import RSS2, DripServer, FeedServer
+from agent_pipeline_tests.helpers import context, llm_settings
 from agent_pipeline_tests.llm_server import LoopbackLlm
 from agent_pipeline_tests.services import free_port
-from agent_pipeline_tests.test_triage import context, llm_settings
 
 
 def entity_bomb(encoding: str = "utf-8") -> bytes:

@@ -23,16 +23,17 @@ from aiosmtpd.controller import Controller
 
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources.agent_runs import DIED_WHILE_SENDING
-from agent_pipeline_tests.conftest import ReceivedMail, SmtpCatcher
-from agent_pipeline_tests.services import free_port
-from agent_pipeline_tests.test_local_deployment import (
-    FINISHED,
+from agent_pipeline_tests.helpers import (
+    RUN_ENDED,
     RUN_SECONDS,
+    ReceivedMail,
+    SmtpCatcher,
     agent_rows,
     run_worker_pid,
+    shifted_clock,
+    stop_the_schedule,
 )
-from agent_pipeline_tests.test_production_topology import stop_the_schedule
-from agent_pipeline_tests.test_scheduling import shifted_clock
+from agent_pipeline_tests.services import free_port
 from agent_pipeline_tests.topology import launch_window, local_dev, run_status, wait_for
 
 pytestmark = pytest.mark.slow
@@ -153,7 +154,7 @@ def test_a_worker_killed_while_sending_leaves_the_email_unknown_alerts_once_and_
 
             # The window again: it runs, and sends nothing.
             rerun = launch_window(port, window)
-            wait_for(lambda: run_status(port, rerun) in FINISHED, "the re-run did not finish",
+            wait_for(lambda: run_status(port, rerun) in RUN_ENDED, "the re-run did not finish",
                      RUN_SECONDS, dev.processes)
             assert run_status(port, rerun) == "SUCCESS"
             rerun_row = row_of(rerun)

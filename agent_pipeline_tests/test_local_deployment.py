@@ -5,18 +5,20 @@ the webserver's GraphQL API, and a run worker killed half way."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
-from email import message_from_bytes, policy
-from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
 
 from agent_pipeline.jobs import agent_job
-from agent_pipeline.schema import agent_runs
+from agent_pipeline_tests.helpers import (
+    RUN_ENDED,
+    RUN_SECONDS,
+    agent_rows,
+    outbox_windows,
+    run_worker_pid,
+)
 from agent_pipeline_tests.topology import (
     BIN,
     graphql,
@@ -25,9 +27,6 @@ from agent_pipeline_tests.topology import (
     run_status,
     wait_for,
 )
-
-RUN_SECONDS = 120
-FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 pytestmark = pytest.mark.slow
 
@@ -56,23 +55,6 @@ query {
   }
 }
 """
-
-
-def agent_rows(home: Path) -> list[dict]:
-    engine = create_engine(f"sqlite:///{home / 'agent' / 'agent_runs.sqlite3'}")
-    try:
-        with engine.connect() as connection:
-            query = select(agent_runs).order_by(agent_runs.c.id)
-            return [dict(row) for row in connection.execute(query).mappings()]
-    finally:
-        engine.dispose()
-
-
-def outbox_windows(home: Path) -> list[str]:
-    return [
-        message_from_bytes(path.read_bytes(), policy=policy.default)["X-Agent-Pipeline-Window"]
-        for path in (home / "agent" / "outbox").glob("*.eml")
-    ]
 
 
 def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
@@ -120,7 +102,7 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
             assert {o["id"] for o in row["result"]["top_five"][:2]} == {"gr-1", "ck-1"}
 
         run_id = launch_window(port, launched)
-        status = wait_for(lambda: run_status(port, run_id) in FINISHED and
+        status = wait_for(lambda: run_status(port, run_id) in RUN_ENDED and
                           run_status(port, run_id), "the launched run did not finish",
                           RUN_SECONDS, dev.processes)
         assert status == "SUCCESS"
@@ -139,25 +121,6 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
         log = dev.processes.logs()
     assert "DeprecationWarning" not in log
     assert "supersed" not in log.lower()
-
-
-ENGINE_EVENTS_QUERY = """
-query Engine($runId: ID!) {
-  logsForRun(runId: $runId) {
-    ... on EventConnection { events { ... on EngineEvent { message } } }
-  }
-}
-"""
-
-
-def run_worker_pid(port: int, run_id: str) -> int | None:
-    """The process executing the run's steps, as its engine event names it."""
-    events = graphql(port, ENGINE_EVENTS_QUERY, {"runId": run_id})["logsForRun"]["events"]
-    for event in events:
-        found = re.search(r"Executing steps in process \(pid: (\d+)\)", event.get("message", ""))
-        if found:
-            return int(found.group(1))
-    return None
 
 
 def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_path):
@@ -196,7 +159,7 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
         # Re-run the window: it succeeds and emails once.
         flag.unlink()
         rerun = launch_window(port, window)
-        wait_for(lambda: run_status(port, rerun) in FINISHED, "the re-run did not finish",
+        wait_for(lambda: run_status(port, rerun) in RUN_ENDED, "the re-run did not finish",
                  RUN_SECONDS, dev.processes)
         assert run_status(port, rerun) == "SUCCESS"
     # A schedule tick during the test may add a run of another window: look at this one only.

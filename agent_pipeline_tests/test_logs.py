@@ -13,8 +13,8 @@ from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.logs import LogSettings, configure_output
 from agent_pipeline.settings import log_settings
 from agent_pipeline_tests.feed_server import RSS2, FeedServer
+from agent_pipeline_tests.helpers import run_window, window_keys
 from agent_pipeline_tests.llm_server import LoopbackLlm
-from agent_pipeline_tests.test_pipeline import run_window, window_keys
 
 OPS = ["record_run", "run_agent", "rank_top_five", "send_email"]
 

@@ -13,51 +13,28 @@ import pytest
 from aiosmtpd.controller import Controller
 from dagster import (
     DagsterInstance,
-    Definitions,
     ReexecutionOptions,
     execute_job,
     reconstructable,
 )
-from sqlalchemy import create_engine, select
 
 from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings
 from agent_pipeline.agents.keywords import keywords_agent
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import rank_outcomes, validate_outcomes
-from agent_pipeline.schema import agent_runs
 from agent_pipeline.settings import resources_from_env
-from agent_pipeline_tests.conftest import INTERESTS, SmtpCatcher
 from agent_pipeline_tests.feed_server import ATOM, JSON_ITEMS, RSS2, FeedServer
+from agent_pipeline_tests.helpers import (
+    INTERESTS,
+    SmtpCatcher,
+    agent_job_from_env,
+    rows,
+    run_window,
+    window_keys,
+)
 from agent_pipeline_tests.llm_server import LoopbackLlm, default_score
 from agent_pipeline_tests.services import free_port
-
-
-def window_keys(count: int) -> list[str]:
-    return agent_job.partitions_def.get_partition_keys()[-count:]
-
-
-def run_window(window: str, tags: dict[str, str] | None = None):
-    """Run agent_job for window; the result gains `.logs`, the run's log messages."""
-    with DagsterInstance.ephemeral() as instance:
-        result = agent_job.execute_in_process(
-            partition_key=window,
-            resources=resources_from_env(os.environ),
-            instance=instance,
-            raise_on_error=False,
-            tags=tags,
-        )
-        result.logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
-        return result
-
-
-def rows(database_url: str) -> list[dict]:
-    engine = create_engine(database_url)
-    with engine.connect() as connection:
-        query = select(agent_runs).order_by(agent_runs.c.id)
-        found = [dict(row) for row in connection.execute(query).mappings()]
-    engine.dispose()
-    return found
 
 
 def expected_top_five(window: str) -> list[dict]:
@@ -223,13 +200,6 @@ def test_postgres_down_fails_the_run_fast_naming_the_database(production_env, sm
     assert "cannot reach the agent_runs database" in message and "(DATABASE_URL)" in message
     assert "hunter2" not in message
     assert smtp_server.received == []
-
-
-def agent_job_from_env():
-    """agent_job with its resources, rebuilt from the environment by Dagster on each run."""
-    return Definitions(jobs=[agent_job], resources=resources_from_env(os.environ)).resolve_job_def(
-        "agent_job"
-    )
 
 
 def test_re_execution_from_failure_sends_once_and_records_its_own_row(

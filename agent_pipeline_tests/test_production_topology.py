@@ -14,62 +14,17 @@ from sqlalchemy.engine import make_url
 from agent_pipeline.alerts import window_text
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.schema import agent_alerts
+from agent_pipeline_tests.helpers import (
+    export_storage_env,
+    pipeline_settings,
+    rows,
+    stop_the_schedule,
+    wait_for_runs,
+)
 from agent_pipeline_tests.services import TcpProxy, free_port
-from agent_pipeline_tests.test_pipeline import rows
-from agent_pipeline_tests.topology import BIN, graphql, production_topology, wait_for
-
-FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+from agent_pipeline_tests.topology import BIN, production_topology, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def pipeline_settings(tmp_path, database_url, redis_url, smtp_server, **extra) -> dict:
-    """The run's variables: the test's Postgres, Redis and SMTP server, plus extra."""
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SMTP_HOST": smtp_server.host,
-        "SMTP_PORT": str(smtp_server.port),
-        "SMTP_SECURITY": "none",
-        "EMAIL_FROM": "agent@example.com",
-        "EMAIL_TO": "ann@example.com",
-        "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
-        **extra,
-    }
-
-
-def export_storage_env(clean_env, topology) -> None:
-    """The instance's storage variables, for DagsterInstance.from_config in this process."""
-    for name, value in topology.env.items():
-        if name.startswith("DAGSTER_POSTGRES_") or name == "DAGSTER_STORAGE_DIR":
-            clean_env.setenv(name, value)
-
-
-@pytest.fixture
-def stack(tmp_path, clean_env, postgres_url, redis_url, smtp_server):
-    settings = pipeline_settings(
-        tmp_path, postgres_url, redis_url, smtp_server,
-        AGENT="agent_pipeline_tests.sample_agents:slow_keywords",
-        SLOW_AGENT_SECONDS="1.5",
-        EMAIL_ONLY_NEW="false",  # every window has its five to send
-        BACKFILL_EMAIL="each",  # and the backfilled ones too
-    )
-    with production_topology(tmp_path, postgres_url, settings) as topology:
-        export_storage_env(clean_env, topology)
-        client = DagsterGraphQLClient("127.0.0.1", port_number=topology.web_port)
-        with DagsterInstance.from_config(str(topology.home)) as instance:
-            yield {"client": client, "instance": instance, "processes": topology.processes,
-                   "cwd": tmp_path, "env": topology.env}
-
-
-def wait_for_runs(stack, run_ids, timeout=180):
-    instance = stack["instance"]
-
-    def all_finished():
-        records = [instance.get_run_record_by_id(run_id) for run_id in run_ids]
-        return all(r and r.dagster_run.status in FINISHED for r in records) and records
-
-    return wait_for(all_finished, f"runs {run_ids} did not finish", timeout, stack["processes"])
 
 
 def test_the_production_topology_runs_launches_and_backfills_one_at_a_time(
@@ -193,29 +148,6 @@ def test_postgres_down_at_the_start_then_run_retries_pick_the_window_up(
     # A schedule tick during the test may email its own window: count this window's only.
     windows = [m.message["X-Agent-Pipeline-Window"] for m in smtp_server.received]
     assert windows.count(window) == 1
-
-
-SCHEDULE_ID_QUERY = """
-query {
-  scheduleOrError(scheduleSelector: {
-    repositoryLocationName: "agent_pipeline", repositoryName: "__repository__",
-    scheduleName: "agent_job_schedule"
-  }) { ... on Schedule { id } }
-}
-"""
-STOP_SCHEDULE = """
-mutation Stop($id: String!) {
-  stopRunningSchedule(id: $id) { __typename }
-}
-"""
-
-
-def stop_the_schedule(port: int) -> None:
-    """Schedule off, as from the UI: a tick's run of the broken agent would join the test's
-    failures at a moment of its own."""
-    schedule_id = graphql(port, SCHEDULE_ID_QUERY)["scheduleOrError"]["id"]
-    stopped = graphql(port, STOP_SCHEDULE, {"id": schedule_id})["stopRunningSchedule"]
-    assert stopped["__typename"] == "ScheduleStateResult", stopped
 
 
 def test_a_window_that_fails_for_good_alerts_once_after_its_retries(

@@ -27,10 +27,7 @@ from agent_pipeline.resources import Retention
 from agent_pipeline.retention import apply_retention
 from agent_pipeline.schema import agent_alerts, agent_runs
 from agent_pipeline.settings import resources_from_env, retention_from_env
-from agent_pipeline_tests.test_pipeline import window_keys
-
-# The production topology's fixture: code server, webserver and daemon on Postgres.
-from agent_pipeline_tests.test_production_topology import stack, wait_for_runs  # noqa: F401
+from agent_pipeline_tests.helpers import wait_for_runs, window_keys
 
 
 def local_agent_job():
@@ -235,7 +232,7 @@ def test_retention_settings():
 
 
 @pytest.mark.slow
-def test_the_retention_job_through_the_daemon_on_postgres(stack, postgres_url):  # noqa: F811
+def test_the_retention_job_through_the_daemon_on_postgres(stack, postgres_url):
     """The production topology (Postgres storage, the queue, the daemon): aged runs and rows
     go when retention_job is launched as its schedule would, recent ones stay."""
     client, instance = stack["client"], stack["instance"]

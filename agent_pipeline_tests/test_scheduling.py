@@ -18,20 +18,13 @@ import pytest
 from dagster import DagsterInstance, RunsFilter
 
 from agent_pipeline.partitions import WINDOW_FORMAT, WINDOW_LENGTH
-from agent_pipeline_tests.test_local_deployment import agent_rows
+from agent_pipeline_tests.helpers import agent_rows, shifted_clock
 from agent_pipeline_tests.topology import BIN, local_dev, wait_for
 
 pytestmark = pytest.mark.slow
 
-SHIFTED_CLOCK = Path(__file__).resolve().parent / "shifted_clock"
 # The stack's clock starts this long before a tick: time to start and launch a backfill.
 LEAD_SECONDS = 75
-
-
-def shifted_clock(start: datetime) -> dict[str, str]:
-    """The settings that start the stack's clock at start."""
-    path = os.pathsep.join([str(SHIFTED_CLOCK), os.environ.get("PYTHONPATH", "")])
-    return {"SHIFTED_CLOCK_START": start.isoformat(), "PYTHONPATH": path.rstrip(os.pathsep)}
 
 
 def next_tick_after(moment: datetime) -> datetime:

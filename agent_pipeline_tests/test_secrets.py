@@ -14,11 +14,10 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from dagster import DagsterInstance, execute_job, reconstructable
 from sqlalchemy.engine import make_url
 
-from agent_pipeline_tests.conftest import SmtpCatcher
 from agent_pipeline_tests.feed_server import JSON_ITEMS
+from agent_pipeline_tests.helpers import SmtpCatcher, agent_job_from_env, rows, window_keys
 from agent_pipeline_tests.llm_server import LoopbackLlm
 from agent_pipeline_tests.services import free_port
-from agent_pipeline_tests.test_pipeline import agent_job_from_env, rows, window_keys
 
 
 def agent_job_with_secrets():

@@ -4,27 +4,15 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
-    build_run_status_sensor_context,
     build_sensor_context,
 )
 from dagster._core.events import JobFailureData, RunFailureReason
 
 from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
 from agent_pipeline.sensors import agent_runs_on_run_failure, agent_runs_sweeper
+from agent_pipeline_tests.helpers import evaluate_failure_sensor
 
 WINDOW = "2026-11-26-09:30"
-
-
-def evaluate_failure_sensor(sensor, instance, run, event, resources) -> None:
-    """One evaluation of a run-failure sensor for one failed run, as the daemon makes it."""
-    with build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=event,
-        resources=resources,
-    ).for_run_failure() as context:
-        sensor(context)
 
 
 def add_run(instance: DagsterInstance, status: DagsterRunStatus) -> DagsterRun:

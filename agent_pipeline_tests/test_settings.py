@@ -9,7 +9,7 @@ from dagster import EnvVar
 
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.settings import resources_from_env, window_history_days
-from agent_pipeline_tests.conftest import CONFIG_VARIABLES
+from agent_pipeline_tests.helpers import CONFIG_VARIABLES
 
 
 def test_defaults_need_nothing(tmp_path):

@@ -14,7 +14,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.resources.smtp import Smtp, is_loopback, is_transient, rejects_message
-from agent_pipeline_tests.conftest import SmtpCatcher
+from agent_pipeline_tests.helpers import EVERY_RECIPIENT_REFUSED, RecipientRefuser, SmtpCatcher
 from agent_pipeline_tests.raw_server import ScriptedServer
 from agent_pipeline_tests.services import free_port
 
@@ -152,22 +152,6 @@ def test_a_5xx_rejection_is_not_retried(smtp_server, reply):
     assert smtp_server.attempts == 1 and smtp_server.received == []
 
 
-class RecipientRefuser(SmtpCatcher):
-    """Answers RCPT TO with refusals[address], or accepts the address if it has none."""
-
-    def __init__(self, host: str, port: int, refusals: dict[str, str]):
-        super().__init__(host, port)
-        self.refusals = refusals
-        self.rcpt_attempts = 0
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
-        self.rcpt_attempts += 1
-        if address in self.refusals:
-            return self.refusals[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-
 @pytest.fixture
 def recipient_refuser(request):
     """aiosmtpd on loopback refusing the recipients given as the test's parameter."""
@@ -176,12 +160,6 @@ def recipient_refuser(request):
     controller.start()
     yield refuser
     controller.stop()
-
-
-EVERY_RECIPIENT_REFUSED = {
-    "a@example.com": "550 5.1.1 no such user",
-    "b@example.com": "553 5.1.3 bad address",
-}
 
 
 @pytest.mark.parametrize("recipient_refuser", [EVERY_RECIPIENT_REFUSED], indirect=True)

@@ -2,12 +2,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
-from agent_pipeline.agents import AgentCache, AgentContext
-from agent_pipeline.agents.llm import LlmSettings
+from agent_pipeline.agents import AgentCache
 from agent_pipeline.agents.sources import (
     MAX_SOURCE_BYTES,
     SourceError,
@@ -21,9 +19,9 @@ from agent_pipeline.agents.sources import (
 from agent_pipeline.agents.triage import AllSourcesFailed, bm25_scores, triage_agent
 from agent_pipeline.resources.redis import Redis
 from agent_pipeline_tests.feed_server import ATOM, JSON_ITEMS, RSS091, RSS1, RSS2, FeedServer
+from agent_pipeline_tests.helpers import context, llm_settings
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply, default_score
 from agent_pipeline_tests.services import free_port
-from agent_pipeline_tests.test_agents import agent_context
 
 ROUTES = {
     "/rss2.xml": (200, "application/rss+xml", RSS2),
@@ -38,10 +36,6 @@ ROUTES = {
     "/huge.xml": (200, "application/rss+xml", b"<rss>" + b" " * (MAX_SOURCE_BYTES + 10)),
     "/gone": (500, "text/plain", b"server error"),
 }
-
-
-def context(cache: AgentCache, **settings) -> AgentContext:
-    return agent_context(cache, "dagster, postgres, redis, llm agents", **settings)
 
 
 @pytest.mark.parametrize(
@@ -136,12 +130,6 @@ def test_every_source_failing_fails_the_run():
         ctx = context(AgentCache(None, 60), sources=server.url("/gone"), scorer="keyword")
         with pytest.raises(AllSourcesFailed, match="every source failed: .*HTTP 500"):
             list(triage_agent(ctx))
-
-
-def llm_settings(llm: LoopbackLlm) -> dict[str, Any]:
-    return {"scorer": "llm", "llm_price_input": 1.0, "llm_price_output": 2.0,
-            "llm": LlmSettings(base_url=llm.base_url, api_key="sk-test", model="test-model",
-                               concurrency=4)}
 
 
 def test_the_second_run_scores_from_cache_and_an_unchanged_feed_costs_a_304(redis_url):

@@ -72,6 +72,24 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+def _ended_row(
+    status: str, dagster_run_id: str | None, partition_key: str | None, agent: str, error: str
+) -> dict[str, Any]:
+    """A row written when its window's run has already ended (failed before its first op) or
+    never ran (skipped): started and completed now, with the reason."""
+    now = utc_now()
+    return {
+        "started_at": now,
+        "completed_at": now,
+        "status": status,
+        "dagster_run_id": dagster_run_id,
+        "partition_key": partition_key,
+        "agent": agent[:200],
+        "error_message": error[:ERROR_MESSAGE_LIMIT],
+        "email_status": EMAIL_NOT_SENT,
+    }
+
+
 def utc_now() -> datetime:
     """Naive UTC, as the seed's TIMESTAMP columns hold it."""
     return datetime.now(UTC).replace(tzinfo=None)
@@ -213,16 +231,9 @@ class AgentRunsStore(ConfigurableResource):
                 )
             ).first():
                 return False
-            now = utc_now()
             connection.execute(
                 insert(agent_runs).values(
-                    started_at=now,
-                    completed_at=now,
-                    status=SKIPPED,
-                    partition_key=partition_key,
-                    agent=agent[:200],
-                    error_message=storable_text(reason)[:ERROR_MESSAGE_LIMIT],
-                    email_status=EMAIL_NOT_SENT,
+                    _ended_row(SKIPPED, None, partition_key, agent, storable_text(reason))
                 )
             )
             return True
@@ -335,14 +346,7 @@ class AgentRunsStore(ConfigurableResource):
                 with connection.begin_nested():
                     connection.execute(
                         insert(agent_runs).values(
-                            started_at=now,
-                            completed_at=now,
-                            status=FAILED,
-                            error_message=error_message,
-                            dagster_run_id=dagster_run_id,
-                            partition_key=partition_key,
-                            agent=agent[:200],
-                            email_status=EMAIL_NOT_SENT,
+                            _ended_row(FAILED, dagster_run_id, partition_key, agent, error_message)
                         )
                     )
             except IntegrityError:  # the run wrote its row in the meantime
