@@ -39,7 +39,7 @@ from agent_pipeline.resources import (
     AgentResource,
     AgentRunsStore,
     DigestSettings,
-    Redis,
+    RedisStore,
     Retention,
     Smtp,
 )
@@ -115,7 +115,7 @@ def record_run(
 def run_agent(
     context: OpExecutionContext,
     agent: AgentResource,
-    redis: Redis,
+    redis: RedisStore,
     agent_runs: AgentRunsStore,
     digest: DigestSettings,
 ) -> Validation:

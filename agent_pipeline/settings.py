@@ -20,7 +20,7 @@ from agent_pipeline.agents.sources import SourceError, check_source, parse_sourc
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.logs import LEVELS, LogSettings
-from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Redis, Smtp
+from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, RedisStore, Smtp
 from agent_pipeline.resources.agent import DEFAULT_CACHE_TTL_SECONDS
 from agent_pipeline.resources.agent_runs import parse_database_url
 from agent_pipeline.resources.digest import DEFAULT_ALERT_REPEAT_MINUTES
@@ -322,7 +322,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
     if config.REDIS_URL and not config.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError("REDIS_URL", "must start with redis://, rediss:// or unix://")
-    redis = Redis(url=EnvVar("REDIS_URL")) if config.REDIS_URL else Redis()
+    redis = RedisStore(url=EnvVar("REDIS_URL")) if config.REDIS_URL else RedisStore()
 
     smtp = smtp_from_env(env, data_dir / "outbox")
     if config.SMTP_HOST and not config.EMAIL_FROM:

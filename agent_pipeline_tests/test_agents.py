@@ -16,7 +16,7 @@ from agent_pipeline.agents.keywords import (
 )
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.resources.agent import AgentResource
-from agent_pipeline.resources.redis import Redis
+from agent_pipeline.resources.redis import RedisStore
 from agent_pipeline_tests.helpers import agent_context
 
 
@@ -61,7 +61,7 @@ def test_keywords_agent_is_deterministic_and_relevant():
 
 
 def test_keywords_agent_scores_from_cache_on_the_second_run(redis_url):
-    redis = Redis(url=redis_url)
+    redis = RedisStore(url=redis_url)
     redis.open()
     first_cache = AgentCache(redis, ttl_seconds=60)
     first = list(keywords_agent(agent_context(first_cache, "postgres")))

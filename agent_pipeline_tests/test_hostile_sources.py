@@ -24,7 +24,7 @@ from agent_pipeline.agents.sources import (
     without_entities,
 )
 from agent_pipeline.agents.triage import AllSourcesFailed, collect_items, triage_agent
-from agent_pipeline.resources.redis import Redis
+from agent_pipeline.resources.redis import RedisStore
 from agent_pipeline_tests.feed_server import RSS2, DripServer, FeedServer
 from agent_pipeline_tests.helpers import context, llm_settings
 from agent_pipeline_tests.llm_server import LoopbackLlm
@@ -264,7 +264,7 @@ def test_a_compressed_body_is_decoded_within_the_cap():
 def test_a_validator_that_cannot_be_sent_back_costs_nothing(redis_url):
     """An ETag with a non-ASCII character is not remembered: sent back, it would fail every
     later fetch of the source."""
-    redis = Redis(url=redis_url)
+    redis = RedisStore(url=redis_url)
     redis.open()
     routes = {"/rss2.xml": (200, "application/rss+xml", RSS2, {"ETag": '"caf\u00e9"'})}
     with FeedServer(routes) as server:

@@ -9,7 +9,7 @@ from dagster import build_op_context
 from agent_pipeline.errors import AgentOutputError, ConfigurationError
 from agent_pipeline.ops import rank_top_five, record_run, run_agent, send_email
 from agent_pipeline.ranking import validate_outcomes
-from agent_pipeline.resources import AgentResource, DigestSettings, Redis, Smtp
+from agent_pipeline.resources import AgentResource, DigestSettings, RedisStore, Smtp
 from agent_pipeline_tests.services import free_port
 
 WINDOW = "2026-11-26-09:30"
@@ -20,7 +20,7 @@ def context(**resources):
     return build_op_context(resources=resources, partition_key=WINDOW)
 
 
-def agent_context(store, agent: AgentResource, redis: Redis):
+def agent_context(store, agent: AgentResource, redis: RedisStore):
     """run_agent's resources: the agent, Redis, and what it asks of earlier emails."""
     digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
     return context(agent=agent, redis=redis, agent_runs=store, digest=digest)
@@ -53,7 +53,7 @@ def test_record_run_needs_a_window(pg_store):
 
 def test_run_agent_validates_and_reports_counts(redis_url, pg_store):
     agent = AgentResource(agent="agent_pipeline_tests.sample_agents:hostile")
-    with agent_context(pg_store, agent, Redis(url=redis_url)) as ctx:
+    with agent_context(pg_store, agent, RedisStore(url=redis_url)) as ctx:
         validation = run_agent(ctx)
         metadata = ctx.get_output_metadata("result")
     assert len(validation.outcomes) == 6 and validation.duplicates_removed == 1
@@ -68,7 +68,7 @@ def test_run_agent_validates_and_reports_counts(redis_url, pg_store):
 
 def test_run_agent_counts_cache_hits(redis_url, pg_store):
     def run():
-        with agent_context(pg_store, AgentResource(), Redis(url=redis_url)) as ctx:
+        with agent_context(pg_store, AgentResource(), RedisStore(url=redis_url)) as ctx:
             run_agent(ctx)
             return ctx.get_output_metadata("result")
 
@@ -86,7 +86,7 @@ def test_run_agent_counts_cache_hits(redis_url, pg_store):
     ],
 )
 def test_run_agent_failures_raise(agent, error, pg_store):
-    with agent_context(pg_store, AgentResource(agent=agent), Redis()) as ctx:
+    with agent_context(pg_store, AgentResource(agent=agent), RedisStore()) as ctx:
         with pytest.raises(error):
             run_agent(ctx)
 
@@ -105,7 +105,7 @@ def test_run_agent_keeps_the_best_new_items_not_the_best_ones(pg_store, monkeypa
         lambda: [{"title": f"old {n}", "id": f"old-{n}"} for n in range(1_000)]
         + [{"title": f"new {n}", "id": f"new-{n}"} for n in range(500)],
     )
-    with agent_context(pg_store, AgentResource(interests="old, new"), Redis()) as ctx:
+    with agent_context(pg_store, AgentResource(interests="old, new"), RedisStore()) as ctx:
         validation = run_agent(ctx)
     assert validation.already_sent_left_out == 1_000
     assert {o["id"] for o in validation.outcomes} == {f"new-{n}" for n in range(500)}

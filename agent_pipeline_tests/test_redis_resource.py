@@ -3,17 +3,17 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis as redis_client
+import redis
 
 from agent_pipeline.caching import stream_key
 from agent_pipeline.errors import ConfigurationError
-from agent_pipeline.resources.redis import Redis
+from agent_pipeline.resources.redis import RedisStore
 from agent_pipeline_tests.services import free_port
 
 
 @pytest.fixture
 def resource(redis_url):
-    resource = Redis(url=redis_url)
+    resource = RedisStore(url=redis_url)
     resource.open()
     yield resource
     resource.close()
@@ -23,7 +23,7 @@ def test_cache_round_trip_with_ttl(resource, redis_url):
     assert resource.cache_get("k") is None
     resource.cache_set("k", {"score": 42.5, "ok": [1, 2]}, ttl_seconds=100)
     assert resource.cache_get("k") == {"score": 42.5, "ok": [1, 2]}
-    ttl = redis_client.Redis.from_url(redis_url).ttl("k")
+    ttl = redis.Redis.from_url(redis_url).ttl("k")
     assert 0 < ttl <= 100
 
 
@@ -48,7 +48,7 @@ def test_queue_add_read_ack(resource, redis_url):
     assert [fields["item"] for _, fields in entries] == ["0", "1", "2"]
     assert resource.queue_read("w1", "scorers", "worker-b") == []
     assert resource.queue_ack("w1", "scorers", ids[:2]) == 2
-    pending = redis_client.Redis.from_url(redis_url).xpending(stream_key("w1"), "scorers")
+    pending = redis.Redis.from_url(redis_url).xpending(stream_key("w1"), "scorers")
     assert pending["pending"] == 1
 
 
@@ -69,11 +69,11 @@ def test_queue_expire(resource, redis_url):
     resource.queue_create("w3", "scorers", 60)
     resource.queue_add("w3", {"item": "x"}, 60)
     resource.queue_expire("w3", 50)
-    assert 0 < redis_client.Redis.from_url(redis_url).ttl(stream_key("w3")) <= 50
+    assert 0 < redis.Redis.from_url(redis_url).ttl(stream_key("w3")) <= 50
 
 
 def test_without_url_everything_is_a_quiet_no_op():
-    resource = Redis()
+    resource = RedisStore()
     resource.open()
     assert not resource.enabled
     assert resource.unavailable_reason == "REDIS_URL is not set"
@@ -84,7 +84,7 @@ def test_without_url_everything_is_a_quiet_no_op():
 
 
 def test_an_unreachable_server_turns_the_cache_off_for_the_run(caplog):
-    resource = Redis(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
+    resource = RedisStore(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
     resource.open()
     assert resource.enabled
     assert resource.cache_get("k") is None
@@ -97,12 +97,12 @@ def test_an_unreachable_server_turns_the_cache_off_for_the_run(caplog):
 
 def test_a_malformed_url_names_the_variable():
     with pytest.raises(ConfigurationError, match="^REDIS_URL: "):
-        Redis(url="redis://host:notaport/0").open()
+        RedisStore(url="redis://host:notaport/0").open()
 
 
 def test_a_redis_that_refuses_writes_turns_the_cache_off(resource, redis_url):
     """maxmemory reached with noeviction: writes fail with OOM; the run must go on."""
-    admin = redis_client.Redis.from_url(redis_url)
+    admin = redis.Redis.from_url(redis_url)
     admin.set("filler", "x" * 100_000)
     old = admin.config_get("maxmemory")["maxmemory"], admin.config_get("maxmemory-policy")[
         "maxmemory-policy"
@@ -130,7 +130,7 @@ def test_queue_add_once_adds_each_member_once(resource):
 
 def test_every_key_gets_its_ttl_in_the_call_that_creates_it(resource, redis_url):
     """A process killed right after any of these calls leaves no key that never expires."""
-    client = redis_client.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
     resource.queue_create("w5", "scorers", 60)
     assert 0 < client.ttl(stream_key("w5")) <= 60
     resource.queue_add_once("w6", "item-a", {"payload": "1"}, 60)

@@ -17,7 +17,7 @@ from agent_pipeline.agents.sources import (
     source_label,
 )
 from agent_pipeline.agents.triage import AllSourcesFailed, bm25_scores, triage_agent
-from agent_pipeline.resources.redis import Redis
+from agent_pipeline.resources.redis import RedisStore
 from agent_pipeline_tests.feed_server import ATOM, JSON_ITEMS, RSS091, RSS1, RSS2, FeedServer
 from agent_pipeline_tests.helpers import context, llm_settings
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply, default_score
@@ -133,7 +133,7 @@ def test_every_source_failing_fails_the_run():
 
 
 def test_the_second_run_scores_from_cache_and_an_unchanged_feed_costs_a_304(redis_url):
-    redis = Redis(url=redis_url)
+    redis = RedisStore(url=redis_url)
     redis.open()
     routes = dict(ROUTES)
     with FeedServer(routes) as server, LoopbackLlm() as llm:

@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import redis as redis_client
+import redis
 
 from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings
 from agent_pipeline.agents.llm import LlmScorer, LlmSettings
 from agent_pipeline.agents.triage import ScoringFailed, triage_agent
 from agent_pipeline.caching import stream_key
-from agent_pipeline.resources.redis import Redis
+from agent_pipeline.resources.redis import RedisStore
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply
 from agent_pipeline_tests.services import throwaway_redis
 
@@ -43,7 +43,7 @@ def settings(source: str, llm: LoopbackLlm) -> AgentSettings:
 
 
 def run_triage(redis_url: str, source: str, llm: LoopbackLlm) -> list[dict]:
-    queue = Redis(url=redis_url)
+    queue = RedisStore(url=redis_url)
     queue.open()
     context = AgentContext(
         partition_key=WINDOW,
@@ -59,7 +59,7 @@ def run_triage(redis_url: str, source: str, llm: LoopbackLlm) -> list[dict]:
 
 
 def pending(redis_url: str) -> int:
-    client = redis_client.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
     return client.xpending(stream_key(f"triage:{WINDOW}"), "scorers")["pending"]
 
 
@@ -143,7 +143,7 @@ def test_redis_failing_half_way_pays_for_no_item_twice(redis_url, tmp_path):
     """Redis refuses writes (out of memory) part way: the agent finishes without it, and
     scores only what the queue had not scored yet."""
     source = write_items(tmp_path)
-    admin = redis_client.Redis.from_url(redis_url)
+    admin = redis.Redis.from_url(redis_url)
     saved = admin.config_get("maxmemory")["maxmemory"], admin.config_get("maxmemory-policy")[
         "maxmemory-policy"
     ]
@@ -168,7 +168,7 @@ def test_redis_failing_half_way_pays_for_no_item_twice(redis_url, tmp_path):
 def test_after_a_run_every_redis_key_expires(redis_url, tmp_path):
     with LoopbackLlm() as llm:
         assert len(run_triage(redis_url, write_items(tmp_path), llm)) == ITEMS
-    client = redis_client.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter())
     assert keys and all(client.ttl(key) > 0 for key in keys)
 
@@ -184,6 +184,6 @@ def test_a_full_redis_costs_the_cache_never_the_run(tmp_path, policy):
     with throwaway_redis("--maxmemory", "1mb", "--maxmemory-policy", policy) \
             as url, LoopbackLlm() as llm:
         outcomes = run_triage(url, str(source), llm)
-        used = redis_client.Redis.from_url(url).info("memory")["used_memory"]
+        used = redis.Redis.from_url(url).info("memory")["used_memory"]
     assert len(outcomes) == 300
     assert used < 2 * 1024 * 1024

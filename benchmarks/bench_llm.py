@@ -28,11 +28,11 @@ import redis  # noqa: E402
 from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings  # noqa: E402
 from agent_pipeline.agents.llm import LlmSettings  # noqa: E402
 from agent_pipeline.agents.triage import triage_agent  # noqa: E402
-from agent_pipeline.resources.redis import Redis  # noqa: E402
+from agent_pipeline.resources.redis import RedisStore  # noqa: E402
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply  # noqa: E402
 
 
-def run(source: str, cache: Redis, llm: LoopbackLlm, concurrency: int) -> tuple[float, dict]:
+def run(source: str, cache: RedisStore, llm: LoopbackLlm, concurrency: int) -> tuple[float, dict]:
     context = AgentContext(
         partition_key="2026-11-26-09:30",
         window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
     redis.Redis.from_url(redis_url).flushdb()
-    cache = Redis(url=redis_url)
+    cache = RedisStore(url=redis_url)
     cache.open()
     with tempfile.TemporaryDirectory() as folder:
         source = str(Path(folder) / "items.json")

@@ -37,7 +37,7 @@ from agent_pipeline.ranking import (  # noqa: E402
     rank_outcomes,
     validate_outcomes,
 )
-from agent_pipeline.resources import AgentRunsStore, Redis  # noqa: E402
+from agent_pipeline.resources import AgentRunsStore, RedisStore  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
 from agent_pipeline_tests.conftest import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
@@ -128,7 +128,7 @@ def main() -> None:
             plain_resources = {
                 **resources,
                 "agent_runs": AgentRunsStore(database_url=os.environ["DATABASE_URL"]),
-                "redis": Redis(url=REDIS_URL),
+                "redis": RedisStore(url=REDIS_URL),
             }
             timings = {"plain script": timed(windows[0], lambda w: plain_run(w, plain_resources))}
             instances = {

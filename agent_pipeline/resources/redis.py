@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import redis as redis_client
+import redis
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
@@ -49,7 +49,7 @@ return false
 """
 
 
-class Redis(ConfigurableResource):
+class RedisStore(ConfigurableResource):
     """Redis for the agent's cache and work queue; optional (REDIS_URL unset: no cache)."""
 
     url: str | None = Field(
@@ -60,7 +60,7 @@ class Redis(ConfigurableResource):
         default=5.0, description="Seconds to wait on Redis before treating it as down."
     )
 
-    _client: redis_client.Redis | None = PrivateAttr(default=None)
+    _client: redis.Redis | None = PrivateAttr(default=None)
     _unavailable_reason: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -74,7 +74,7 @@ class Redis(ConfigurableResource):
             self._unavailable_reason = "REDIS_URL is not set"
             return
         try:
-            self._client = redis_client.Redis.from_url(
+            self._client = redis.Redis.from_url(
                 self.url,
                 socket_timeout=self.socket_timeout,
                 socket_connect_timeout=self.socket_timeout,
@@ -105,7 +105,7 @@ class Redis(ConfigurableResource):
             return default
         try:
             return getattr(self._client, method)(*args, **kwargs)
-        except redis_client.RedisError as exc:
+        except redis.RedisError as exc:
             self._turn_off(exc)
             return default
 
