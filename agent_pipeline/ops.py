@@ -4,6 +4,7 @@
 # types to wire inputs, resources and the context.
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +66,15 @@ def _already_sent(agent_runs: AgentRunsStore, digest: DigestSettings, window: st
     return sent_item_keys(agent_runs.sent_top_fives(other_than_window=window))
 
 
+@dataclass
+class AgentRun:
+    """What run_agent hands to rank_top_five: the agent's outcomes as validated, and its own
+    account of its work (sources, LLM calls, tokens, cost), made storable."""
+
+    validation: Validation
+    agent_stats: dict[str, Any]
+
+
 def _window(context: OpExecutionContext) -> tuple[str, datetime, datetime]:
     """The run's window: its partition key, start and end."""
     if not context.has_partition_key:
@@ -118,7 +128,7 @@ def run_agent(
     redis: RedisStore,
     agent_runs: AgentRunsStore,
     digest: DigestSettings,
-) -> Validation:
+) -> AgentRun:
     log = _logger(context, agent)
     agent_callable = agent.load()
     cache = AgentCache(redis, agent.cache_ttl_seconds)
@@ -141,7 +151,7 @@ def run_agent(
     validation = validate_outcomes(
         iterate_outcomes(agent_callable(agent_context)), already_sent=sent
     )
-    validation.agent_stats = storable_stats(agent_context.stats, MAX_STATS_JSON_CHARS)
+    agent_stats = storable_stats(agent_context.stats, MAX_STATS_JSON_CHARS)
     duration = time.perf_counter() - started
     if validation.read_cut:
         log.warning(
@@ -182,11 +192,11 @@ def run_agent(
             # The agent's own account, e.g. sources, LLM calls, tokens and cost for triage.
             **{
                 f"agent_{key}": _metadata_value(value)
-                for key, value in list(validation.agent_stats.items())[:MAX_STATS_SHOWN]
+                for key, value in list(agent_stats.items())[:MAX_STATS_SHOWN]
             },
         }
     )
-    return validation
+    return AgentRun(validation, agent_stats)
 
 
 def _metadata_value(value: Any) -> Any:
@@ -202,7 +212,7 @@ def _metadata_value(value: Any) -> Any:
 )
 def rank_top_five(
     context: OpExecutionContext,
-    validation: Validation,
+    agent_run: AgentRun,
     agent_runs: AgentRunsStore,
     agent: AgentResource,
     digest: DigestSettings,
@@ -211,8 +221,9 @@ def rank_top_five(
     window_key, _, _ = _window(context)
     # Asked again: a window may have been sent since run_agent chose the outcomes.
     sent = _already_sent(agent_runs, digest, window_key)
+    validation = agent_run.validation
     ranking = rank_outcomes(validation.outcomes, already_sent=sent)
-    result = build_result(validation, ranking)
+    result = build_result(validation, ranking, agent_run.agent_stats)
     if result["already_sent_left_out"]:
         log.info(
             f"Left out {result['already_sent_left_out']} item(s) already sent in earlier emails."

@@ -85,8 +85,6 @@ class Validation:
     # windows' emails.
     duplicates_removed: int = 0
     already_sent_left_out: int = 0
-    # What the agent reported about its work (AgentContext.stats).
-    agent_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dropped_total(self) -> int:
@@ -464,9 +462,12 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":")).encode())
 
 
-def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
+def build_result(
+    validation: Validation, ranking: Ranking, agent_stats: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The JSON document stored in agent_runs.result: at most MAX_RESULT_BYTES, whatever the
-    agent returned. The ranked outcomes after the top five fill what room is left."""
+    agent returned (agent_stats: its own account, already made storable). The ranked
+    outcomes after the top five fill what room is left."""
     result: dict[str, Any] = {
         "top_five": ranking.top,
         "outcomes": [],
@@ -480,7 +481,7 @@ def build_result(validation: Validation, ranking: Ranking) -> dict[str, Any]:
         "dropped_total": validation.dropped_total,
         "warnings": validation.warnings[:MAX_STORED_DROPS],
         "warnings_total": validation.warnings_total,
-        "agent_stats": validation.agent_stats,
+        "agent_stats": dict(agent_stats or {}),
     }
     room = MAX_RESULT_BYTES - _json_size(result)
     for outcome in ranking.ranked[:MAX_STORED_OUTCOMES]:

@@ -7,7 +7,7 @@ import pytest
 from dagster import build_op_context
 
 from agent_pipeline.errors import AgentOutputError, ConfigurationError
-from agent_pipeline.ops import rank_top_five, record_run, run_agent, send_email
+from agent_pipeline.ops import AgentRun, rank_top_five, record_run, run_agent, send_email
 from agent_pipeline.ranking import validate_outcomes
 from agent_pipeline.resources import AgentResource, DigestSettings, RedisStore, Smtp
 from agent_pipeline_tests.services import free_port
@@ -54,7 +54,7 @@ def test_record_run_needs_a_window(pg_store):
 def test_run_agent_validates_and_reports_counts(redis_url, pg_store):
     agent = AgentResource(agent="agent_pipeline_tests.sample_agents:hostile")
     with agent_context(pg_store, agent, RedisStore(url=redis_url)) as ctx:
-        validation = run_agent(ctx)
+        validation = run_agent(ctx).validation
         metadata = ctx.get_output_metadata("result")
     assert len(validation.outcomes) == 6 and validation.duplicates_removed == 1
     assert [d.reason for d in validation.dropped] == [
@@ -106,7 +106,7 @@ def test_run_agent_keeps_the_best_new_items_not_the_best_ones(pg_store, monkeypa
         + [{"title": f"new {n}", "id": f"new-{n}"} for n in range(500)],
     )
     with agent_context(pg_store, AgentResource(interests="old, new"), RedisStore()) as ctx:
-        validation = run_agent(ctx)
+        validation = run_agent(ctx).validation
     assert validation.already_sent_left_out == 1_000
     assert {o["id"] for o in validation.outcomes} == {f"new-{n}" for n in range(500)}
 
@@ -116,13 +116,14 @@ def test_rank_top_five_stores_the_result_and_leaves_the_row_running(pg_store):
     validation = validate_outcomes([{"title": f"t{n}", "score": n} for n in range(8)] + [None])
     digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
     with context(agent_runs=pg_store, agent=AgentResource(), digest=digest) as ctx:
-        top = rank_top_five(ctx, validation)
+        top = rank_top_five(ctx, AgentRun(validation, {"calls": 3}))
         metadata = ctx.get_output_metadata("result")
     assert [o["score"] for o in top] == [7, 6, 5, 4, 3]
     row = pg_store.get_row_of_run(RUN_ID)
     assert row["status"] == "running"  # until send_email has settled the email
     assert row["result"]["top_five"] == top
     assert row["result"]["outcomes_total"] == 8 and row["result"]["dropped_total"] == 1
+    assert row["result"]["agent_stats"] == {"calls": 3}
     assert metadata["top_five"].value.startswith("| # | score | title | url |")
 
 
