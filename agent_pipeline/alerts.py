@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import smtplib
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -20,8 +20,8 @@ from agent_pipeline.partitions import window_bounds
 from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.resources.digest import DigestSettings
 from agent_pipeline.resources.smtp import Smtp, rejects_message
-from agent_pipeline.schema import ALERT_FAILED, ALERT_PENDING, ALERT_SENT
-from agent_pipeline.text import storable_text
+from agent_pipeline.schema import ALERT_FAILED, ALERT_PENDING, ALERT_SENT, naive_utc
+from agent_pipeline.text import clean_text, storable_text
 
 # Alerts delivered per sensor tick; the rest wait for the next tick.
 ALERTS_PER_TICK = 10
@@ -51,7 +51,7 @@ def queue_alert(
     when none is open); False when its window has one."""
     return store.add_failure_alert(
         alert_key(partition_key, run_id), partition_key, run_id, error_message, attempts,
-        now=_naive_utc(now),
+        now=naive_utc(now),
     )
 
 
@@ -59,12 +59,7 @@ def resolve_recovery(store: AgentRunsStore, now: datetime | None = None) -> dict
     """End the open failure streak when a run has succeeded since its last failure; the
     streak ended, if any. Read from agent_runs, not from a run event: a sensor that missed
     the success (the daemon was down) or a restart loses nothing."""
-    return store.resolve_recovered_streak(_naive_utc(now))
-
-
-def _naive_utc(now: datetime | None) -> datetime:
-    """now (aware, or the clock's) as the tables hold times: naive UTC."""
-    return (now or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    return store.resolve_recovered_streak(naive_utc(now))
 
 
 def queue_unknown_email_alert(store: AgentRunsStore, partition_key: str | None,
@@ -129,6 +124,22 @@ def build_alert_email(
     return message
 
 
+def _alert_row_email(
+    alert: Mapping[str, Any], digest: DigestSettings, recipients: list[str], **options: Any
+) -> EmailMessage:
+    """build_alert_email for one agent_alerts row: its window, error, attempts and run."""
+    return build_alert_email(
+        partition_key=alert["partition_key"],
+        run_id=alert["dagster_run_id"],
+        error_message=alert["error_message"],
+        attempts=alert["attempts"],
+        sender=digest.sender(),
+        recipients=recipients,
+        run_url=run_link(digest.webserver_url, alert["dagster_run_id"]),
+        **options,
+    )
+
+
 def _what_comes_next(repeat_minutes: int) -> str:
     return (
         f"If more windows fail, they are summed up in at most one email every {repeat_minutes} "
@@ -149,12 +160,6 @@ def window_text(partition_key: str | None) -> str | None:
         return window_label(*window_bounds(partition_key))
     except ValueError:
         return None
-
-
-def bounded_error(error: str, limit: int = ERROR_CHARS_IN_SUMMARY) -> str:
-    """One line of at most limit characters: an error as a summary lists it."""
-    line = " ".join(storable_text(error).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _plural(count: int, word: str) -> str:
@@ -204,7 +209,7 @@ def build_failure_summary_email(
         f"Errors ({summary['distinct_errors']} distinct, the most frequent first):",
     ]
     for error, times in summary["errors"]:
-        lines.append(f"  {times} × {bounded_error(error)}")
+        lines.append(f"  {times} × {clean_text(error, ERROR_CHARS_IN_SUMMARY)}")
     hidden = summary["distinct_errors"] - len(summary["errors"])
     if hidden > 0:
         lines.append(f"  and {_plural(hidden, 'other error')}")
@@ -294,21 +299,15 @@ def send_pending_alerts(
     recipients = digest.alert_recipients()
     if not recipients:
         return []
-    now = _naive_utc(now)
+    now = naive_utc(now)
     delivered = []
     for alert in store.pending_alerts(limit, ungrouped_only=True):
         if not store.claim_alert(alert["id"]):
             continue
         outcome, error = _attempt(
             smtp,
-            lambda alert=alert: build_alert_email(
-                partition_key=alert["partition_key"],
-                run_id=alert["dagster_run_id"],
-                error_message=alert["error_message"],
-                attempts=alert["attempts"],
-                sender=digest.sender(),
-                recipients=recipients,
-                run_url=run_link(digest.webserver_url, alert["dagster_run_id"]),
+            lambda alert=alert: _alert_row_email(
+                alert, digest, recipients,
                 # Else a failure alert queued before failure streaks (migration 0005).
                 about_email=alert["alert_key"].startswith(EMAIL_ALERT_PREFIX),
             ),
@@ -366,15 +365,8 @@ def _send_failure_email(
 
     def build() -> EmailMessage:
         if first and only is not None:
-            return build_alert_email(
-                partition_key=only["partition_key"],
-                run_id=only["dagster_run_id"],
-                error_message=only["error_message"],
-                attempts=only["attempts"],
-                sender=digest.sender(),
-                recipients=recipients,
-                run_url=run_link(digest.webserver_url, only["dagster_run_id"]),
-                repeat_minutes=digest.alert_repeat_minutes,
+            return _alert_row_email(
+                only, digest, recipients, repeat_minutes=digest.alert_repeat_minutes
             )
         return build_failure_summary_email(
             summary=summary,

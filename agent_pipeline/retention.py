@@ -14,13 +14,14 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from agent_pipeline.ranking import compact_result
 from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.resources.retention import Retention
+from agent_pipeline.schema import naive_utc
 
 # Dagster runs per batch: each is deleted with its events in transactions of its own.
 RUN_BATCH = 100
@@ -92,7 +93,7 @@ def apply_retention(
     `now` is aware UTC."""
     report = RetentionReport()
     deadline = time.monotonic() + time_budget_seconds
-    naive_now = now.astimezone(UTC).replace(tzinfo=None)  # agent_runs stores naive UTC
+    naive_now = naive_utc(now)  # as agent_runs holds times
     cut_short = []
 
     if policy.dagster_run_days:

@@ -3,6 +3,8 @@ create and upgrade the real table; this module is what the code reads and writes
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     Column,
@@ -19,6 +21,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
+
+
+def naive_utc(moment: datetime | None = None) -> datetime:
+    """moment (aware; now by default) as the tables hold times: naive UTC, as the seed's
+    TIMESTAMP columns have no zone."""
+    return (moment or datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+
 # Where Alembic keeps the schema's migration revision: Dagster's own storage keeps an
 # `alembic_version` table in the same database in production; ours must not collide with it.
 VERSION_TABLE = "agent_runs_alembic_version"

@@ -33,10 +33,15 @@ def storable_text(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text.replace("\x00", ""))
 
 
+def _one_line(text: str) -> str:
+    """text storable, control characters as spaces, whitespace collapsed."""
+    return " ".join(_CONTROL_CHARS.sub(" ", storable_text(text)).split())
+
+
 def clean_text(value: str, limit: int) -> str:
     """One line of text: control characters become spaces, whitespace collapses, and the
     result is cut to limit characters (an ellipsis marks the cut)."""
-    text = " ".join(_CONTROL_CHARS.sub(" ", storable_text(value[: limit * 8])).split())
+    text = _one_line(value[: limit * 8])
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return text
@@ -75,8 +80,7 @@ def html_to_text(value: Any, limit: int) -> str:
     parser = _TextOfHtml()
     parser.feed(str(value or "")[: limit * 8])
     parser.close()
-    text = " ".join(_CONTROL_CHARS.sub(" ", storable_text("".join(parser.parts))).split())
-    return text[:limit].rstrip()
+    return _one_line("".join(parser.parts))[:limit].rstrip()
 
 
 def markdown_cell(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from agent_pipeline.schema import (
     agent_alerts,
     agent_runs,
     alert_streaks,
+    naive_utc,
 )
 from agent_pipeline.text import storable_text
 
@@ -77,7 +78,7 @@ def _ended_row(
 ) -> dict[str, Any]:
     """A row written when its window's run has already ended (failed before its first op) or
     never ran (skipped): started and completed now, with the reason."""
-    now = utc_now()
+    now = naive_utc()
     return {
         "started_at": now,
         "completed_at": now,
@@ -88,11 +89,6 @@ def _ended_row(
         "error_message": error[:ERROR_MESSAGE_LIMIT],
         "email_status": EMAIL_NOT_SENT,
     }
-
-
-def utc_now() -> datetime:
-    """Naive UTC, as the seed's TIMESTAMP columns hold it."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def parse_database_url(database_url: str) -> URL:
@@ -211,7 +207,7 @@ class AgentRunsStore(ConfigurableResource):
             return connection.execute(
                 insert(agent_runs)
                 .values(
-                    started_at=utc_now(),
+                    started_at=naive_utc(),
                     status=RUNNING,
                     dagster_run_id=dagster_run_id,
                     partition_key=partition_key,
@@ -243,7 +239,7 @@ class AgentRunsStore(ConfigurableResource):
             connection.execute(
                 update(agent_runs)
                 .where(agent_runs.c.id == row_id)
-                .values(status=SUCCEEDED, completed_at=utc_now(), result=dict(result))
+                .values(status=SUCCEEDED, completed_at=naive_utc(), result=dict(result))
             )
 
     def store_result(self, row_id: int, result: Mapping[str, Any]) -> None:
@@ -259,7 +255,7 @@ class AgentRunsStore(ConfigurableResource):
             connection.execute(
                 update(agent_runs)
                 .where(agent_runs.c.id == row_id)
-                .values(status=SUCCEEDED, completed_at=utc_now())
+                .values(status=SUCCEEDED, completed_at=naive_utc())
             )
 
     def settle_dead_sending(self) -> list[dict[str, Any]]:
@@ -312,7 +308,7 @@ class AgentRunsStore(ConfigurableResource):
                 .where(agent_runs.c.dagster_run_id == dagster_run_id)
                 .values(
                     status=FAILED,
-                    completed_at=utc_now(),
+                    completed_at=naive_utc(),
                     error_message=error_message[:ERROR_MESSAGE_LIMIT],
                 )
             )
@@ -325,7 +321,7 @@ class AgentRunsStore(ConfigurableResource):
         the run never wrote one (it failed before record_run). False when the row had already
         ended: the failure hook got there first, or the run succeeded."""
         error_message = storable_text(error_message)[:ERROR_MESSAGE_LIMIT]
-        now = utc_now()
+        now = naive_utc()
         with self.engine.begin() as connection:
             updated = connection.execute(
                 update(agent_runs)
@@ -411,7 +407,7 @@ class AgentRunsStore(ConfigurableResource):
 
     def sent_top_fives(self, other_than_window: str, days: int = 7) -> list[list[Any]]:
         """The top fives of the emails sent for other windows in the last days."""
-        since = utc_now() - timedelta(days=days)
+        since = naive_utc() - timedelta(days=days)
         with self.engine.connect() as connection:
             tops = connection.execute(
                 select(agent_runs.c.result["top_five"]).where(
@@ -439,7 +435,7 @@ class AgentRunsStore(ConfigurableResource):
                 select(agent_runs)
                 .where(
                     agent_runs.c.email_status == EMAIL_FAILED,
-                    agent_runs.c.started_at >= utc_now() - timedelta(hours=max_age_hours),
+                    agent_runs.c.started_at >= naive_utc() - timedelta(hours=max_age_hours),
                     agent_runs.c.partition_key.is_not(None),
                     ~settled_since,
                 )
@@ -459,7 +455,7 @@ class AgentRunsStore(ConfigurableResource):
         )
 
     def record_email_sent(self, row_id: int) -> None:
-        self._set_email_state(row_id, EMAIL_SENT, email_sent_at=utc_now())
+        self._set_email_state(row_id, EMAIL_SENT, email_sent_at=naive_utc())
 
     def record_email_failed(self, row_id: int, error: str) -> None:
         # Failed releases the claim, so a later run of the window may deliver it.
@@ -496,7 +492,7 @@ class AgentRunsStore(ConfigurableResource):
             with self.engine.begin() as connection:
                 self._insert_alert(
                     connection, alert_key, partition_key, dagster_run_id, error_message,
-                    attempts, utc_now(),
+                    attempts, naive_utc(),
                 )
         except IntegrityError:
             return False
@@ -533,7 +529,7 @@ class AgentRunsStore(ConfigurableResource):
         """Alerts of the last max_age_hours waiting for delivery (pending, or claimed by a
         process that has not finished in ALERT_CLAIM_TIMEOUT), oldest first; ungrouped_only:
         only those sent one by one, in no failure streak."""
-        now = utc_now()
+        now = naive_utc()
         grouped = [agent_alerts.c.streak_id.is_(None)] if ungrouped_only else []
         with self.engine.connect() as connection:
             rows = connection.execute(
@@ -550,7 +546,7 @@ class AgentRunsStore(ConfigurableResource):
 
     def claim_alert(self, alert_id: int) -> bool:
         """Take an alert for one delivery attempt; False when another process has it."""
-        now = utc_now()
+        now = naive_utc()
         with self.engine.begin() as connection:
             claimed = connection.execute(
                 update(agent_alerts)
@@ -568,7 +564,7 @@ class AgentRunsStore(ConfigurableResource):
         )
 
     def record_alert_sent(self, alert_id: int) -> None:
-        self._set_alert(alert_id, status=ALERT_SENT, sent_at=utc_now(), delivery_error=None)
+        self._set_alert(alert_id, status=ALERT_SENT, sent_at=naive_utc(), delivery_error=None)
 
     def release_alert(self, alert_id: int, error: str) -> None:
         """The attempt failed in a way worth retrying: the alert waits for the next one."""
@@ -599,7 +595,7 @@ class AgentRunsStore(ConfigurableResource):
     ) -> bool:
         """Queue the failure alert of alert_key in the open failure streak, opening one when
         none is open; False when alert_key has an alert already (and nothing changes)."""
-        now = now or utc_now()
+        now = now or naive_utc()
         try:
             with self.engine.begin() as connection:
                 # When the run failed, as its row says (the sweeper may find a failure late);
@@ -651,7 +647,7 @@ class AgentRunsStore(ConfigurableResource):
     def resolve_recovered_streak(self, now: datetime | None = None) -> dict[str, Any] | None:
         """End the open streak when a run succeeded after its last failure: the streak, its
         recovered email pending, or None when none is open or nothing succeeded since."""
-        now = now or utc_now()
+        now = now or naive_utc()
         with self.engine.begin() as connection:
             streak = connection.execute(
                 select(alert_streaks)
@@ -855,7 +851,7 @@ class AgentRunsStore(ConfigurableResource):
                 .order_by(agent_runs.c.id)
                 .limit(batch)
             ).all()
-            now = utc_now()
+            now = naive_utc()
             for row_id, result in rows:
                 connection.execute(
                     update(agent_runs)
