@@ -43,7 +43,8 @@ dev: $(INSTALLED)
 
 test: $(INSTALLED) system-packages
 	$(BIN)/ruff check agent_pipeline agent_pipeline_tests benchmarks
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m slow -n 0
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -47,6 +47,8 @@ setup(
         "k8s": ["dagster-k8s==0.29.27"],
         "dev": [
             "pytest>=8,<10",
+            # The fast tier runs on two workers (pyproject.toml); each has its own Redis db.
+            "pytest-xdist>=3.5,<4",
             "aiosmtpd>=1.4,<2",
             "trustme>=1.1",
             "ruff>=0.6",

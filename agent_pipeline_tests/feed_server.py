@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agent_pipeline_tests.raw_server import ScriptedServer
+from agent_pipeline_tests.services import serving_thread
 
 
 class FeedServer:
@@ -53,7 +53,7 @@ class FeedServer:
         self.host = host
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = serving_thread(self._server)
 
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self._server.server_address[1]}{path}"

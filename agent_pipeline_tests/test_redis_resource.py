@@ -8,7 +8,7 @@ import redis
 from agent_pipeline.caching import stream_key
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.resources.redis import RedisStore
-from agent_pipeline_tests.services import free_port
+from agent_pipeline_tests.services import free_port, throwaway_redis
 
 
 @pytest.fixture
@@ -100,23 +100,20 @@ def test_a_malformed_url_names_the_variable():
         RedisStore(url="redis://host:notaport/0").open()
 
 
-def test_a_redis_that_refuses_writes_turns_the_cache_off(resource, redis_url):
-    """maxmemory reached with noeviction: writes fail with OOM; the run must go on."""
-    admin = redis.Redis.from_url(redis_url)
-    admin.set("filler", "x" * 100_000)
-    old = admin.config_get("maxmemory")["maxmemory"], admin.config_get("maxmemory-policy")[
-        "maxmemory-policy"
-    ]
-    admin.config_set("maxmemory-policy", "noeviction")
-    admin.config_set("maxmemory", 1)
-    try:
+def test_a_redis_that_refuses_writes_turns_the_cache_off():
+    """maxmemory reached with noeviction: writes fail with OOM; the run must go on. On a
+    server of its own: a cap on the shared one would fail other tests' writes too."""
+    with throwaway_redis("--maxmemory-policy", "noeviction") as url:
+        admin = redis.Redis.from_url(url)
+        admin.set("filler", "x" * 100_000)
+        admin.config_set("maxmemory", 1)
+        resource = RedisStore(url=url)
+        resource.open()
         resource.cache_set("k", 1, ttl_seconds=10)
         assert not resource.enabled
         assert resource.unavailable_reason.startswith("Redis unavailable (OutOfMemoryError")
         assert resource.cache_get("k") is None
-    finally:
-        admin.config_set("maxmemory", old[0])
-        admin.config_set("maxmemory-policy", old[1])
+        resource.close()
 
 
 def test_queue_add_once_adds_each_member_once(resource):

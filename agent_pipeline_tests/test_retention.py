@@ -65,6 +65,7 @@ def footprint(instance: DagsterInstance, home: Path, run_id: str) -> dict[str, b
     }
 
 
+@pytest.mark.slow
 def test_old_runs_go_with_their_events_logs_and_outputs_recent_ones_stay(clean_env, tmp_path):
     home = tmp_path / "dagster"
     home.mkdir()

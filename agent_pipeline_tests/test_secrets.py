@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from dagster import DagsterInstance, execute_job, reconstructable
@@ -38,6 +39,7 @@ DB_SECRET = "MARKER-db-77b0c1"
 MARKERS = (SMTP_SECRET, LLM_SECRET, DB_SECRET)
 
 
+@pytest.mark.slow
 def test_secrets_appear_nowhere(clean_env, postgres_url, redis_url, tmp_path, capfd, caplog):
     logins = []
 

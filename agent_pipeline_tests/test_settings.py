@@ -155,6 +155,7 @@ def test_the_webserver_url_defaults_to_make_dev():
     assert resources_from_env(env)["digest"].webserver_url == "https://dagster.example.com/"
 
 
+@pytest.mark.slow
 def test_a_bad_setting_stops_the_code_location_from_loading(tmp_path):
     """What the UI shows as the code location's load error."""
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
