@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import smtplib
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -27,6 +27,9 @@ from agent_pipeline.text import clean_text, storable_text
 ALERTS_PER_TICK = 10
 # The key of an alert about a window's email (not about a failed run) starts so.
 EMAIL_ALERT_PREFIX = "email:"
+# The key of the alert that the LLM's daily budget was reached: the prefix and the UTC day,
+# so there is one a day.
+BUDGET_ALERT_PREFIX = "budget:"
 # A summary lists this many distinct errors, most frequent first, each cut to this length:
 # errors are the agent's or a library's words (untrusted, and an LLM's can be long), so they
 # go in the plain-text body only, and never make an email long.
@@ -68,6 +71,39 @@ def queue_unknown_email_alert(store: AgentRunsStore, partition_key: str | None,
     already. Its own key: the window may have a failure alert too."""
     key = EMAIL_ALERT_PREFIX + alert_key(partition_key, run_id)
     return store.add_alert(key, partition_key, run_id, reason, 1)
+
+
+def queue_budget_alert(
+    store: AgentRunsStore, day: date, partition_key: str | None, run_id: str, reason: str
+) -> bool:
+    """Record the alert that the LLM's daily budget (LLM_DAILY_BUDGET) was reached on the UTC
+    day; False when the day has one already."""
+    return store.add_alert(BUDGET_ALERT_PREFIX + day.isoformat(), partition_key, run_id, reason, 1)
+
+
+def build_budget_alert_email(
+    alert: Mapping[str, Any], sender: str, recipients: list[str], run_url: str | None
+) -> EmailMessage:
+    """The day's one email saying that the LLM's daily budget was reached."""
+    day = alert["alert_key"].removeprefix(BUDGET_ALERT_PREFIX)
+    message = new_message(
+        f"agent_pipeline: the LLM's daily budget was reached on {day} (UTC)", sender, recipients
+    )
+    lines = [
+        f"agent_job stopped calling the LLM for the rest of {day} (UTC):",
+        f"  {storable_text(alert['error_message'])}",
+        "",
+        "Runs go on and email what was scored. The items left unscored wait in the backlog "
+        "(for up to BACKLOG_MAX_AGE_HOURS) and are scored first from 00:00 UTC, when the "
+        "budget starts afresh. Raise LLM_DAILY_BUDGET to score them sooner.",
+        "",
+        f"Run: {alert['dagster_run_id']}",
+    ]
+    if run_url:
+        lines.append(f"Open it in Dagster: {run_url}")
+    lines += ["", "This is the only alert about the budget today."]
+    _finish(message, lines)
+    return message
 
 
 def build_alert_email(
@@ -306,7 +342,12 @@ def send_pending_alerts(
             continue
         outcome, error = _attempt(
             smtp,
-            lambda alert=alert: _alert_row_email(
+            lambda alert=alert: build_budget_alert_email(
+                alert, digest.sender(), recipients,
+                run_link(digest.webserver_url, alert["dagster_run_id"]),
+            )
+            if alert["alert_key"].startswith(BUDGET_ALERT_PREFIX)
+            else _alert_row_email(
                 alert, digest, recipients,
                 # Else a failure alert queued before failure streaks (migration 0005).
                 about_email=alert["alert_key"].startswith(EMAIL_ALERT_PREFIX),

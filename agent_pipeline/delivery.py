@@ -41,15 +41,17 @@ class Delivery(NamedTuple):
 def window_email(
     digest: DigestSettings, partition_key: str, top: Sequence[Mapping[str, Any]],
     run_id: str | None,
+    result: Mapping[str, Any] | None = None,
 ) -> EmailMessage:
     """The digest of a window, from DigestSettings' sender to its recipients, linking to the
-    run in the Dagster UI."""
+    run in the Dagster UI; what the LLM cost from the row's result (its agent_stats)."""
     return build_digest_email(
         partition_key=partition_key,
         top=top,
         sender=digest.sender(),
         recipients=digest.recipients(),
         run_url=run_link(digest.webserver_url, run_id),
+        agent_stats=(result or {}).get("agent_stats"),
     )
 
 
@@ -125,7 +127,9 @@ def redeliver_failed(
     for row in store.undelivered_windows(limit, max_age_hours=REDELIVERY_MAX_AGE_HOURS):
         window = row["partition_key"]
         try:
-            message = window_email(digest, window, row["result"]["top_five"], row["dagster_run_id"])
+            message = window_email(
+                digest, window, row["result"]["top_five"], row["dagster_run_id"], row["result"]
+            )
             delivery = deliver_window_email(store, smtp, row["id"], message)
         except Exception as exc:
             log.warning(f"Redelivery of window {window} failed again: {describe_error(exc)}")

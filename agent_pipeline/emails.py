@@ -86,12 +86,16 @@ def build_digest_email(
     sender: str,
     recipients: Sequence[str],
     run_url: str | None = None,
+    agent_stats: Mapping[str, Any] | None = None,
 ) -> EmailMessage:
     """The top-five email of the window partition_key names: a plain-text part and an HTML
-    part, both rendered from the package's templates."""
+    part, both rendered from the package's templates; its footer says what the LLM cost, when
+    the agent's stats say."""
     label = window_label(*window_bounds(partition_key))
     subject = f"agent_pipeline: top {len(top)} for {label}"
-    text, html_body = render_digest(label, top, subject=subject, run_url=run_url)
+    text, html_body = render_digest(
+        label, top, subject=subject, run_url=run_url, cost=cost_line(agent_stats or {})
+    )
     message = new_message(subject, sender, recipients)
     message[WINDOW_HEADER] = partition_key
     message.set_content(text)
@@ -114,6 +118,7 @@ def render_digest(
     *,
     subject: str,
     run_url: str | None = None,
+    cost: str | None = None,
 ) -> tuple[str, str]:
     """The plain-text and HTML bodies of a digest."""
     items = digest_items(top)
@@ -124,9 +129,27 @@ def render_digest(
         "subject": subject,
         "run_url": safe_url(run_url),
         "preheader": clean_text(preheader, PREHEADER_CHARS),
+        "cost": cost,
     }
     text = _TEMPLATES.get_template("digest.txt").render(values)
     return text.strip() + "\n", _TEMPLATES.get_template("digest.html").render(values)
+
+
+def cost_line(agent_stats: Mapping[str, Any]) -> str | None:
+    """What the digest cost in LLM calls, from the run's stats (the triage agent's llm_calls,
+    tokens and, with prices, cost); None when the agent made no LLM report."""
+    calls = agent_stats.get("llm_calls")
+    if not isinstance(calls, int) or isinstance(calls, bool):
+        return None
+    tokens = sum(
+        value for key in ("prompt_tokens", "completion_tokens")
+        if isinstance(value := agent_stats.get(key), int)
+    )
+    work = f"{calls:,} LLM call{'s' if calls != 1 else ''}, {tokens:,} tokens"
+    cost = agent_stats.get("cost")
+    if isinstance(cost, int | float) and not isinstance(cost, bool):
+        return f"This digest cost {cost:.4f} ({work})."
+    return f"This digest took {work} (no LLM price set)."
 
 
 @dataclass(frozen=True)

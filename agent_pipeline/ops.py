@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from agent_pipeline.agents import AgentCache, AgentContext
+from agent_pipeline.alerts import queue_budget_alert
 from agent_pipeline.delivery import Delivery, deliver_window_email, redeliver_failed, window_email
 from agent_pipeline.errors import ConfigurationError, describe_error
 from agent_pipeline.logs import event_logger
@@ -144,6 +145,7 @@ def run_agent(
         log=log,
         settings=agent.settings(),
         queue=redis,
+        spend=agent_runs,
     )
     # Known before the outcomes are chosen: the best new items are kept, not the best ones.
     sent = _already_sent(agent_runs, digest, window_key)
@@ -164,6 +166,9 @@ def run_agent(
         )
     if cache_was_enabled and not cache.enabled:
         log.warning(f"Cache lost part way through: {redis.unavailable_reason}.")
+    if agent_stats.get("llm_daily_budget_reached"):
+        queue_budget_alert(agent_runs, datetime.now(UTC).date(), window_key, context.run_id,
+                           str(agent_stats.get("llm_stopped", "LLM_DAILY_BUDGET reached")))
     for dropped in validation.dropped[:WARNINGS_LOGGED]:
         log.warning(f"Dropped item {dropped.index}: {dropped.reason}")
     for warning in validation.warnings[:WARNINGS_LOGGED]:
@@ -289,7 +294,7 @@ def send_email(
         log.info(f"No email: {reason}.")
         metadata["reason"] = reason
     else:
-        message = window_email(digest, window_key, top_five, context.run_id)
+        message = window_email(digest, window_key, top_five, context.run_id, row["result"])
         # A failed delivery (after the resource's retries) fails the run; the row keeps the
         # result and the error, and a later run delivers it. A rejected one (5xx) does not
         # fail it: Dagster's retry of the run would only be rejected again.

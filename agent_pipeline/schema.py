@@ -7,8 +7,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
+    Date,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -184,3 +187,16 @@ Index(
     sqlite_where=_open_streak,
 )
 Index("alert_streaks_recovered_status", alert_streaks.c.recovered_status)
+
+
+# What the LLM cost per UTC day, counted call by call by every run (LLM_DAILY_BUDGET is checked
+# against it): here, not in Redis, so that an emptied cache forgets nothing of the day's spend.
+llm_spend = Table(
+    "llm_spend",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("calls", Integer, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cost", Float, nullable=False),
+)

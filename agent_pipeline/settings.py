@@ -15,13 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_pipeline.agents import DEFAULT_AGENT, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
-from agent_pipeline.agents.llm import DEFAULT_BASE_URL, DEFAULT_CONCURRENCY, DEFAULT_MODEL
+from agent_pipeline.agents.llm import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_CALLS_PER_RUN,
+    DEFAULT_MODEL,
+)
 from agent_pipeline.agents.sources import SourceError, check_source, parse_sources, source_label
 from agent_pipeline.emails import parse_address, parse_address_list
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.logs import LEVELS, LogSettings
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, RedisStore, Smtp
-from agent_pipeline.resources.agent import DEFAULT_CACHE_TTL_SECONDS
+from agent_pipeline.resources.agent import DEFAULT_BACKLOG_MAX_AGE_HOURS, DEFAULT_CACHE_TTL_SECONDS
 from agent_pipeline.resources.agent_runs import parse_database_url
 from agent_pipeline.resources.digest import DEFAULT_ALERT_REPEAT_MINUTES
 from agent_pipeline.resources.retention import (
@@ -103,6 +108,11 @@ class Environment(BaseModel):
     # Prices per million tokens; with both, each run's cost is shown and stored.
     LLM_PRICE_INPUT: float | None = PER_MILLION_TOKENS
     LLM_PRICE_OUTPUT: float | None = PER_MILLION_TOKENS
+    # Requests a run may make (0: no limit), and the most the LLM may cost per UTC day in the
+    # prices' currency (unset: no limit). What a run leaves unscored waits in the backlog.
+    LLM_MAX_CALLS_PER_RUN: int = Field(default=DEFAULT_MAX_CALLS_PER_RUN, ge=0)
+    LLM_DAILY_BUDGET: float | None = Field(default=None, ge=0)
+    BACKLOG_MAX_AGE_HOURS: int = Field(default=DEFAULT_BACKLOG_MAX_AGE_HOURS, ge=1, le=24 * 30)
 
     @field_validator("SMTP_SECURITY", "BACKFILL_EMAIL", "OVERLAP_POLICY", "AGENT_SCORER",
                      mode="before")
@@ -350,6 +360,13 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     check_sources(config.AGENT_SOURCES)
     if not config.LLM_BASE_URL.startswith(("http://", "https://")):
         raise ConfigurationError("LLM_BASE_URL", "must be an http(s) URL")
+    if config.LLM_DAILY_BUDGET is not None and (
+        config.LLM_PRICE_INPUT is None or config.LLM_PRICE_OUTPUT is None
+    ):
+        raise ConfigurationError(
+            "LLM_DAILY_BUDGET",
+            "needs LLM_PRICE_INPUT and LLM_PRICE_OUTPUT: without prices no spend is counted",
+        )
     agent = AgentResource(
         # Feed URLs often carry tokens: an EnvVar keeps them out of the UI's resource config.
         sources=_secret(config, "AGENT_SOURCES") or "",
@@ -360,6 +377,9 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         llm_concurrency=config.LLM_CONCURRENCY,
         llm_price_input=config.LLM_PRICE_INPUT,
         llm_price_output=config.LLM_PRICE_OUTPUT,
+        llm_max_calls_per_run=config.LLM_MAX_CALLS_PER_RUN,
+        llm_daily_budget=config.LLM_DAILY_BUDGET,
+        backlog_max_age_hours=config.BACKLOG_MAX_AGE_HOURS,
         agent=config.AGENT,
         interests=config.AGENT_INTERESTS,
         cache_ttl_seconds=config.AGENT_CACHE_TTL,

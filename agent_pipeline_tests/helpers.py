@@ -24,7 +24,7 @@ from dagster import (
 from sqlalchemy import create_engine, select
 
 from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings
-from agent_pipeline.agents.llm import LlmSettings
+from agent_pipeline.agents.llm import LlmSettings, Prices
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.schema import agent_runs
 from agent_pipeline.settings import ENVIRONMENT_VARIABLES, resources_from_env
@@ -124,9 +124,9 @@ def agent_context(cache: AgentCache, interests: str, **settings: Any) -> AgentCo
 
 
 def llm_settings(llm: LoopbackLlm) -> dict[str, Any]:
-    return {"scorer": "llm", "llm_price_input": 1.0, "llm_price_output": 2.0,
+    return {"scorer": "llm",
             "llm": LlmSettings(base_url=llm.base_url, api_key="sk-test", model="test-model",
-                               concurrency=4)}
+                               concurrency=4, prices=Prices(1.0, 2.0))}
 
 
 def context(cache: AgentCache, **settings) -> AgentContext:

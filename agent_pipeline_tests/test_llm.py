@@ -14,6 +14,7 @@ from agent_pipeline.agents.llm import (
     LlmScorer,
     LlmSettings,
     MalformedAnswer,
+    Prices,
     ScoringDeadline,
     parse_answer,
 )
@@ -50,8 +51,9 @@ def test_concurrency_stays_within_the_bound_and_usage_is_summed():
     ]
     usage = llm_scorer.usage
     assert (usage.calls, usage.prompt_tokens, usage.completion_tokens) == (40, 2000, 400)
-    assert usage.cost(2.5, 10.0) == pytest.approx((2000 * 2.5 + 400 * 10.0) / 1e6)
-    assert usage.cost(None, 10.0) is None
+    assert Prices(2.5, 10.0).cost(usage.prompt_tokens, usage.completion_tokens) == (
+        pytest.approx((2000 * 2.5 + 400 * 10.0) / 1e6)
+    )
     request, headers = llm.requests[0], llm.headers[0]
     assert headers["Authorization"] == "Bearer sk-test"
     assert request["model"] == "test-model" and request["response_format"]["type"] == "json_object"

@@ -39,37 +39,60 @@ def test_cache_refuses_keys_without_expiry(resource):
         resource.cache_set("k", 1, ttl_seconds=0)
 
 
-def test_queue_add_read_ack(resource, redis_url):
+def entries(*members: str) -> list[tuple[str, dict[str, str]]]:
+    return [(member, {"payload": member.upper()}) for member in members]
+
+
+def test_queue_claim_done_oldest_first(resource, redis_url):
     resource.queue_create("w1", "scorers", 60)
     resource.queue_create("w1", "scorers", 60)  # a second create is a no-op
-    ids = [resource.queue_add("w1", {"item": str(n)}, 60) for n in range(3)]
-    entries = resource.queue_read("w1", "scorers", "worker-a", count=10)
-    assert [entry_id for entry_id, _ in entries] == ids
-    assert [fields["item"] for _, fields in entries] == ["0", "1", "2"]
-    assert resource.queue_read("w1", "scorers", "worker-b") == []
-    assert resource.queue_ack("w1", "scorers", ids[:2]) == 2
-    pending = redis.Redis.from_url(redis_url).xpending(stream_key("w1"), "scorers")
-    assert pending["pending"] == 1
+    assert resource.queue_add_once("w1", entries("a", "b", "c"), 60, 100) == (3, 0)
+    claimed = resource.queue_claim("w1", "scorers", "triage", count=10)
+    assert [(f["member"], f["payload"]) for _, f in claimed] == [("a", "A"), ("b", "B"), ("c", "C")]
+    resource.queue_done("w1", "scorers", claimed[0][0], "a")
+    client = redis.Redis.from_url(redis_url)
+    assert client.xpending(stream_key("w1"), "scorers")["pending"] == 2
+    assert resource.queue_status("w1")[0] == 2
+    assert client.zrange(stream_key("w1") + ":members", 0, -1) == [b"b", b"c"]
 
 
-def test_unacknowledged_entries_are_reclaimed_by_another_consumer(resource):
+def test_what_a_dead_reader_claimed_is_claimed_again_before_anything_new(resource):
     resource.queue_create("w2", "scorers", 60)
-    for n in range(4):
-        resource.queue_add("w2", {"item": str(n)}, 60)
-    read = resource.queue_read("w2", "scorers", "dead-worker", count=4)
-    resource.queue_ack("w2", "scorers", [read[0][0]])
-    time.sleep(0.05)
-    reclaimed = resource.queue_reclaim("w2", "scorers", "rescuer", min_idle_ms=10)
-    assert [fields["item"] for _, fields in reclaimed] == ["1", "2", "3"]
-    # Fresh entries are not taken from a live reader.
-    assert resource.queue_reclaim("w2", "scorers", "other", min_idle_ms=60_000) == []
+    resource.queue_add_once("w2", entries("a", "b"), 60, 100)
+    first = resource.queue_claim("w2", "scorers", "triage", count=10)  # then the reader dies
+    resource.queue_add_once("w2", entries("c"), 60, 100)
+    again = resource.queue_claim("w2", "scorers", "triage", count=10)
+    assert [f["member"] for _, f in again] == ["a", "b", "c"]
+    assert [entry_id for entry_id, _ in again][:2] == [entry_id for entry_id, _ in first]
+    assert [f["member"] for _, f in resource.queue_claim("w2", "scorers", "triage", 1)] == ["a"]
 
 
-def test_queue_expire(resource, redis_url):
+def test_a_member_is_added_once_until_done_and_the_stream_has_a_cap(resource):
+    resource.queue_create("w4", "scorers", 60)
+    assert resource.queue_add_once("w4", entries("a", "a", "b"), 60, 100) == (2, 0)
+    assert resource.queue_add_once("w4", entries("a", "c", "d"), 60, 3) == (1, 1)  # d: full
+    (entry_id, _fields), *_ = resource.queue_claim("w4", "scorers", "triage", 10)
+    resource.queue_done("w4", "scorers", entry_id, "a")
+    assert resource.queue_add_once("w4", entries("a"), 60, 100) == (1, 0)  # may come back
+
+
+def test_entries_older_than_the_cutoff_are_dropped_read_or_not(resource, redis_url):
+    client = redis.Redis.from_url(redis_url)
     resource.queue_create("w3", "scorers", 60)
-    resource.queue_add("w3", {"item": "x"}, 60)
-    resource.queue_expire("w3", 50)
-    assert 0 < redis.Redis.from_url(redis_url).ttl(stream_key("w3")) <= 50
+    now_ms = int(time.time() * 1000)
+    hour = 3600 * 1000
+    # Entries added 30 and 20 hours ago (IDs are their times), then one now.
+    for member, age in (("old", 30 * hour), ("older-read", 20 * hour)):
+        client.xadd(stream_key("w3"), {"member": member}, id=f"{now_ms - age}-0")
+        client.zadd(stream_key("w3") + ":members", {member: now_ms - age})
+    resource.queue_claim("w3", "scorers", "triage", 1)  # "old" is read, never done
+    resource.queue_add_once("w3", entries("new"), 60, 100)
+    assert resource.queue_status("w3") == (3, now_ms - 30 * hour)
+    assert resource.queue_drop_older_than("w3", now_ms - 24 * hour) == 1
+    assert [f["member"] for _, f in resource.queue_claim("w3", "scorers", "triage", 10)] == [
+        "older-read", "new"
+    ]
+    assert client.zrange(stream_key("w3") + ":members", 0, -1) == [b"older-read", b"new"]
 
 
 def test_without_url_everything_is_a_quiet_no_op():
@@ -79,8 +102,9 @@ def test_without_url_everything_is_a_quiet_no_op():
     assert resource.unavailable_reason == "REDIS_URL is not set"
     resource.cache_set("k", 1, ttl_seconds=10)
     assert resource.cache_get("k") is None
-    assert resource.queue_add("w", {"a": "b"}, 60) is None
-    assert resource.queue_read("w", "g", "c") == []
+    assert resource.queue_add_once("w", entries("a"), 60, 100) == (0, 0)
+    assert resource.queue_claim("w", "g", "c", 10) == []
+    assert resource.queue_status("w") == (0, None)
 
 
 def test_an_unreachable_server_turns_the_cache_off_for_the_run(caplog):
@@ -116,23 +140,13 @@ def test_a_redis_that_refuses_writes_turns_the_cache_off():
         resource.close()
 
 
-def test_queue_add_once_adds_each_member_once(resource):
-    resource.queue_create("w4", "scorers", 60)
-    assert resource.queue_add_once("w4", "item-a", {"payload": "1"}, 60)
-    assert not resource.queue_add_once("w4", "item-a", {"payload": "2"}, 60)
-    assert resource.queue_add_once("w4", "item-b", {"payload": "3"}, 60)
-    entries = resource.queue_read("w4", "scorers", "worker", count=10)
-    assert [(f["member"], f["payload"]) for _, f in entries] == [("item-a", "1"), ("item-b", "3")]
-
-
 def test_every_key_gets_its_ttl_in_the_call_that_creates_it(resource, redis_url):
     """A process killed right after any of these calls leaves no key that never expires."""
     client = redis.Redis.from_url(redis_url)
     resource.queue_create("w5", "scorers", 60)
     assert 0 < client.ttl(stream_key("w5")) <= 60
-    resource.queue_add_once("w6", "item-a", {"payload": "1"}, 60)
-    resource.queue_add("w7", {"payload": "1"}, 60)
+    resource.queue_add_once("w6", entries("a"), 60, 100)
     resource.cache_set("agent_pipeline:cache:k", {"v": 1}, 60)
     keys = list(client.scan_iter())
-    assert len(keys) == 5  # w5, w6 and its members set, w7, the cache key
+    assert len(keys) == 4  # w5, w6 and its members set, the cache key
     assert all(0 < client.ttl(key) <= 60 for key in keys)

@@ -16,6 +16,7 @@ from agent_pipeline.dates import parse_timestamp
 from agent_pipeline.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from agent_pipeline.agents.budget import SpendLedger
     from agent_pipeline.agents.llm import LlmSettings
 
 Agent = Callable[["AgentContext"], Iterable[Mapping[str, Any]]]
@@ -80,9 +81,8 @@ class AgentSettings:
     sources: str = ""  # AGENT_SOURCES
     scorer: str = "keyword"  # AGENT_SCORER: llm or keyword
     llm: LlmSettings | None = None
-    # LLM_PRICE_INPUT and LLM_PRICE_OUTPUT, per million tokens; None: no price known.
-    llm_price_input: float | None = None
-    llm_price_output: float | None = None
+    # BACKLOG_MAX_AGE_HOURS: an item left unscored longer than this leaves the backlog.
+    backlog_max_age_hours: int = 24  # the default, DEFAULT_BACKLOG_MAX_AGE_HOURS
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,11 @@ class AgentContext:
     # run_agent op in the UI and kept in the row's result.
     stats: dict[str, Any] = field(default_factory=dict)
     # A work queue (the Redis resource in the job), for agents that queue their work: None,
-    # or not enabled, is no queue.
+    # or not enabled, is no queue. The triage agent keeps its backlog there.
     queue: Any = None
+    # Where the LLM's spending is counted per day (agent_runs' database, in the job): what
+    # LLM_DAILY_BUDGET is checked against. None: spending is not counted beyond the run.
+    spend: SpendLedger | None = None
 
     def known_by_window_end(self, item: Mapping[str, Any]) -> bool:
         """False for an item published at or after the window's end (a backfilled window

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -25,6 +25,9 @@ from agent_pipeline.agents.bounded_http import (
     bounded_request,
 )
 from agent_pipeline.retries import RetryLater, retry_after_seconds, retry_policy
+
+if TYPE_CHECKING:
+    from agent_pipeline.agents.budget import CallBudget
 
 # Part of every cache key: bump it when the prompt changes, so old scores are not reused.
 PROMPT_VERSION = 1
@@ -40,6 +43,9 @@ MAX_REASON_CHARS = 300
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_CONCURRENCY = 8
+# Requests per run when LLM_MAX_CALLS_PER_RUN is not set: above any normal set of feeds (a
+# few hundred new items a window), below what a feed gone wild would cost.
+DEFAULT_MAX_CALLS_PER_RUN = 2_000
 # The answer is one small JSON object: a few hundred bytes. These bound what a broken or
 # hostile API can make a run read and pay for.
 MAX_COMPLETION_TOKENS = 300
@@ -63,6 +69,17 @@ class MalformedAnswer(Exception):
 
 
 @dataclass(frozen=True)
+class Prices:
+    """LLM_PRICE_INPUT and LLM_PRICE_OUTPUT: per million prompt and completion tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+@dataclass(frozen=True)
 class LlmSettings:
     base_url: str
     api_key: str = field(repr=False)
@@ -75,6 +92,11 @@ class LlmSettings:
     scoring_budget_seconds: float = SCORING_BUDGET_SECONDS
     max_reply_bytes: int = MAX_REPLY_BYTES
     max_tokens: int = MAX_COMPLETION_TOKENS
+    # None: no price known, so no cost shown and no daily budget possible.
+    prices: Prices | None = None
+    # LLM_MAX_CALLS_PER_RUN (0: no limit) and LLM_DAILY_BUDGET (None: no limit).
+    max_calls_per_run: int = DEFAULT_MAX_CALLS_PER_RUN
+    daily_budget: float | None = None
 
 
 @dataclass
@@ -88,7 +110,8 @@ class Usage:
     rejected_answers: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, answer: Mapping[str, Any]) -> None:
+    def add(self, answer: Mapping[str, Any]) -> tuple[int, int]:
+        """Count an answer's call and tokens; its (prompt, completion) tokens."""
         usage = answer.get("usage")
         prompt = completion = 0
         if isinstance(usage, Mapping):
@@ -103,16 +126,11 @@ class Usage:
             self.calls += 1
             self.prompt_tokens += prompt
             self.completion_tokens += completion
+        return prompt, completion
 
     def reject(self) -> None:
         with self._lock:
             self.rejected_answers += 1
-
-    def cost(self, price_input: float | None, price_output: float | None) -> float | None:
-        """Cost in the prices' currency, prices per million tokens; None without prices."""
-        if price_input is None or price_output is None:
-            return None
-        return (self.prompt_tokens * price_input + self.completion_tokens * price_output) / 1e6
 
 
 def parse_answer(content: str) -> tuple[float, str]:
@@ -153,7 +171,8 @@ def item_prompt(item: Mapping[str, Any], interests: str) -> str:
 
 class LlmScorer:
     """Scores items against interests; one client, at most `concurrency` calls at once, all
-    within the scoring budget that starts when the scorer is made."""
+    within the scoring budget of time that starts when the scorer is made, and each request
+    asked of the call budget (LLM_MAX_CALLS_PER_RUN, LLM_DAILY_BUDGET) first."""
 
     def __init__(
         self,
@@ -161,8 +180,10 @@ class LlmScorer:
         interests: str,
         log: logging.Logger,
         sleep: Callable[[float], None] = time.sleep,
+        budget: CallBudget | None = None,
     ):
         self.settings, self.interests, self.log, self._sleep = settings, interests, log, sleep
+        self.budget = budget
         self.usage = Usage()
         self._deadline = time.monotonic() + settings.scoring_budget_seconds
         self._client = bounded_client(
@@ -216,6 +237,20 @@ class LlmScorer:
     def _attempt(self, body: dict[str, Any]) -> dict[str, Any]:
         """One request; RetryLater for what another attempt may cure (429, 5xx, timeouts,
         dropped connections), with the Retry-After the API sent."""
+        if self.budget is not None:
+            self.budget.acquire()  # BudgetReached: no request
+        try:
+            answer = self._request(body)
+        except BaseException:
+            if self.budget is not None:
+                self.budget.release()  # no answer, nothing to pay for
+            raise
+        tokens = self.usage.add(answer)
+        if self.budget is not None:
+            self.budget.settle(*tokens)
+        return answer
+
+    def _request(self, body: dict[str, Any]) -> dict[str, Any]:
         timeout = self.settings.timeout_seconds
         try:
             response = bounded_request(
@@ -239,7 +274,6 @@ class LlmScorer:
                 raise MalformedAnswer("the API's reply is not JSON") from None
             if not isinstance(answer, dict):
                 raise MalformedAnswer("the API's reply is not a JSON object")
-            self.usage.add(answer)
             return answer
         if response.status_code in (401, 403):
             # The body is left out: some APIs echo the key they refused.

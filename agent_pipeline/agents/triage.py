@@ -9,19 +9,21 @@ from __future__ import annotations
 import json
 import re
 import threading
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rank_bm25 import BM25Plus
 
 from agent_pipeline.agents import AgentContext
+from agent_pipeline.agents.budget import BudgetReached, CallBudget
 from agent_pipeline.agents.keywords import mentions_reason, parse_interests
 from agent_pipeline.agents.llm import (
     PROMPT_VERSION,
     LlmError,
     LlmScorer,
+    LlmSettings,
     ScoringDeadline,
 )
 from agent_pipeline.agents.sources import (
@@ -40,10 +42,15 @@ from agent_pipeline.caching import content_hash
 from agent_pipeline.errors import AgentPipelineError
 
 KEYWORD_SCORER_VERSION = 1
-QUEUE_GROUP = "scorers"
-QUEUE_MAX = 100_000
-# A window's stream outlives its runs by two days, long enough for any retry or re-execution.
-QUEUE_TTL_SECONDS = 2 * 24 * 3600
+# The backlog: a Redis stream of the items a run could not score, read by the next run.
+BACKLOG = "triage-backlog"
+BACKLOG_GROUP = "scorers"
+# Runs of agent_job never overlap, so one consumer: what it has claimed and not finished is
+# a dead or stopped run's, claimed again by the next.
+BACKLOG_CONSUMER = "triage"
+# Bounds what Redis keeps and a run reads: past it, new unscored items are not added, and
+# wait for a later run to fetch them again.
+BACKLOG_MAX_ITEMS = 10_000
 
 
 class AllSourcesFailed(AgentPipelineError):
@@ -141,54 +148,69 @@ def bm25_scores(items: list[Mapping[str, Any]], interests: str) -> list[dict[str
     return results
 
 
-Remember = Callable[[str, dict[str, Any], tuple[float, str]], None]
+@dataclass
+class Scored:
+    """What scoring found: a score for each member (an item's content hash), the items read
+    from the backlog, and the LLM errors of the items left unscored."""
+
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backlog_items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[LlmError] = field(default_factory=list)
+    asked: int = 0  # items put to the LLM (not found in the cache meanwhile)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, member: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            self.values[member] = value
+
+    def count_asked(self) -> None:
+        with self._lock:
+            self.asked += 1
 
 
-def score_through_queue(
-    context: AgentContext,
-    queue: Any,
-    scorer: LlmScorer,
-    misses: list[dict],
-    key_of: Mapping[int, dict[str, Any]],
-    remember: Remember,
-) -> list[LlmError]:
-    """Score items through the window's Redis stream: each item is added once, read by this
-    attempt's workers through a consumer group and acknowledged once it has an answer. A retry
-    of the window first takes over what a failed or killed attempt read but never
-    acknowledged; an item already scored is acknowledged without another LLM call. Items the
-    API could not score stay unacknowledged, for the next attempt; their errors are returned."""
-    stream = f"triage:{context.partition_key}"
-    queue.queue_create(stream, QUEUE_GROUP, QUEUE_TTL_SECONDS)
-    for item in misses:
-        key = key_of[id(item)]
-        queue.queue_add_once(
-            stream, content_hash(key), {"cache_key": json.dumps(key), "item": json.dumps(item)},
-            QUEUE_TTL_SECONDS,
+def backlog_work(
+    context: AgentContext, queue: Any, misses: list[dict], member_of: Mapping[int, str],
+    key_of: Mapping[int, dict[str, Any]], stats: dict[str, Any],
+) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]] | None:
+    """The run's unscored items through the backlog: entries older than BACKLOG_MAX_AGE_HOURS
+    dropped (and counted), this run's misses added (once: an item the backlog holds is not
+    added again), then everything claimed, oldest first, a dead run's claimed entries among
+    them. (entry ID, member, cache key, item) each; None when Redis failed on the way."""
+    max_age_ms = context.settings.backlog_max_age_hours * 3600 * 1000
+    # The stream outlives its oldest entry by a day, then goes with an abandoned install.
+    ttl_seconds = max_age_ms // 1000 + 24 * 3600
+    queue.queue_create(BACKLOG, BACKLOG_GROUP, ttl_seconds)
+    expired = queue.queue_drop_older_than(BACKLOG, int(time.time() * 1000) - max_age_ms)
+    added, refused = queue.queue_add_once(
+        BACKLOG,
+        [(member_of[id(item)],
+          {"cache_key": json.dumps(key_of[id(item)]), "item": json.dumps(item, default=str)})
+         for item in misses],
+        ttl_seconds, BACKLOG_MAX_ITEMS,
+    )
+    entries = queue.queue_claim(BACKLOG, BACKLOG_GROUP, BACKLOG_CONSUMER, BACKLOG_MAX_ITEMS)
+    if not queue.enabled:
+        return None
+    stats.update(backlog_expired=expired, backlog_added=added)
+    if refused:
+        stats["backlog_full_refused"] = refused
+        context.log.warning(
+            f"The backlog holds {BACKLOG_MAX_ITEMS:,} items: {refused} new ones were not added "
+            "and wait for a later run to fetch them again."
         )
-    consumer = f"attempt-{uuid.uuid4().hex[:12]}"
-    # Runs of agent_job never overlap, so whatever is pending now belongs to a dead attempt.
-    entries = queue.queue_reclaim(stream, QUEUE_GROUP, consumer, min_idle_ms=0, count=QUEUE_MAX)
-    entries += queue.queue_read(stream, QUEUE_GROUP, consumer, count=QUEUE_MAX)
-
-    def work(entry: tuple[str, dict[str, str]]) -> None:
-        entry_id, fields = entry
-        key = json.loads(fields["cache_key"])
-        cached = context.cache.peek("triage-score", key)
-        if cached is not None:
-            remember(fields["member"], key, (cached["score"], cached["reason"]))
-        elif not queue.enabled:
-            return  # Redis went away: the caller scores what is left without the queue
-        else:
-            result = scorer.score(json.loads(fields["item"]))  # LlmError: left unacknowledged
-            if result is not None:
-                remember(fields["member"], key, result)
-        # Also acknowledged when the model's answers were malformed: asking again in this
-        # window would not help; the next window's run tries the item afresh.
-        queue.queue_ack(stream, QUEUE_GROUP, [entry_id])
-
-    failures = [r for r in scorer.score_all(entries, work) if isinstance(r, LlmError)]
-    queue.queue_expire(stream, QUEUE_TTL_SECONDS)
-    return failures
+    if expired:
+        context.log.warning(
+            f"Dropped {expired} backlog item(s) left unscored for more than "
+            f"{context.settings.backlog_max_age_hours} hours (BACKLOG_MAX_AGE_HOURS)."
+        )
+    work = []
+    for entry_id, fields in entries:
+        try:
+            work.append((entry_id, fields["member"], json.loads(fields["cache_key"]),
+                         json.loads(fields["item"])))
+        except (KeyError, ValueError):  # not an entry of ours: nothing to score
+            queue.queue_done(BACKLOG, BACKLOG_GROUP, entry_id, fields.get("member", ""))
+    return work
 
 
 def score_with_llm(
@@ -196,35 +218,62 @@ def score_with_llm(
     scorer: LlmScorer,
     misses: list[dict],
     key_of: Mapping[int, dict[str, Any]],
-    scores: dict[int, dict[str, Any] | None],
-) -> list[LlmError]:
-    """Fill scores for the misses (through the queue when Redis is there); the API errors of
-    the items it could not score."""
-    by_member = {content_hash(key_of[id(item)]): item for item in misses}
-    lock = threading.Lock()
-
-    def remember(member: str, key: dict[str, Any], result: tuple[float, str]) -> None:
-        value = {"score": result[0], "reason": result[1]}
-        context.cache.set("triage-score", key, value)
-        item = by_member.get(member)
-        if item is not None:
-            with lock:
-                scores[id(item)] = value
-
-    failures: list[LlmError] = []
+    stats: dict[str, Any],
+) -> Scored:
+    """Score the misses, and the backlog with them when Redis is there: the oldest first,
+    each scored once (an entry leaves the backlog once its score is cached), and what a limit
+    or the API leaves unscored stays for the next run. Without Redis there is no backlog:
+    the misses are scored directly, and what is left unscored is fetched again later."""
+    member_of = {id(item): content_hash(key_of[id(item)]) for item in misses}
+    scored = Scored()
     queue = context.queue
+    work = None
     if queue is not None and queue.enabled:
-        failures = score_through_queue(context, queue, scorer, misses, key_of, remember)
+        work = backlog_work(context, queue, misses, member_of, key_of, stats)
+    if work is not None:
+
+        def score_entry(entry: tuple[str, str, dict[str, Any], dict[str, Any]]) -> None:
+            entry_id, member, key, item = entry
+            scored.backlog_items[member] = item
+            value = context.cache.peek("triage-score", key)
+            if value is None:
+                scored.count_asked()
+                result = scorer.score(item)  # LlmError: left in the backlog
+                if result is not None:
+                    value = {"score": result[0], "reason": result[1]}
+                    context.cache.set("triage-score", key, value)
+            if value is not None:
+                scored.add(member, value)
+            # Also done when the model's answers were malformed: asking again would not help.
+            queue.queue_done(BACKLOG, BACKLOG_GROUP, entry_id, member)
+
+        scored.failures = _llm_errors(scorer.score_all(work, score_entry))
+        length, oldest_ms = queue.queue_status(BACKLOG)
+        stats["backlog_length"] = length
+        if oldest_ms is not None:
+            stats["backlog_oldest_age_hours"] = round(
+                max(time.time() - oldest_ms / 1000, 0) / 3600, 2
+            )
     if queue is None or not queue.enabled:  # no Redis, or it failed part way
-        rest = [item for item in misses if id(item) not in scores]
+        reason = getattr(queue, "unavailable_reason", None) or "no Redis"
+        context.log.warning(f"No backlog ({reason}): items left unscored wait for a later run.")
+        stats["backlog"] = f"none: {reason}"
+        rest = [item for item in misses if member_of[id(item)] not in scored.values]
 
         def score_one(item: dict[str, Any]) -> None:
+            scored.count_asked()
             result = scorer.score(item)
             if result is not None:
-                remember(content_hash(key_of[id(item)]), key_of[id(item)], result)
+                value = {"score": result[0], "reason": result[1]}
+                context.cache.set("triage-score", key_of[id(item)], value)
+                scored.add(member_of[id(item)], value)
 
-        failures = [r for r in scorer.score_all(rest, score_one) if isinstance(r, LlmError)]
-    return failures
+        scored.failures = _llm_errors(scorer.score_all(rest, score_one))
+    return scored
+
+
+def _llm_errors(results: list[Any]) -> list[LlmError]:
+    return [result for result in results if isinstance(result, LlmError)]
 
 
 def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
@@ -256,26 +305,70 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
         "items_after_window": len(collected) - len(items),
         "cache_hits": len(items) - len(misses), "cache_misses": len(misses), "llm_calls": 0,
     }
-    if llm and misses:
-        with LlmScorer(llm, interests, context.log) as scorer:
-            failures = score_with_llm(context, scorer, misses, key_of, scores)
-        late = sum(isinstance(failure, ScoringDeadline) for failure in failures)
-        stats.update(llm_calls=scorer.usage.calls, prompt_tokens=scorer.usage.prompt_tokens,
-                     completion_tokens=scorer.usage.completion_tokens,
-                     llm_failures=len(failures) - late, llm_unscored_at_deadline=late,
-                     llm_answers_rejected=scorer.usage.rejected_answers)
-        if failures and len(failures) == len(misses):
-            raise ScoringFailed(f"no item could be scored: {failures[0]}")
-        cost = scorer.usage.cost(settings.llm_price_input, settings.llm_price_output)
-        if cost is not None:
-            stats["cost"] = cost
+    if llm:
+        budget = CallBudget(
+            max_calls_per_run=llm.max_calls_per_run, daily_budget=llm.daily_budget,
+            prices=llm.prices, ledger=context.spend,
+        )
+        with LlmScorer(llm, interests, context.log, budget=budget) as scorer:
+            scored = score_with_llm(context, scorer, misses, key_of, stats)
+        fetched = set()
+        for item in items:
+            member = content_hash(key_of[id(item)])
+            fetched.add(member)
+            if member in scored.values:
+                scores[id(item)] = scored.values[member]
+        # Earlier runs' items that this run did not fetch again, scored now: still news.
+        backlog_items = [
+            {**item, **scored.values[member]}
+            for member, item in scored.backlog_items.items()
+            if member in scored.values and member not in fetched
+            and context.known_by_window_end(item)
+        ]
+        stats.update(_llm_stats(scorer, budget, scored, llm))
+        if budget.stopped_by:
+            context.log.warning(f"Stopped calling the LLM: {budget.stopped_by}.")
+        limits = (BudgetReached, ScoringDeadline)
+        api_failures = [f for f in scored.failures if not isinstance(f, limits)]
+        if api_failures and len(api_failures) == scored.asked:
+            raise ScoringFailed(f"no item could be scored: {api_failures[0]}")
     else:
+        backlog_items = []
         # BM25 weighs each item against the window's other items, so its scores are not
         # cached per item; they cost nothing to compute again.
-        for item, scored in zip(misses, bm25_scores(misses, interests), strict=True):
-            scores[id(item)] = scored
+        for item, value in zip(misses, bm25_scores(misses, interests), strict=True):
+            scores[id(item)] = value
     context.stats.update(stats)
     for item in items:
-        scored = scores.get(id(item))
-        if scored is not None:  # None: the LLM gave no usable answer; logged by the scorer
-            yield {**item, **scored}
+        value = scores.get(id(item))
+        if value is not None:  # None: not scored (yet), or no usable answer from the LLM
+            yield {**item, **value}
+    yield from backlog_items  # earlier runs' items, scored now
+
+
+def _llm_stats(
+    scorer: LlmScorer, budget: CallBudget, scored: Scored, llm: LlmSettings
+) -> dict[str, Any]:
+    """What the LLM cost this run, what is left of today's budget, and why it stopped."""
+    late = sum(isinstance(failure, ScoringDeadline) for failure in scored.failures)
+    limited = sum(isinstance(failure, BudgetReached) for failure in scored.failures)
+    stats: dict[str, Any] = {
+        "llm_calls": scorer.usage.calls, "prompt_tokens": scorer.usage.prompt_tokens,
+        "completion_tokens": scorer.usage.completion_tokens,
+        "llm_failures": len(scored.failures) - late - limited,
+        "llm_unscored_at_deadline": late, "llm_unscored_over_budget": limited,
+        "llm_answers_rejected": scorer.usage.rejected_answers,
+    }
+    if llm.prices is not None:
+        stats["cost"] = llm.prices.cost(scorer.usage.prompt_tokens,
+                                        scorer.usage.completion_tokens)
+    today = budget.spent_today()
+    if today is not None and llm.prices is not None:
+        stats["llm_spend_today"] = today[1]
+    if llm.daily_budget is not None:
+        stats["llm_daily_budget"] = llm.daily_budget
+    if budget.stopped_by:
+        stats["llm_stopped"] = budget.stopped_by
+    if budget.daily_budget_reached:
+        stats["llm_daily_budget_reached"] = True
+    return stats

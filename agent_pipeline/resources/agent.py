@@ -5,19 +5,22 @@ from __future__ import annotations
 from typing import Literal
 
 from dagster import ConfigurableResource
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from agent_pipeline.agents import DEFAULT_AGENT, Agent, AgentSettings, load_agent
 from agent_pipeline.agents.keywords import DEFAULT_INTERESTS
 from agent_pipeline.agents.llm import (
     DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_CALLS_PER_RUN,
     DEFAULT_MODEL,
     LlmSettings,
+    Prices,
 )
 
 # What AGENT_CACHE_TTL defaults to: a week.
 DEFAULT_CACHE_TTL_SECONDS = 7 * 24 * 3600
+DEFAULT_BACKLOG_MAX_AGE_HOURS = 24
 
 
 class AgentResource(ConfigurableResource):
@@ -59,6 +62,30 @@ class AgentResource(ConfigurableResource):
         default=None, ge=0, description="LLM_PRICE_OUTPUT: price per million completion tokens."
     )
 
+    llm_max_calls_per_run: int = Field(
+        default=DEFAULT_MAX_CALLS_PER_RUN, ge=0,
+        description="LLM_MAX_CALLS_PER_RUN: requests a run may make; 0 means no limit.",
+    )
+    llm_daily_budget: float | None = Field(
+        default=None, ge=0,
+        description="LLM_DAILY_BUDGET: the most the LLM may cost per UTC day, in the prices' "
+        "currency; unset means no limit.",
+    )
+    backlog_max_age_hours: int = Field(
+        default=DEFAULT_BACKLOG_MAX_AGE_HOURS, ge=1,
+        description="BACKLOG_MAX_AGE_HOURS: an item left unscored longer leaves the backlog.",
+    )
+
+    @model_validator(mode="after")
+    def _budget_needs_prices(self) -> AgentResource:
+        if self.llm_daily_budget is not None and (
+            self.llm_price_input is None or self.llm_price_output is None
+        ):
+            raise ValueError(
+                "LLM_DAILY_BUDGET needs LLM_PRICE_INPUT and LLM_PRICE_OUTPUT to count spend"
+            )
+        return self
+
     def load(self) -> Agent:
         return load_agent(self.agent)
 
@@ -68,15 +95,18 @@ class AgentResource(ConfigurableResource):
         gets them."""
         llm = None
         if self.agent.strip() == "triage" and self.scorer == "llm":
+            priced = self.llm_price_input is not None and self.llm_price_output is not None
             llm = LlmSettings(
                 base_url=self.llm_base_url, api_key=self.llm_api_key or "",
                 model=self.llm_model, concurrency=self.llm_concurrency,
+                prices=Prices(self.llm_price_input, self.llm_price_output) if priced else None,
+                max_calls_per_run=self.llm_max_calls_per_run,
+                daily_budget=self.llm_daily_budget,
             )
         return AgentSettings(
             interests=self.interests,
             sources=self.sources,
             scorer=self.scorer,
             llm=llm,
-            llm_price_input=self.llm_price_input,
-            llm_price_output=self.llm_price_output,
+            backlog_max_age_hours=self.backlog_max_age_hours,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from agent_pipeline.schema import (
     agent_alerts,
     agent_runs,
     alert_streaks,
+    llm_spend,
     naive_utc,
 )
 from agent_pipeline.text import storable_text
@@ -866,7 +867,8 @@ class AgentRunsStore(ConfigurableResource):
 
     def delete_alerts_created_before(self, created_before: datetime, batch: int) -> int:
         """Delete up to `batch` of the oldest alerts created before the cutoff, and the failure
-        streaks that ended before it; how many alerts."""
+        streaks that ended and the LLM spend of the days before it (a row a day); how many
+        alerts."""
         deleted = self._delete_oldest(
             agent_alerts, agent_alerts.c.created_at, created_before, batch
         )
@@ -874,6 +876,7 @@ class AgentRunsStore(ConfigurableResource):
             connection.execute(
                 alert_streaks.delete().where(alert_streaks.c.resolved_at < created_before)
             )
+            connection.execute(llm_spend.delete().where(llm_spend.c.day < created_before.date()))
         return deleted
 
     def _delete_oldest(self, table: Any, column: Any, before: datetime, batch: int) -> int:
@@ -882,3 +885,40 @@ class AgentRunsStore(ConfigurableResource):
             return connection.execute(
                 table.delete().where(table.c.id.in_(ids.scalar_subquery()))
             ).rowcount
+
+    # -- the LLM's spend per UTC day: the ledger LLM_DAILY_BUDGET is checked against ----------
+
+    def llm_spend_on(self, day: date) -> tuple[int, float]:
+        """(calls, cost) counted for the UTC day."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(llm_spend.c.calls, llm_spend.c.cost).where(llm_spend.c.day == day)
+            ).first()
+        return (row.calls, row.cost) if row else (0, 0.0)
+
+    def add_llm_spend(
+        self, day: date, prompt_tokens: int, completion_tokens: int, cost: float
+    ) -> None:
+        """Count one call for the UTC day. An increment in the database, not a total written
+        back: runs counting at the same time lose none of each other's calls."""
+        increment = {
+            "calls": llm_spend.c.calls + 1,
+            "prompt_tokens": llm_spend.c.prompt_tokens + prompt_tokens,
+            "completion_tokens": llm_spend.c.completion_tokens + completion_tokens,
+            "cost": llm_spend.c.cost + cost,
+        }
+        for _ in range(2):  # the day's first call may race another run's
+            with self.engine.begin() as connection:
+                if connection.execute(
+                    update(llm_spend).where(llm_spend.c.day == day).values(**increment)
+                ).rowcount:
+                    return
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(insert(llm_spend).values(
+                        day=day, calls=1, prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens, cost=cost,
+                    ))
+                return
+            except IntegrityError:
+                continue

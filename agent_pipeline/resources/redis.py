@@ -30,22 +30,35 @@ if type(created) == 'table' and created.err and not string.find(created.err, 'BU
 end
 return 'OK'
 """
-# KEYS: stream. ARGV: TTL, then the entry's field/value pairs.
-_ADD = """
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+# KEYS: members (a sorted set: member -> the time its entry was added), stream. ARGV: TTL,
+# the most entries the stream may hold, member, then the entry's field/value pairs. The entry
+# ID if added; 0 when the member has an entry already; -1 when the stream is full.
+_ADD_ONCE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  return 0
+end
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[2]) then
+  return -1
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('ZADD', KEYS[1], tonumber(string.match(id, '^(%d+)')), ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
 return id
 """
-# KEYS: members set, stream. ARGV: TTL, member, then the entry's field/value pairs.
-_ADD_ONCE = """
-local added = redis.call('SADD', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-if added == 1 then
-  local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-  return id
-end
-return false
+# KEYS: members, stream. ARGV: group, entry ID, member. Done with an entry: acknowledged and
+# deleted, its member forgotten, in one step.
+_DONE = """
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[1], ARGV[3])
+return 1
+"""
+# KEYS: members, stream. ARGV: the oldest entry time (ms) to keep. How many entries went.
+_DROP_OLDER = """
+local dropped = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return dropped
 """
 
 
@@ -133,55 +146,79 @@ class RedisStore(ConfigurableResource):
         self._call(None, "set", key, json.dumps(value, separators=(",", ":")), ex=ttl_seconds)
 
     # -- queue ------------------------------------------------------------------------------
+    # A stream with one consumer group, and a sorted set of the members that have an entry.
 
     def queue_create(self, name: str, group: str, ttl_seconds: int) -> None:
         """Create the stream (expiring after ttl_seconds) and its consumer group; a no-op when
-        both exist."""
+        both exist, but for the expiry, pushed back."""
         self._call(None, "eval", _CREATE_GROUP, 1, stream_key(name), group, ttl_seconds)
+        self._call(None, "expire", _members_key(name), ttl_seconds)
 
     def queue_add_once(
-        self, name: str, member: str, fields: Mapping[str, str], ttl_seconds: int
-    ) -> bool:
-        """Add an entry for member unless one was ever added to this stream; atomic, so a
-        crash cannot mark a member without its entry. Both keys expire after ttl_seconds.
-        True when added."""
-        flat = [part for pair in fields.items() for part in pair]
-        added = self._call(
-            None, "eval", _ADD_ONCE, 2, f"{stream_key(name)}:members", stream_key(name),
-            ttl_seconds, member, "member", member, *flat,
-        )
-        return bool(added)
+        self,
+        name: str,
+        entries: list[tuple[str, Mapping[str, str]]],
+        ttl_seconds: int,
+        max_length: int,
+    ) -> tuple[int, int]:
+        """Add an entry for each (member, fields) whose member has none in the stream, while
+        it holds fewer than max_length; each atomic, so a crash cannot mark a member without
+        its entry; one round trip for all. (added, refused because the stream was full)."""
+        if not entries or not self.enabled:
+            return 0, 0
+        keys = (_members_key(name), stream_key(name))
+        try:
+            pipeline = self._client.pipeline(transaction=False)
+            for member, fields in entries:
+                flat = [part for pair in fields.items() for part in pair]
+                pipeline.eval(_ADD_ONCE, 2, *keys, ttl_seconds, max_length, member,
+                              "member", member, *flat)
+            answers = pipeline.execute()
+        except redis.RedisError as exc:
+            self._turn_off(exc)
+            return 0, 0
+        added = sum(isinstance(answer, str) for answer in answers)
+        return added, sum(answer == -1 for answer in answers)
 
-    def queue_add(self, name: str, fields: Mapping[str, str], ttl_seconds: int) -> str | None:
-        flat = [part for pair in fields.items() for part in pair]
-        return self._call(None, "eval", _ADD, 1, stream_key(name), ttl_seconds, *flat)
-
-    def queue_read(
-        self, name: str, group: str, consumer: str, count: int = 10, block_ms: int | None = None
+    def queue_claim(
+        self, name: str, group: str, consumer: str, count: int
     ) -> list[QueueEntry]:
-        """New entries for this consumer; each stays pending until acknowledged."""
-        answer = self._call(
-            [], "xreadgroup", group, consumer, {stream_key(name): ">"}, count=count, block=block_ms
+        """Up to count entries for consumer, oldest first: those read before and never
+        finished (their reader died, or left them for later), then those never read. Each
+        stays pending until queue_done."""
+        claimed = self._call(
+            None, "xautoclaim", stream_key(name), group, consumer, 0, "0-0", count=count
         )
-        return [entry for _stream, entries in answer or [] for entry in entries]
+        entries = [(entry_id, fields) for entry_id, fields in (claimed or [None, []])[1]
+                   if fields is not None]  # None: trimmed away while pending
+        if len(entries) < count:
+            answer = self._call([], "xreadgroup", group, consumer, {stream_key(name): ">"},
+                                count=count - len(entries))
+            entries += [entry for _stream, found in answer or [] for entry in found]
+        return sorted(entries, key=lambda entry: _entry_time(entry[0]))
 
-    def queue_ack(self, name: str, group: str, entry_ids: list[str]) -> int:
-        if not entry_ids:
-            return 0
-        return self._call(0, "xack", stream_key(name), group, *entry_ids)
+    def queue_done(self, name: str, group: str, entry_id: str, member: str) -> None:
+        """Finished with an entry: it leaves the stream, and its member may be added again."""
+        self._call(None, "eval", _DONE, 2, _members_key(name), stream_key(name), group,
+                   entry_id, member)
 
-    def queue_reclaim(
-        self, name: str, group: str, consumer: str, min_idle_ms: int, count: int = 100
-    ) -> list[QueueEntry]:
-        """Entries read but never acknowledged (their reader died), handed to this consumer."""
-        answer = self._call(
-            None, "xautoclaim", stream_key(name), group, consumer, min_idle_ms, "0-0", count=count
-        )
-        if not answer:
-            return []
-        return [(entry_id, fields) for entry_id, fields in answer[1] if fields is not None]
+    def queue_drop_older_than(self, name: str, oldest_ms: int) -> int:
+        """Drop the entries added before oldest_ms (milliseconds since the epoch), read or not;
+        how many."""
+        return self._call(0, "eval", _DROP_OLDER, 2, _members_key(name), stream_key(name),
+                          oldest_ms) or 0
 
-    def queue_expire(self, name: str, ttl_seconds: int) -> None:
-        """Let a finished window's stream (and its record of members) go after ttl_seconds."""
-        self._call(None, "expire", stream_key(name), ttl_seconds)
-        self._call(None, "expire", f"{stream_key(name)}:members", ttl_seconds)
+    def queue_status(self, name: str) -> tuple[int, int | None]:
+        """(entries in the stream, when the oldest was added in ms since the epoch or None)."""
+        length = self._call(0, "xlen", stream_key(name)) or 0
+        oldest = self._call([], "xrange", stream_key(name), count=1) if length else []
+        return length, _entry_time(oldest[0][0]) if oldest else None
+
+
+def _members_key(name: str) -> str:
+    return f"{stream_key(name)}:members"
+
+
+def _entry_time(entry_id: str) -> int:
+    """When a stream entry was added, in ms since the epoch: the first part of its ID."""
+    return int(entry_id.split("-", 1)[0])
