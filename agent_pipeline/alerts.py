@@ -87,7 +87,7 @@ def build_budget_alert_email(
     """The day's one email saying that the LLM's daily budget was reached."""
     day = alert["alert_key"].removeprefix(BUDGET_ALERT_PREFIX)
     message = new_message(
-        f"agent_pipeline: the LLM's daily budget was reached on {day} (UTC)", sender, recipients
+        f"agent_pipeline: LLM daily budget reached on {day} (UTC)", sender, recipients
     )
     lines = [
         f"agent_job stopped calling the LLM for the rest of {day} (UTC):",

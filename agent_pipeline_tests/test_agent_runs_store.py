@@ -95,7 +95,7 @@ def test_an_existing_seed_table_is_adopted_with_its_rows(postgres_url):
         with engine.connect() as connection:
             assert connection.execute(
                 text("SELECT version_num FROM agent_runs_alembic_version")
-            ).scalar_one() == "0007"
+            ).scalar_one() == "0008"
             # Dagster's own alembic_version table is left alone.
             assert not inspect(engine).has_table("alembic_version")
     finally:
