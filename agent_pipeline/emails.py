@@ -149,6 +149,8 @@ def cost_line(agent_stats: Mapping[str, Any]) -> str | None:
     cost = agent_stats.get("cost")
     if isinstance(cost, int | float) and not isinstance(cost, bool):
         return f"This digest cost {cost:.4f} ({work})."
+    if calls == 0:
+        return None  # scored offline, or all from the cache, with no price to speak of
     return f"This digest took {work} (no LLM price set)."
 
 

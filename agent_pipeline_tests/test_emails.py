@@ -9,6 +9,7 @@ from markupsafe import escape
 from agent_pipeline.emails import (
     WINDOW_HEADER,
     build_digest_email,
+    cost_line,
     parse_address,
     parse_address_list,
     run_link,
@@ -19,13 +20,14 @@ from agent_pipeline.ranking import validate_outcomes
 RUN_URL = "https://dagster.example.com/runs/5c6d"
 
 
-def build(top, recipients=("a@example.com", "b@example.com"), run_url=None):
+def build(top, recipients=("a@example.com", "b@example.com"), run_url=None, agent_stats=None):
     return build_digest_email(
         partition_key="2026-11-26-09:30",
         top=top,
         sender="Agent <agent@example.com>",
         recipients=list(recipients),
         run_url=run_url,
+        agent_stats=agent_stats,
     )
 
 
@@ -229,3 +231,26 @@ def test_parse_address_list():
         parse_address_list("a@example.com, nope", "EMAIL_TO")
     with pytest.raises(ConfigurationError, match="EMAIL_TO: .* is not"):
         parse_address_list("a@example.com; b@example.com", "EMAIL_TO")
+
+
+@pytest.mark.parametrize(
+    "stats, line",
+    [
+        ({"llm_calls": 30, "prompt_tokens": 1500, "completion_tokens": 300, "cost": 0.0021},
+         "This digest cost 0.0021 (30 LLM calls, 1,800 tokens)."),
+        ({"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0},
+         "This digest cost 0.0000 (0 LLM calls, 0 tokens)."),
+        ({"llm_calls": 1, "prompt_tokens": 50, "completion_tokens": 10},
+         "This digest took 1 LLM call, 60 tokens (no LLM price set)."),
+        ({"sources": 2}, None),  # an agent without an LLM says nothing of one
+        ({"llm_calls": 0}, None),  # the keyword scorer
+        ({"llm_calls": "many", "cost": "free"}, None),  # an agent's odd stats are not shown
+    ],
+)
+def test_the_footer_says_what_the_digest_cost(stats, line):
+    assert cost_line(stats) == line
+    _, text, html = parts(build([feed_item(1)], agent_stats=stats))
+    if line:
+        assert line in text and line in html
+    else:
+        assert "LLM call" not in text and "LLM call" not in html

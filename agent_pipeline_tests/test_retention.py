@@ -166,6 +166,9 @@ def test_old_results_are_compacted_and_old_rows_deleted_in_batches(pg_store, mon
     recent = add_row(pg_store, 1, result=FULL_RESULT)
     for days in (400, 401, 402, 10):
         add_alert(pg_store, days)
+    today = datetime.now(UTC).date()
+    for days in (400, 10):  # the LLM's spend of those days
+        pg_store.add_llm_spend(today - timedelta(days=days), 50, 10, 0.01)
 
     policy = Retention(dagster_run_days=0, result_compact_days=30, agent_runs_days=365)
     report = apply_retention(DagsterInstance.ephemeral(), pg_store, policy, datetime.now(UTC))
@@ -188,6 +191,8 @@ def test_old_results_are_compacted_and_old_rows_deleted_in_batches(pg_store, mon
         assert left[row_id].result_compacted_at is not None
     assert left[recent].result == FULL_RESULT and left[recent].result_compacted_at is None
     assert alerts == ["a10"]
+    assert pg_store.llm_spend_on(today - timedelta(days=400)) == (0, 0.0)
+    assert pg_store.llm_spend_on(today - timedelta(days=10)) == (1, 0.01)
 
     # A second pass finds nothing more to do.
     again = apply_retention(DagsterInstance.ephemeral(), pg_store, policy, datetime.now(UTC))
