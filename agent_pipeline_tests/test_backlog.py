@@ -309,6 +309,8 @@ def test_a_request_that_is_not_answered_costs_a_call_but_no_spend(pg_store):
     budget.settle(50, 10)
     with pytest.raises(BudgetReached, match=r"LLM_MAX_CALLS_PER_RUN \(2\) reached"):
         budget.acquire()
+    assert budget.spent_today() == (0, 0.0)  # without a daily budget: counted at the end
+    budget.flush()
     assert budget.spent_today() == (1, pytest.approx(CALL_COST))
 
 

@@ -168,7 +168,7 @@ def test_old_results_are_compacted_and_old_rows_deleted_in_batches(pg_store, mon
         add_alert(pg_store, days)
     today = datetime.now(UTC).date()
     for days in (400, 10):  # the LLM's spend of those days
-        pg_store.add_llm_spend(today - timedelta(days=days), 50, 10, 0.01)
+        pg_store.add_llm_spend(today - timedelta(days=days), 1, 50, 10, 0.01)
 
     policy = Retention(dagster_run_days=0, result_compact_days=30, agent_runs_days=365)
     report = apply_retention(DagsterInstance.ephemeral(), pg_store, policy, datetime.now(UTC))

@@ -4,8 +4,10 @@ run over the same items, all from the Redis cache.
 
     .venv/bin/python benchmarks/bench_llm.py [--items 1000] [--concurrency 16] [--latency 0.1]
 
-Redis from BENCH_REDIS_URL (default redis://127.0.0.1:6379/14, flushed); the LLM is a
-loopback server speaking the chat-completions protocol.
+The run as run_agent makes it: the Redis cache and backlog (BENCH_REDIS_URL, default
+redis://127.0.0.1:6379/14, flushed) and the LLM's spend counted call by call in a scratch
+Postgres database (BENCH_POSTGRES_URL); the LLM is a loopback server speaking the
+chat-completions protocol.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -26,13 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis  # noqa: E402
 
 from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings  # noqa: E402
-from agent_pipeline.agents.llm import LlmSettings  # noqa: E402
+from agent_pipeline.agents.llm import LlmSettings, Prices  # noqa: E402
 from agent_pipeline.agents.triage import triage_agent  # noqa: E402
+from agent_pipeline.resources.agent_runs import AgentRunsStore  # noqa: E402
 from agent_pipeline.resources.redis import RedisStore  # noqa: E402
 from agent_pipeline_tests.llm_server import LoopbackLlm, Reply  # noqa: E402
+from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 
 
-def run(source: str, cache: RedisStore, llm: LoopbackLlm, concurrency: int) -> tuple[float, dict]:
+def run(
+    source: str, cache: RedisStore, ledger: AgentRunsStore, llm: LoopbackLlm, concurrency: int
+) -> tuple[float, dict]:
+    """The triage agent's run as run_agent makes it: the Redis cache and backlog, and the
+    spend counted in Postgres call by call."""
     context = AgentContext(
         partition_key="2026-11-26-09:30",
         window_start=datetime(2026, 11, 26, 9, 30, tzinfo=UTC),
@@ -42,8 +49,10 @@ def run(source: str, cache: RedisStore, llm: LoopbackLlm, concurrency: int) -> t
         settings=AgentSettings(
             interests="dagster, postgres", sources=source, scorer="llm",
             llm=LlmSettings(base_url=llm.base_url, api_key="sk-bench", model="bench",
-                            concurrency=concurrency),
+                            concurrency=concurrency, prices=Prices(0.15, 0.60)),
         ),
+        queue=cache,
+        spend=ledger,
     )
     started = time.perf_counter()
     outcomes = list(triage_agent(context))
@@ -58,21 +67,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per LLM answer")
     args = parser.parse_args()
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-    redis.Redis.from_url(redis_url).flushdb()
-    cache = RedisStore(url=redis_url)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    cache = RedisStore(url=REDIS_URL)
     cache.open()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, scratch_database() as database_url:
+        ledger = AgentRunsStore(database_url=database_url)
+        ledger.open()
         source = str(Path(folder) / "items.json")
         Path(source).write_text(json.dumps(
             [{"title": f"Item {n}", "summary": f"Summary {n}", "id": str(n)}
              for n in range(args.items)]
         ))
         with LoopbackLlm(lambda request, call: Reply(delay=args.latency)) as llm:
-            first, stats = run(source, cache, llm, args.concurrency)
+            first, stats = run(source, cache, ledger, llm, args.concurrency)
             calls_after_first = len(llm.requests)
-            second, cached = run(source, cache, llm, args.concurrency)
+            second, cached = run(source, cache, ledger, llm, args.concurrency)
             assert len(llm.requests) == calls_after_first
+        ledger.close()
     ideal = args.items * args.latency / args.concurrency
     print(f"{args.items} items, LLM latency {args.latency * 1000:.0f} ms, "
           f"concurrency {args.concurrency}; max in flight {llm.max_in_flight}")

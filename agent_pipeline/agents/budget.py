@@ -1,11 +1,11 @@
 """What the LLM may spend: LLM_MAX_CALLS_PER_RUN requests per run, and LLM_DAILY_BUDGET (in
-the currency of LLM_PRICE_INPUT/LLM_PRICE_OUTPUT) per UTC day. Each request asks first; the
-day's spend is read from, and each answer's cost added to, a ledger that outlives the run
-(agent_runs' database, in the job), so a new run, or another run at the same time, sees what
-the others spent. A request is let through only while today's spend, plus the calls in flight
-at today's mean cost per call, plus this one, stays within the budget: concurrent calls cannot
-overshoot it by more than the calls in flight, and with calls that cost the same they do not
-overshoot at all."""
+the currency of LLM_PRICE_INPUT/LLM_PRICE_OUTPUT) per UTC day. Each request asks first. With a
+daily budget, the day's spend is read from, and each answer's cost added to, a ledger that
+outlives the run (agent_runs' database, in the job), so a new run, or another run at the same
+time, sees what the others spent; without one, a run's spend is added once, at its end. A
+request is let through only while today's spend, plus the calls in flight at today's mean cost
+per call, plus this one, stays within the budget: concurrent calls cannot overshoot it by more
+than the calls in flight, and with calls that cost the same they do not overshoot at all."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ class SpendLedger(Protocol):
         ...
 
     def add_llm_spend(
-        self, day: date, prompt_tokens: int, completion_tokens: int, cost: float
+        self, day: date, calls: int, prompt_tokens: int, completion_tokens: int, cost: float
     ) -> None:
-        """Count one call's tokens and cost for day."""
+        """Count calls, their tokens and cost for day."""
         ...
 
 
@@ -58,6 +58,8 @@ class CallBudget:
         self._clock = clock
         self._changed = threading.Condition()
         self._in_flight = 0
+        # Calls, prompt and completion tokens and cost settled but not yet in the ledger.
+        self._unflushed: tuple[int, int, int, float] = (0, 0, 0, 0.0)
         self.requests = 0
         # Why the run stopped calling the LLM (the first limit it reached), or None; and
         # whether the daily budget was among the limits reached.
@@ -102,12 +104,34 @@ class CallBudget:
             self._in_flight += 1
 
     def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """After a request that was answered (and is paid for): count its cost."""
+        """After a request that was answered (and is paid for): count its cost. With a daily
+        budget, in the ledger at once, for the next request's check and other runs' (outside
+        the lock: other threads need not wait for the write; until the release the call still
+        counts as in flight, which only errs on the safe side). Without one, in memory until
+        flush(): a write per call would cost more than the nothing it protects."""
+        cost = self.prices.cost(prompt_tokens, completion_tokens) if self.prices else 0.0
+        try:
+            if self._ledger is not None and self.daily_budget is not None:
+                self._ledger.add_llm_spend(self.today(), 1, prompt_tokens, completion_tokens, cost)
+            else:
+                with self._changed:
+                    self._unflushed = tuple(
+                        total + value for total, value in
+                        zip(self._unflushed, (1, prompt_tokens, completion_tokens, cost),
+                            strict=True)
+                    )
+        finally:
+            with self._changed:
+                self._release()
+
+    def flush(self) -> None:
+        """Count in the ledger what settle kept in memory; at the end of the run's scoring."""
         with self._changed:
-            if self._ledger is not None:
-                cost = self.prices.cost(prompt_tokens, completion_tokens) if self.prices else 0.0
-                self._ledger.add_llm_spend(self.today(), prompt_tokens, completion_tokens, cost)
-            self._release()
+            calls, prompt_tokens, completion_tokens, cost = self._unflushed
+            self._unflushed = (0, 0, 0, 0.0)
+        if calls and self._ledger is not None:
+            self._ledger.add_llm_spend(self.today(), calls, prompt_tokens, completion_tokens,
+                                       cost)
 
     def release(self) -> None:
         """After a request that got no answer to pay for (a timeout, a 5xx, a dropped

@@ -234,6 +234,8 @@ def score_with_llm(
 
         def score_entry(entry: tuple[str, str, dict[str, Any], dict[str, Any]]) -> None:
             entry_id, member, key, item = entry
+            if not queue.enabled:
+                return  # Redis went away: what is left is scored below, without the backlog
             scored.backlog_items[member] = item
             value = context.cache.peek("triage-score", key)
             if value is None:
@@ -311,7 +313,10 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
             prices=llm.prices, ledger=context.spend,
         )
         with LlmScorer(llm, interests, context.log, budget=budget) as scorer:
-            scored = score_with_llm(context, scorer, misses, key_of, stats)
+            try:
+                scored = score_with_llm(context, scorer, misses, key_of, stats)
+            finally:
+                budget.flush()
         fetched = set()
         for item in items:
             member = content_hash(key_of[id(item)])

@@ -897,12 +897,12 @@ class AgentRunsStore(ConfigurableResource):
         return (row.calls, row.cost) if row else (0, 0.0)
 
     def add_llm_spend(
-        self, day: date, prompt_tokens: int, completion_tokens: int, cost: float
+        self, day: date, calls: int, prompt_tokens: int, completion_tokens: int, cost: float
     ) -> None:
-        """Count one call for the UTC day. An increment in the database, not a total written
+        """Count calls for the UTC day. An increment in the database, not a total written
         back: runs counting at the same time lose none of each other's calls."""
         increment = {
-            "calls": llm_spend.c.calls + 1,
+            "calls": llm_spend.c.calls + calls,
             "prompt_tokens": llm_spend.c.prompt_tokens + prompt_tokens,
             "completion_tokens": llm_spend.c.completion_tokens + completion_tokens,
             "cost": llm_spend.c.cost + cost,
@@ -916,7 +916,7 @@ class AgentRunsStore(ConfigurableResource):
             try:
                 with self.engine.begin() as connection:
                     connection.execute(insert(llm_spend).values(
-                        day=day, calls=1, prompt_tokens=prompt_tokens,
+                        day=day, calls=calls, prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens, cost=cost,
                     ))
                 return
