@@ -34,6 +34,13 @@ def test_cache_entries_expire(resource):
     assert resource.cache_get("short") is None
 
 
+def test_many_cached_values_in_one_call(resource, redis_url):
+    resource.cache_set("a", {"score": 1}, ttl_seconds=60)
+    redis.Redis.from_url(redis_url).set("broken", "not json")
+    assert resource.cache_get_many(["a", "missing", "broken"]) == [{"score": 1}, None, None]
+    assert resource.cache_get_many([]) == []
+
+
 def test_cache_refuses_keys_without_expiry(resource):
     with pytest.raises(ValueError, match="ttl_seconds"):
         resource.cache_set("k", 1, ttl_seconds=0)

@@ -37,6 +37,8 @@ class KeyValueStore(Protocol):
 
     def cache_get(self, key: str) -> Any: ...
 
+    def cache_get_many(self, keys: list[str]) -> list[Any]: ...
+
     def cache_set(self, key: str, value: Any, ttl_seconds: int) -> None: ...
 
 
@@ -61,6 +63,17 @@ class AgentCache:
         else:
             self.hits += 1
         return value
+
+    def get_many(self, namespace: str, contents: list[Any]) -> list[Any | None]:
+        """Like get for each content, in one round trip."""
+        if not contents:
+            return []
+        keys = [cache_key(namespace, content) for content in contents]
+        values = self._redis.cache_get_many(keys) if self.enabled else [None] * len(keys)
+        found = sum(value is not None for value in values)
+        self.hits += found
+        self.misses += len(values) - found
+        return values
 
     def peek(self, namespace: str, content: Any) -> Any | None:
         """Like get, without counting a hit or a miss."""

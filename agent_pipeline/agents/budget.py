@@ -14,13 +14,13 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Protocol
 
-from agent_pipeline.agents.llm import DEFAULT_MAX_CALLS_PER_RUN, LlmError, Prices
+from agent_pipeline.agents.llm import DEFAULT_MAX_CALLS_PER_RUN, LimitReached, Prices
 
 # A float sum of equal costs may land a hair above the budget they add up to.
 _TOLERANCE = 1e-9
 
 
-class BudgetReached(LlmError):
+class BudgetReached(LimitReached):
     """A limit on the LLM's spending was reached before this item was scored."""
 
 

@@ -60,8 +60,13 @@ class LlmError(Exception):
     """A call that failed for good: retries spent, or an answer the API itself refused."""
 
 
-class ScoringDeadline(LlmError):
-    """The run's scoring budget ran out before this item was scored."""
+class LimitReached(LlmError):
+    """A limit of the run (time, calls, money) was reached before this item was scored: said
+    once for the run by its caller, not once per item."""
+
+
+class ScoringDeadline(LimitReached):
+    """The run's scoring budget of time ran out before this item was scored."""
 
 
 class MalformedAnswer(Exception):
@@ -317,6 +322,8 @@ class LlmScorer:
         def guarded(item: Any) -> Any:
             try:
                 return score_one(item)
+            except LimitReached as exc:
+                return exc
             except LlmError as exc:
                 self.log.warning(f"Not scored: {exc}")
                 return exc

@@ -21,6 +21,7 @@ from agent_pipeline.agents.budget import BudgetReached, CallBudget
 from agent_pipeline.agents.keywords import mentions_reason, parse_interests
 from agent_pipeline.agents.llm import (
     PROMPT_VERSION,
+    LimitReached,
     LlmError,
     LlmScorer,
     LlmSettings,
@@ -296,8 +297,8 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
     }
     scores: dict[int, dict[str, Any] | None] = {}
     misses = []
-    for item in items:
-        cached = context.cache.get("triage-score", key_of[id(item)])
+    cached_values = context.cache.get_many("triage-score", [key_of[id(item)] for item in items])
+    for item, cached in zip(items, cached_values, strict=True):
         if cached is None:
             misses.append(item)
         else:
@@ -333,8 +334,12 @@ def triage_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
         stats.update(_llm_stats(scorer, budget, scored, llm))
         if budget.stopped_by:
             context.log.warning(f"Stopped calling the LLM: {budget.stopped_by}.")
-        limits = (BudgetReached, ScoringDeadline)
-        api_failures = [f for f in scored.failures if not isinstance(f, limits)]
+        if stats["llm_unscored_at_deadline"]:
+            context.log.warning(
+                f"{stats['llm_unscored_at_deadline']} item(s) left unscored: "
+                f"{next(f for f in scored.failures if isinstance(f, ScoringDeadline))}."
+            )
+        api_failures = [f for f in scored.failures if not isinstance(f, LimitReached)]
         if api_failures and len(api_failures) == scored.asked:
             raise ScoringFailed(f"no item could be scored: {api_failures[0]}")
     else:

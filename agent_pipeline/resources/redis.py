@@ -132,13 +132,12 @@ class RedisStore(ConfigurableResource):
 
     def cache_get(self, key: str) -> Any | None:
         """The JSON value cached under key, or None (missing, expired, or no Redis)."""
-        raw = self._call(None, "get", key)
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            return None
+        return _json_or_none(self._call(None, "get", key))
+
+    def cache_get_many(self, keys: list[str]) -> list[Any | None]:
+        """cache_get for each key, in one round trip (MGET)."""
+        raw = self._call(None, "mget", keys) if keys else []
+        return [_json_or_none(value) for value in raw or [None] * len(keys)]
 
     def cache_set(self, key: str, value: Any, ttl_seconds: int) -> None:
         if ttl_seconds <= 0:
@@ -213,6 +212,16 @@ class RedisStore(ConfigurableResource):
         length = self._call(0, "xlen", stream_key(name)) or 0
         oldest = self._call([], "xrange", stream_key(name), count=1) if length else []
         return length, _entry_time(oldest[0][0]) if oldest else None
+
+
+def _json_or_none(raw: str | None) -> Any | None:
+    """A cached JSON value; None for a missing key, or a value that is not JSON."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return None
 
 
 def _members_key(name: str) -> str:
