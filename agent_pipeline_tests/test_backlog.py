@@ -356,6 +356,7 @@ def agent_stats(row: dict) -> dict:
     return row["result"]["agent_stats"]
 
 
+@pytest.mark.slow
 def test_two_hundred_items_fifty_calls_a_run_are_all_scored_in_four_windows(
     triage_env, postgres_url
 ):
@@ -377,6 +378,7 @@ def test_two_hundred_items_fifty_calls_a_run_are_all_scored_in_four_windows(
     assert all(r["status"] == "succeeded" for r in found)
 
 
+@pytest.mark.slow
 def test_a_daily_budget_worth_thirty_calls(triage_env, postgres_url, smtp_server):
     triage_env.setenv("LLM_DAILY_BUDGET", repr(30 * CALL_COST))
     triage_env.setenv("ALERT_EMAIL_TO", "ops@example.com")

@@ -92,6 +92,7 @@ def test_headers_sent_one_byte_at_a_time_meet_the_request_deadline():
     assert server.sent < 60
 
 
+@pytest.mark.slow
 def test_slow_sources_cost_their_own_items_not_the_run():
     """Sources are fetched together: two that drip for minutes are cut at the run's fetch
     budget, and the good one's items are there."""

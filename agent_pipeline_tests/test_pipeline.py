@@ -332,6 +332,7 @@ def test_a_hundred_thousand_fat_items_keep_the_best_and_a_bounded_row(
     assert len(smtp_server.received) == 1
 
 
+@pytest.mark.slow
 def test_an_smtp_server_failing_half_the_time_loses_no_email_and_sends_none_twice(
     production_env, postgres_url, smtp_server
 ):

@@ -204,6 +204,7 @@ def test_run_containers_and_redis_have_memory_caps(tmp_path, variables, run_memo
 @pytest.mark.skipif(
     shutil.which("docker-compose") is None, reason="docker-compose is not installed"
 )
+@pytest.mark.slow
 def test_compose_sends_to_mailpit_until_smtp_host_is_set_then_uses_starttls(tmp_path):
     trial = resources_from_env(rendered_settings(tmp_path))["smtp"]
     assert (trial.host, trial.port, trial.security) == ("mailpit", 1025, "none")
