@@ -5,24 +5,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
 import redis
 from aiosmtpd.controller import Controller
-from dagster import DagsterInstance
-from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy.engine import make_url
 
-from agent_pipeline.resources.agent_runs import AgentRunsStore
-from agent_pipeline_tests.helpers import (
-    CONFIG_VARIABLES,
-    INTERESTS,
-    SmtpCatcher,
-    export_storage_env,
-    pipeline_settings,
-)
 from agent_pipeline_tests.services import (
     ServiceMissing,
     free_port,
@@ -31,7 +22,13 @@ from agent_pipeline_tests.services import (
     throwaway_postgres,
     throwaway_redis,
 )
-from agent_pipeline_tests.topology import production_topology
+
+if TYPE_CHECKING:
+    from agent_pipeline.resources.agent_runs import AgentRunsStore
+    from agent_pipeline_tests.helpers import SmtpCatcher
+
+# Dagster and the project are imported inside the fixtures that use them, not here: pytest-xdist's
+# controller process loads this file too, runs no test, and would spend 2.4 s importing them.
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -95,6 +92,8 @@ def postgres_url(postgres_database: str) -> Iterator[str]:
 
 @pytest.fixture
 def pg_store(postgres_url: str) -> Iterator[AgentRunsStore]:
+    from agent_pipeline.resources.agent_runs import AgentRunsStore
+
     store = AgentRunsStore(database_url=postgres_url)
     store.open()
     yield store
@@ -126,6 +125,8 @@ def redis_url(redis_server: str) -> Iterator[str]:
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpCatcher]:
     """A real SMTP server (aiosmtpd) on a free loopback port, keeping what it receives."""
+    from agent_pipeline_tests.helpers import SmtpCatcher
+
     catcher = SmtpCatcher("127.0.0.1", free_port())
     controller = Controller(catcher, hostname=catcher.host, port=catcher.port)
     controller.start()
@@ -136,6 +137,8 @@ def smtp_server() -> Iterator[SmtpCatcher]:
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path) -> pytest.MonkeyPatch:
     """No configuration from the outside world; local files under tmp_path."""
+    from agent_pipeline_tests.helpers import CONFIG_VARIABLES
+
     for name in CONFIG_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AGENT_PIPELINE_HOME", str(tmp_path / "home"))
@@ -145,6 +148,8 @@ def clean_env(monkeypatch, tmp_path) -> pytest.MonkeyPatch:
 @pytest.fixture
 def production_env(clean_env, postgres_url, redis_url, smtp_server):
     """The pipeline configured as in production: Postgres, Redis and SMTP, all real."""
+    from agent_pipeline_tests.helpers import INTERESTS
+
     clean_env.setenv("DATABASE_URL", postgres_url)
     clean_env.setenv("REDIS_URL", redis_url)
     clean_env.setenv("SMTP_HOST", smtp_server.host)
@@ -159,6 +164,12 @@ def production_env(clean_env, postgres_url, redis_url, smtp_server):
 
 @pytest.fixture
 def stack(tmp_path, clean_env, postgres_url, redis_url, smtp_server):
+    from dagster import DagsterInstance
+    from dagster_graphql import DagsterGraphQLClient
+
+    from agent_pipeline_tests.helpers import export_storage_env, pipeline_settings
+    from agent_pipeline_tests.topology import production_topology
+
     settings = pipeline_settings(
         tmp_path, postgres_url, redis_url, smtp_server,
         AGENT="agent_pipeline_tests.sample_agents:slow_keywords",
