@@ -1,7 +1,10 @@
 # One image for the whole production stack: the gRPC code server (user_code), the webserver,
 # the daemon, and the run containers that DockerRunLauncher starts from it, so that every
 # process runs the same pinned Dagster set and the same project code.
-FROM python:3.11-slim
+# The base image: Docker Hub's by default; the engine test builds the image on a local stand-in
+# (make test, where no registry answers).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

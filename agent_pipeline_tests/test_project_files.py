@@ -172,6 +172,34 @@ def rendered_settings(tmp_path: Path, **variables: str) -> dict[str, str]:
     return {name: "" if value is None else str(value) for name, value in environment.items()}
 
 
+STAND_INS = {"POSTGRES_IMAGE": "local/postgres", "REDIS_IMAGE": "local/redis",
+             "MAIL_IMAGE": "local/mail", "PYTHON_IMAGE": "local/python"}
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose is not installed"
+)
+@pytest.mark.parametrize(
+    "variables, images",
+    [({}, {"postgres": "postgres:16", "redis": "redis:7", "mailpit": "axllent/mailpit:v1.21",
+           "python": "python:3.11-slim"}),
+     (STAND_INS, {"postgres": "local/postgres", "redis": "local/redis", "mailpit": "local/mail",
+                  "python": "local/python"})],
+)
+def test_the_images_are_the_official_ones_unless_a_variable_names_another(
+    tmp_path, variables, images
+):
+    """Where no registry answers, the stand-ins built from Debian packages take the official
+    images' place through these variables; a user's path is unchanged."""
+    services = rendered_compose(tmp_path, **variables)["services"]
+    for service in ("postgres", "redis", "mailpit"):
+        assert services[service]["image"] == images[service]
+    for service in ("user_code", "webserver", "daemon"):
+        assert services[service]["build"]["args"] == {"PYTHON_IMAGE": images["python"]}
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "ARG PYTHON_IMAGE=python:3.11-slim\nFROM ${PYTHON_IMAGE}\n" in dockerfile
+
+
 @pytest.mark.skipif(
     shutil.which("docker-compose") is None, reason="docker-compose is not installed"
 )
