@@ -65,7 +65,7 @@ def test_compose_has_the_production_services_with_health_checks():
         assert set(conditions.values()) == {"service_healthy"}
         assert "postgres" in conditions
     assert all(service["networks"] == ["agent_pipeline"] for service in services.values())
-    assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert services["webserver"]["ports"] == ["127.0.0.1:${WEBSERVER_HOST_PORT:-3000}:3000"]
 
 
 def test_every_run_variable_reaches_the_run_containers():
@@ -84,10 +84,8 @@ def test_names_agree_across_compose_instance_and_workspace():
     document = compose()
     services = document["services"]
     launcher = production_instance()["run_launcher"]["config"]
-    # The network and the storage volume that run containers join by name.
-    assert document["networks"]["agent_pipeline"]["name"] == launcher["network"]
+    # The storage volume that run containers mount (by this name without compose).
     volume_name, mount = launcher["container_kwargs"]["volumes"][0].split(":")
-    assert document["volumes"][volume_name]["name"] == volume_name
     assert f"{volume_name}:{mount}" in services["daemon"]["volumes"]
     assert services["user_code"]["environment"]["DAGSTER_STORAGE_DIR"] == mount
     # The image run containers start from is the one compose builds.
@@ -127,7 +125,8 @@ def test_the_production_instance_queues_retries_and_monitors():
 
 def test_the_dockerfile_runs_as_a_non_root_user_on_slim_python():
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert dockerfile.startswith("# ") and "FROM python:3.11-slim" in dockerfile
+    assert dockerfile.startswith("# ")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim\nFROM ${PYTHON_IMAGE}\n" in dockerfile
     assert "\nUSER dagster\n" in dockerfile
     assert "COPY deploy/dagster.yaml" in dockerfile
 
@@ -170,6 +169,30 @@ def rendered_settings(tmp_path: Path, **variables: str) -> dict[str, str]:
     """The daemon's environment as rendered from variables alone."""
     environment = rendered_compose(tmp_path, **variables)["services"]["daemon"]["environment"]
     return {name: "" if value is None else str(value) for name, value in environment.items()}
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None, reason="docker-compose is not installed"
+)
+@pytest.mark.parametrize(
+    "variables, network, volume",
+    [({}, "agent_pipeline", "agent_pipeline_storage"),
+     ({"DOCKER_NETWORK": "engine_test", "STORAGE_VOLUME": "engine_test_storage"},
+      "engine_test", "engine_test_storage")],
+)
+def test_run_containers_join_the_stacks_network_and_mount_its_volume(
+    tmp_path, variables, network, volume
+):
+    """Run containers are made by DockerRunLauncher, not by compose: they find the network
+    and the volume by name, which the code server's container context passes on."""
+    document = rendered_compose(tmp_path, **variables)
+    assert document["networks"]["agent_pipeline"]["name"] == network
+    assert document["volumes"]["agent_pipeline_storage"]["name"] == volume
+    context = json.loads(
+        document["services"]["user_code"]["environment"]["DAGSTER_CONTAINER_CONTEXT"]
+    )["docker"]
+    assert context["networks"] == [network]
+    assert context["container_kwargs"]["volumes"] == [f"{volume}:/opt/dagster/storage"]
 
 
 STAND_INS = {"POSTGRES_IMAGE": "local/postgres", "REDIS_IMAGE": "local/redis",
