@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+import time
+
 from dagster import (
     DagsterInstance,
     DagsterRun,
@@ -7,6 +10,7 @@ from dagster import (
     build_sensor_context,
 )
 from dagster._core.events import JobFailureData, RunFailureReason
+from dagster._core.events.log import EventLogEntry
 
 from agent_pipeline.resources import AgentResource, DigestSettings, Smtp
 from agent_pipeline.sensors import agent_runs_on_run_failure, agent_runs_sweeper
@@ -112,6 +116,25 @@ def test_a_lost_run_is_told_by_dagsters_data_never_by_its_wording(pg_store):
     )
     assert pg_store.get_row_of_run(timed_out.run_id)["error_message"] == (
         "run killed or lost: Zu spät gestartet."
+    )
+
+
+def test_a_run_whose_container_died_is_told_by_run_monitorings_own_account(pg_store):
+    """Run monitoring fails a run whose worker (a run container) is gone, in a failure event of
+    its own words, long after the launcher's engine events: those words are the cause."""
+    with DagsterInstance.ephemeral() as instance:
+        run = add_run(instance, DagsterRunStatus.FAILURE)
+        instance.report_engine_event("Started process for run (pid: 1).", run)
+        instance.handle_new_event(EventLogEntry(
+            error_info=None, level=logging.INFO, user_message="an op's log line",
+            run_id=run.run_id, timestamp=time.time(),
+        ))
+        event = instance.report_run_failed(run, "Container status is exited. ExitCode 137.")
+        pg_store.get_or_create_row(run.run_id, WINDOW, "keywords")
+        evaluate_failure_sensor(agent_runs_on_run_failure, instance, run, event,
+                                {"agent_runs": pg_store, "agent": AgentResource()})
+    assert pg_store.get_row_of_run(run.run_id)["error_message"] == (
+        "run killed or lost: Container status is exited. ExitCode 137."
     )
 
 

@@ -1,0 +1,304 @@
+"""The production stack on a real Docker engine: docker-compose.yml and the Dockerfile as they
+are, `up -d --build` under a project name, ports, network and volume of the test's own (nothing
+of a user's stack is touched), on the official images or, where no registry answers, stand-ins
+built from Debian packages (engine.py). Skipped, with the reason, only where no engine answers
+and none can be started (not root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from agent_pipeline_tests.engine import EngineUnavailable, docker, docker_engine, image_variables
+from agent_pipeline_tests.helpers import window_keys
+from agent_pipeline_tests.services import free_port
+from agent_pipeline_tests.topology import graphql, launch_window, run_status
+
+pytestmark = [pytest.mark.slow, pytest.mark.docker]
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT = "agent_pipeline_engine_test"
+USER_CODE_IMAGE = "agent_pipeline_test/user_code"
+ENDED = ("SUCCESS", "FAILURE", "CANCELED")
+SCHEDULE_QUERY = """
+{ schedulesOrError(repositorySelector: {repositoryLocationName: "agent_pipeline",
+                                        repositoryName: "__repository__"}) {
+    ... on Schedules { results { name scheduleState { status } } } } }
+"""
+CODE_LOCATION_QUERY = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+
+def compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise EngineUnavailable("neither `docker compose` nor docker-compose is installed")
+
+
+@dataclass
+class Stack:
+    variables: dict[str, str]
+    env_file: Path
+    command: list[str]
+
+    @property
+    def web_port(self) -> int:
+        return int(self.variables["WEBSERVER_HOST_PORT"])
+
+    @property
+    def database_url(self) -> str:
+        return (f"postgresql://agent_pipeline:agent_pipeline@127.0.0.1:"
+                f"{self.variables['POSTGRES_HOST_PORT']}/agent_pipeline")
+
+    def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        # Only these variables: a developer's own settings must not reach the test's stack.
+        environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+                       **self.variables}
+        done = subprocess.run(
+            [*self.command, "-p", PROJECT, "--env-file", str(self.env_file),
+             "-f", str(REPO / "docker-compose.yml"), *args],
+            capture_output=True, text=True, timeout=timeout, env=environment,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"compose {' '.join(args)} failed: {done.stderr[-2000:]}")
+        return done
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).stdout.strip()
+
+    def rows(self) -> list[dict]:
+        with psycopg2.connect(self.database_url) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT partition_key, dagster_run_id, status, email_status, "
+                           "error_message FROM agent_runs ORDER BY id")
+            names = [column.name for column in cursor.description]
+            found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        connection.close()
+        return found
+
+
+def wait_until(check, what: str, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except Exception:  # noqa: BLE001 (not up yet)
+            found = None
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp("engine")
+    with ExitStack() as cleanup:
+        try:
+            cleanup.enter_context(docker_engine(folder))
+            command = compose_command()
+        except EngineUnavailable as exc:
+            pytest.skip(str(exc))
+        variables = {
+            **image_variables(),
+            "USER_CODE_IMAGE": USER_CODE_IMAGE,
+            "DOCKER_NETWORK": f"{PROJECT}_network",
+            "STORAGE_VOLUME": f"{PROJECT}_storage",
+            **{name: str(free_port()) for name in (
+                "WEBSERVER_HOST_PORT", "POSTGRES_HOST_PORT", "REDIS_HOST_PORT",
+                "MAIL_HOST_PORT", "MAIL_UI_HOST_PORT")},
+        }
+        env_file = folder / "empty.env"
+        env_file.write_text("")
+        running = Stack(variables, env_file, command)
+        cleanup.callback(_take_down, running)
+        before = _image_id(USER_CODE_IMAGE)
+        running.compose("up", "-d", "--build")
+        if before and before != _image_id(USER_CODE_IMAGE):
+            docker("rmi", before, check=False)  # the previous build, else left dangling
+        wait_until(lambda: _code_location_loaded(running.web_port), "the code location")
+        yield running
+
+
+def _image_id(image: str) -> str | None:
+    found = docker("image", "inspect", "-f", "{{.Id}}", image, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def _take_down(stack: Stack) -> None:
+    """Everything the test made but the images (kept: the next run builds nothing again):
+    its containers, run containers included, its network and its volumes."""
+    for container in docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                            check=False).stdout.split():
+        docker("rm", "-f", container, check=False)
+    for run_container in docker("ps", "-aq", "--filter", "label=dagster/job_name",
+                                check=False).stdout.split():
+        networks = docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", run_container,
+                          check=False).stdout
+        if stack.variables["DOCKER_NETWORK"] in networks:
+            docker("rm", "-f", run_container, check=False)
+    stack.compose("down", "-v", "--remove-orphans")
+
+
+def _code_location_loaded(port: int) -> bool:
+    entries = graphql(port, CODE_LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
+    return [(e["name"], e["locationOrLoadError"]["__typename"]) for e in entries] == [
+        ("agent_pipeline", "RepositoryLocation")
+    ]
+
+
+def _wait_for_run(port: int, run_id: str, timeout: float = 240) -> str:
+    return wait_until(lambda: (status := run_status(port, run_id)) in ENDED and status,
+                      f"run {run_id} to end", timeout)
+
+
+def test_every_service_is_healthy_and_the_code_location_loads(stack):
+    for service in ("postgres", "redis", "user_code"):
+        container = stack.container(service)
+        wait_until(lambda c=container: docker("inspect", "-f", "{{.State.Health.Status}}", c)
+                   .stdout.strip() == "healthy", f"{service} healthy", 120)
+    for service in ("mailpit", "webserver", "daemon"):
+        state = docker("inspect", "-f", "{{.State.Status}}", stack.container(service))
+        assert state.stdout.strip() == "running", service
+    assert _code_location_loaded(stack.web_port)
+    # The code server and the run containers run as the image's own user, not root.
+    user = docker("exec", stack.container("user_code"), "id", "-un").stdout.strip()
+    assert user == "dagster"
+
+
+def test_a_launch_runs_in_a_container_of_its_own_and_emails_once(stack):
+    window = window_keys(3)[0]
+    events = subprocess.Popen(
+        ["docker", "events", "--filter", "type=container", "--filter", "event=start",
+         "--format", "{{json .Actor.Attributes}}"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        run_id = launch_window(stack.web_port, window)  # as the Launchpad does
+        assert _wait_for_run(stack.web_port, run_id) == "SUCCESS"
+    finally:
+        events.terminate()
+        started = [json.loads(line) for line in events.communicate(timeout=10)[0].splitlines()]
+    (run_container,) = [e for e in started if e.get("dagster/run_id") == run_id]
+    assert run_container["image"] == USER_CODE_IMAGE
+    row = next(r for r in stack.rows() if r["dagster_run_id"] == run_id)
+    assert (row["partition_key"], row["status"], row["email_status"]) == (
+        window, "succeeded", "sent")
+    mails = docker("exec", stack.container("mailpit"), "sh", "-c",
+                   "cat /var/mail/catcher/new/*").stdout
+    assert mails.count(f"X-Agent-Pipeline-Window: {window}") == 1
+    # auto_remove: the run's container is gone once it ended.
+    wait_until(lambda: docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}")
+               .stdout.strip() == "", "the run container to be removed", 60)
+
+
+def test_a_cli_backfill_from_inside_the_stack(stack):
+    first, _, last = window_keys(8)[:3]
+    stack.compose("exec", "-T", "webserver", "dagster", "job", "backfill", "-w",
+                  "workspace.yaml", "-j", "agent_job", "--from", first, "--to", last,
+                  "--noprompt")
+    windows = set(window_keys(8)[:3])
+
+    def backfilled() -> list[dict] | None:
+        found = [r for r in stack.rows() if r["partition_key"] in windows]
+        return found if len(found) == 3 and all(r["status"] != "running" for r in found) else None
+
+    rows = wait_until(backfilled, "the three backfilled windows", 300)
+    assert [r["status"] for r in rows] == ["succeeded"] * 3
+    assert {r["email_status"] for r in rows} == {"skipped"}  # BACKFILL_EMAIL=none
+
+
+def test_a_killed_run_container_fails_its_row_and_the_retry_emails_once(stack):
+    window = window_keys(5)[0]
+    events = subprocess.Popen(
+        ["docker", "events", "--filter", "type=container", "--filter", "event=start",
+         "--format", "{{json .}}"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        run_id = launch_window(stack.web_port, window)
+        for line in events.stdout:  # the run's container, as soon as it starts
+            event = json.loads(line)
+            if event["Actor"]["Attributes"].get("dagster/run_id") == run_id:
+                killed = event["id"]
+                break
+        deadline = time.monotonic() + 120
+        while run_status(stack.web_port, run_id) not in ("STARTED", *ENDED):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)  # the ops take a second or two: kill while they run
+        docker("kill", killed)
+        assert _wait_for_run(stack.web_port, run_id) == "FAILURE"
+
+        def retried() -> dict | None:
+            rows = [r for r in stack.rows() if r["partition_key"] == window]
+            done = [r for r in rows if r["dagster_run_id"] != run_id and r["status"] != "running"]
+            return done[0] if done else None
+
+        retry = wait_until(retried, "Dagster's retry of the window", 300)
+    finally:
+        events.terminate()
+        later = [json.loads(line) for line in events.communicate(timeout=10)[0].splitlines()]
+    # The failure sensor writes the row of a run killed before its first op could.
+    failed = wait_until(lambda: next((r for r in stack.rows() if r["dagster_run_id"] == run_id
+                                      and r["status"] == "failed"), None),
+                        "the killed run's row to be failed", 120)
+    # Run monitoring's own account names the cause: the run's container is gone (killed, then
+    # removed by auto_remove), not the launcher's last engine event.
+    assert failed["error_message"].startswith("run killed or lost: "), failed["error_message"]
+    assert "container" in failed["error_message"], failed["error_message"]
+    assert (retry["status"], retry["email_status"]) == ("succeeded", "sent")
+    # The retry ran in a container of its own.
+    assert any(e["Actor"]["Attributes"].get("dagster/run_id") == retry["dagster_run_id"]
+               and e["id"] != killed for e in later)
+    mails = docker("exec", stack.container("mailpit"), "sh", "-c",
+                   "cat /var/mail/catcher/new/*").stdout
+    assert mails.count(f"X-Agent-Pipeline-Window: {window}") == 1
+
+
+def test_restarting_the_daemon_and_the_code_server_leaves_no_row_running(stack):
+    stack.compose("restart", "daemon", "user_code")
+    container = stack.container("user_code")
+    wait_until(lambda: docker("inspect", "-f", "{{.State.Health.Status}}", container)
+               .stdout.strip() == "healthy", "the code server healthy again", 120)
+    window = window_keys(6)[0]
+    # The webserver finds the code server again on its next look; until then a launch fails.
+    run_id = wait_until(lambda: launch_window(stack.web_port, window), "a launch to be taken", 120)
+    assert _wait_for_run(stack.web_port, run_id) == "SUCCESS"
+    schedules = graphql(stack.web_port, SCHEDULE_QUERY)["schedulesOrError"]["results"]
+    assert {s["name"]: s["scheduleState"]["status"] for s in schedules}["agent_job_schedule"] == (
+        "RUNNING")
+    assert [r for r in stack.rows() if r["status"] == "running"] == []
+
+
+def test_down_and_up_keeps_runs_rows_and_settings(stack):
+    rows_before = stack.rows()
+    run_ids = [r["dagster_run_id"] for r in rows_before if r["dagster_run_id"]]
+    stack.compose("down")  # volumes kept
+    stack.compose("up", "-d")
+    wait_until(lambda: _code_location_loaded(stack.web_port), "the code location after up")
+    assert stack.rows() == rows_before
+    for run_id in run_ids:
+        assert run_status(stack.web_port, run_id) in ENDED
+    schedules = graphql(stack.web_port, SCHEDULE_QUERY)["schedulesOrError"]["results"]
+    assert {s["name"]: s["scheduleState"]["status"] for s in schedules}["agent_job_schedule"] == (
+        "RUNNING")
+
+
+def test_the_webserver_and_daemon_logs_hold_no_traceback_or_deprecation(stack):
+    for service in ("webserver", "daemon", "user_code"):
+        logs = stack.compose("logs", "--no-color", service).stdout
+        assert "Traceback" not in logs, f"{service}: {logs[-3000:]}"
+        assert "Deprecat" not in logs, f"{service}: {logs[-3000:]}"
