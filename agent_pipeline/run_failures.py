@@ -31,7 +31,9 @@ def describe_loss(instance: DagsterInstance, run_id: str) -> str | None:
     terminated = termination_reason(instance, run_id)
     if terminated:
         return f"run terminated: {terminated}"
-    entries = instance.all_logs(run_id)
+    entries = instance.all_logs(
+        run_id, of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.ENGINE_EVENT}
+    )
     failures = [i for i, e in enumerate(entries)
                 if e.dagster_event_type == DagsterEventType.RUN_FAILURE]
     if not failures:
@@ -41,21 +43,17 @@ def describe_loss(instance: DagsterInstance, run_id: str) -> str | None:
     reason = getattr(data, "failure_reason", None)
     if reason in _LOST_REASONS:
         return f"run killed or lost: {failure.message}"
-    earlier = entries[: failures[-1]]
-    engine = [e for e in earlier if e.dagster_event_type == DagsterEventType.ENGINE_EVENT]
+    engine = [e for e in entries[: failures[-1]]
+              if e.dagster_event_type == DagsterEventType.ENGINE_EVENT]
     if engine and getattr(data, "error", None) is None and reason in (
         None, RunFailureReason.UNKNOWN,
     ):
-        # Failed from outside, with neither an error nor a reason. Just after an engine event:
-        # the code server found the run's process dead and said how in that event (Dagster
-        # 1.13's DagsterApiServer._check_for_orphaned_runs). Otherwise the failure says it
-        # itself: run monitoring found the run's container gone, and how it ended.
-        just_before = earlier[-1]
-        told_by = (
-            just_before if just_before.dagster_event_type == DagsterEventType.ENGINE_EVENT
-            else failure
-        )
-        return f"run killed or lost: {told_by.message}"
+        # Failed from outside, with neither an error nor a reason: the run's last engine event
+        # and the failure's own words, together. When the code server found the run's process
+        # dead, the engine event says how (Dagster 1.13's _check_for_orphaned_runs); when run
+        # monitoring found its container gone, the failure does. Which one spoke is not in the
+        # data, so neither is dropped.
+        return f"run killed or lost: {engine[-1].message} {failure.message}"
     return None
 
 

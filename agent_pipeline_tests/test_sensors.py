@@ -82,7 +82,8 @@ def test_the_failure_sensor_fails_a_running_row_and_inserts_a_missing_one(pg_sto
     assert killed_row["status"] == "failed"
     assert killed_row["error_message"] == (
         f"run killed or lost: Run execution process for {killed.run_id} was terminated by "
-        "signal 9 (SIGKILL)."
+        "signal 9 (SIGKILL). This run has been marked as failed from outside the execution "
+        "context."
     )
     inserted = pg_store.get_row_of_run(never_started.run_id)
     assert inserted["status"] == "failed" and inserted["partition_key"] == WINDOW
@@ -112,7 +113,8 @@ def test_a_lost_run_is_told_by_dagsters_data_never_by_its_wording(pg_store):
                 {"agent_runs": pg_store, "agent": AgentResource()},
             )
     assert pg_store.get_row_of_run(crashed.run_id)["error_message"] == (
-        "run killed or lost: Der Prozess ist weg."
+        "run killed or lost: Der Prozess ist weg. "
+        "This run has been marked as failed from outside the execution context."
     )
     assert pg_store.get_row_of_run(timed_out.run_id)["error_message"] == (
         "run killed or lost: Zu spät gestartet."
@@ -121,7 +123,7 @@ def test_a_lost_run_is_told_by_dagsters_data_never_by_its_wording(pg_store):
 
 def test_a_run_whose_container_died_is_told_by_run_monitorings_own_account(pg_store):
     """Run monitoring fails a run whose worker (a run container) is gone, in a failure event of
-    its own words, long after the launcher's engine events: those words are the cause."""
+    its own words, after the launcher's engine events: those words, the cause, are kept."""
     with DagsterInstance.ephemeral() as instance:
         run = add_run(instance, DagsterRunStatus.FAILURE)
         instance.report_engine_event("Started process for run (pid: 1).", run)
@@ -134,7 +136,8 @@ def test_a_run_whose_container_died_is_told_by_run_monitorings_own_account(pg_st
         evaluate_failure_sensor(agent_runs_on_run_failure, instance, run, event,
                                 {"agent_runs": pg_store, "agent": AgentResource()})
     assert pg_store.get_row_of_run(run.run_id)["error_message"] == (
-        "run killed or lost: Container status is exited. ExitCode 137."
+        "run killed or lost: Started process for run (pid: 1). "
+        "Container status is exited. ExitCode 137."
     )
 
 
