@@ -12,8 +12,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg2
+
+from agent_pipeline_tests.services import free_port
+from agent_pipeline_tests.topology import graphql
 
 IMAGES = Path(__file__).resolve().parent / "engine_images"
 BASE_IMAGE = "agent_pipeline_test/bookworm"
@@ -146,3 +152,132 @@ def _build_stand_in(tag: str, folder: str) -> None:
         # The host's network: apt-get and pip reach the mirrors as the host does.
         docker("build", "--network", "host", "--build-arg", f"BASE={BASE_IMAGE}", "-t", tag,
                context, timeout=900)
+
+
+REPO = Path(__file__).resolve().parent.parent
+USER_CODE_IMAGE = "agent_pipeline_test/user_code"
+CODE_LOCATION_QUERY = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+
+def compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise EngineUnavailable("neither `docker compose` nor docker-compose is installed")
+
+
+@dataclass
+class Stack:
+    """A compose project of docker-compose.yml, up."""
+
+    project: str
+    variables: dict[str, str]
+    env_file: Path
+    command: list[str]
+
+    @property
+    def web_port(self) -> int:
+        return int(self.variables["WEBSERVER_HOST_PORT"])
+
+    @property
+    def database_url(self) -> str:
+        return (f"postgresql://agent_pipeline:agent_pipeline@127.0.0.1:"
+                f"{self.variables['POSTGRES_HOST_PORT']}/agent_pipeline")
+
+    def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        # Only these variables: a developer's own settings must not reach the test's stack.
+        environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+                       **self.variables}
+        done = subprocess.run(
+            [*self.command, "-p", self.project, "--env-file", str(self.env_file),
+             "-f", str(REPO / "docker-compose.yml"), *args],
+            capture_output=True, text=True, timeout=timeout, env=environment,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"compose {' '.join(args)} failed: {done.stderr[-2000:]}")
+        return done
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).stdout.strip()
+
+    def rows(self) -> list[dict]:
+        with psycopg2.connect(self.database_url) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT partition_key, dagster_run_id, status, email_status, "
+                           "error_message FROM agent_runs ORDER BY id")
+            names = [column.name for column in cursor.description]
+            found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        connection.close()
+        return found
+
+
+def wait_until(check, what: str, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except Exception:  # noqa: BLE001 (not up yet)
+            found = None
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@contextmanager
+def compose_stack(folder: Path, project: str) -> Iterator[Stack]:
+    """docker-compose.yml up (built) under project, on free ports and a network and volume of
+    its own, on an engine (docker_engine) and images (image_variables) as above; taken down at
+    the end. EngineUnavailable when there can be no engine."""
+    with ExitStack() as cleanup:
+        cleanup.enter_context(docker_engine(folder))
+        command = compose_command()
+        variables = {
+            **image_variables(),
+            "USER_CODE_IMAGE": USER_CODE_IMAGE,
+            "DOCKER_NETWORK": f"{project}_network",
+            "STORAGE_VOLUME": f"{project}_storage",
+            **{name: str(free_port()) for name in (
+                "WEBSERVER_HOST_PORT", "POSTGRES_HOST_PORT", "REDIS_HOST_PORT",
+                "MAIL_HOST_PORT", "MAIL_UI_HOST_PORT")},
+        }
+        env_file = folder / "empty.env"
+        env_file.write_text("")
+        running = Stack(project, variables, env_file, command)
+        cleanup.callback(_take_down, running)
+        before = _image_id(USER_CODE_IMAGE)
+        running.compose("up", "-d", "--build")
+        if before and before != _image_id(USER_CODE_IMAGE):
+            docker("rmi", before, check=False)  # the previous build, else left dangling
+        wait_until(lambda: code_location_loaded(running.web_port), "the code location")
+        yield running
+
+
+def _image_id(image: str) -> str | None:
+    found = docker("image", "inspect", "-f", "{{.Id}}", image, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def _take_down(stack: Stack) -> None:
+    """Everything the stack made but the images (kept: the next run builds nothing again):
+    its containers, run containers included, its network and its volumes."""
+    project_label = f"label=com.docker.compose.project={stack.project}"
+    for container in docker("ps", "-aq", "--filter", project_label, check=False).stdout.split():
+        docker("rm", "-f", container, check=False)
+    for run_container in docker("ps", "-aq", "--filter", "label=dagster/job_name",
+                                check=False).stdout.split():
+        networks = docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", run_container,
+                          check=False).stdout
+        if stack.variables["DOCKER_NETWORK"] in networks:
+            docker("rm", "-f", run_container, check=False)
+    stack.compose("down", "-v", "--remove-orphans")
+
+
+def code_location_loaded(port: int) -> bool:
+    entries = graphql(port, CODE_LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
+    return [(e["name"], e["locationOrLoadError"]["__typename"]) for e in entries] == [
+        ("agent_pipeline", "RepositoryLocation")
+    ]

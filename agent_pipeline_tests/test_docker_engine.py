@@ -7,157 +7,42 @@ and none can be started (not root)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
 
-import psycopg2
 import pytest
 
-from agent_pipeline_tests.engine import EngineUnavailable, docker, docker_engine, image_variables
+from agent_pipeline_tests.engine import (
+    USER_CODE_IMAGE,
+    EngineUnavailable,
+    Stack,
+    code_location_loaded,
+    compose_stack,
+    docker,
+    wait_until,
+)
 from agent_pipeline_tests.helpers import window_keys
-from agent_pipeline_tests.services import free_port
 from agent_pipeline_tests.topology import graphql, launch_window, run_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
-REPO = Path(__file__).resolve().parent.parent
 PROJECT = "agent_pipeline_engine_test"
-USER_CODE_IMAGE = "agent_pipeline_test/user_code"
 ENDED = ("SUCCESS", "FAILURE", "CANCELED")
 SCHEDULE_QUERY = """
 { schedulesOrError(repositorySelector: {repositoryLocationName: "agent_pipeline",
                                         repositoryName: "__repository__"}) {
     ... on Schedules { results { name scheduleState { status } } } } }
 """
-CODE_LOCATION_QUERY = """
-{ workspaceOrError { ... on Workspace { locationEntries {
-    name locationOrLoadError { __typename ... on PythonError { message } } } } } }
-"""
-
-
-def compose_command() -> list[str]:
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    raise EngineUnavailable("neither `docker compose` nor docker-compose is installed")
-
-
-@dataclass
-class Stack:
-    variables: dict[str, str]
-    env_file: Path
-    command: list[str]
-
-    @property
-    def web_port(self) -> int:
-        return int(self.variables["WEBSERVER_HOST_PORT"])
-
-    @property
-    def database_url(self) -> str:
-        return (f"postgresql://agent_pipeline:agent_pipeline@127.0.0.1:"
-                f"{self.variables['POSTGRES_HOST_PORT']}/agent_pipeline")
-
-    def compose(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        # Only these variables: a developer's own settings must not reach the test's stack.
-        environment = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-                       **self.variables}
-        done = subprocess.run(
-            [*self.command, "-p", PROJECT, "--env-file", str(self.env_file),
-             "-f", str(REPO / "docker-compose.yml"), *args],
-            capture_output=True, text=True, timeout=timeout, env=environment,
-        )
-        if done.returncode != 0:
-            raise AssertionError(f"compose {' '.join(args)} failed: {done.stderr[-2000:]}")
-        return done
-
-    def container(self, service: str) -> str:
-        return self.compose("ps", "-q", service).stdout.strip()
-
-    def rows(self) -> list[dict]:
-        with psycopg2.connect(self.database_url) as connection, connection.cursor() as cursor:
-            cursor.execute("SELECT partition_key, dagster_run_id, status, email_status, "
-                           "error_message FROM agent_runs ORDER BY id")
-            names = [column.name for column in cursor.description]
-            found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        connection.close()
-        return found
-
-
-def wait_until(check, what: str, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-        except Exception:  # noqa: BLE001 (not up yet)
-            found = None
-        if found:
-            return found
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    folder = tmp_path_factory.mktemp("engine")
-    with ExitStack() as cleanup:
-        try:
-            cleanup.enter_context(docker_engine(folder))
-            command = compose_command()
-        except EngineUnavailable as exc:
-            pytest.skip(str(exc))
-        variables = {
-            **image_variables(),
-            "USER_CODE_IMAGE": USER_CODE_IMAGE,
-            "DOCKER_NETWORK": f"{PROJECT}_network",
-            "STORAGE_VOLUME": f"{PROJECT}_storage",
-            **{name: str(free_port()) for name in (
-                "WEBSERVER_HOST_PORT", "POSTGRES_HOST_PORT", "REDIS_HOST_PORT",
-                "MAIL_HOST_PORT", "MAIL_UI_HOST_PORT")},
-        }
-        env_file = folder / "empty.env"
-        env_file.write_text("")
-        running = Stack(variables, env_file, command)
-        cleanup.callback(_take_down, running)
-        before = _image_id(USER_CODE_IMAGE)
-        running.compose("up", "-d", "--build")
-        if before and before != _image_id(USER_CODE_IMAGE):
-            docker("rmi", before, check=False)  # the previous build, else left dangling
-        wait_until(lambda: _code_location_loaded(running.web_port), "the code location")
-        yield running
-
-
-def _image_id(image: str) -> str | None:
-    found = docker("image", "inspect", "-f", "{{.Id}}", image, check=False)
-    return found.stdout.strip() if found.returncode == 0 else None
-
-
-def _take_down(stack: Stack) -> None:
-    """Everything the test made but the images (kept: the next run builds nothing again):
-    its containers, run containers included, its network and its volumes."""
-    for container in docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}",
-                            check=False).stdout.split():
-        docker("rm", "-f", container, check=False)
-    for run_container in docker("ps", "-aq", "--filter", "label=dagster/job_name",
-                                check=False).stdout.split():
-        networks = docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", run_container,
-                          check=False).stdout
-        if stack.variables["DOCKER_NETWORK"] in networks:
-            docker("rm", "-f", run_container, check=False)
-    stack.compose("down", "-v", "--remove-orphans")
-
-
-def _code_location_loaded(port: int) -> bool:
-    entries = graphql(port, CODE_LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
-    return [(e["name"], e["locationOrLoadError"]["__typename"]) for e in entries] == [
-        ("agent_pipeline", "RepositoryLocation")
-    ]
+    try:
+        with compose_stack(tmp_path_factory.mktemp("engine"), PROJECT) as running:
+            yield running
+    except EngineUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _wait_for_run(port: int, run_id: str, timeout: float = 240) -> str:
@@ -173,7 +58,7 @@ def test_every_service_is_healthy_and_the_code_location_loads(stack):
     for service in ("mailpit", "webserver", "daemon"):
         state = docker("inspect", "-f", "{{.State.Status}}", stack.container(service))
         assert state.stdout.strip() == "running", service
-    assert _code_location_loaded(stack.web_port)
+    assert code_location_loaded(stack.web_port)
     # The code server and the run containers run as the image's own user, not root.
     user = docker("exec", stack.container("user_code"), "id", "-un").stdout.strip()
     assert user == "dagster"
@@ -288,7 +173,7 @@ def test_down_and_up_keeps_runs_rows_and_settings(stack):
     run_ids = [r["dagster_run_id"] for r in rows_before if r["dagster_run_id"]]
     stack.compose("down")  # volumes kept
     stack.compose("up", "-d")
-    wait_until(lambda: _code_location_loaded(stack.web_port), "the code location after up")
+    wait_until(lambda: code_location_loaded(stack.web_port), "the code location after up")
     assert stack.rows() == rows_before
     for run_id in run_ids:
         assert run_status(stack.web_port, run_id) in ENDED
