@@ -45,6 +45,27 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         pytest.skip(str(exc))
 
 
+def _container_starts() -> subprocess.Popen:
+    """The engine's container start events from now on, a JSON object a line."""
+    return subprocess.Popen(
+        ["docker", "events", "--filter", "type=container", "--filter", "event=start",
+         "--format", "{{json .}}"],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+def _ended(events: subprocess.Popen) -> list[dict]:
+    """The events still unread, once the watch is stopped."""
+    events.terminate()
+    return [json.loads(line) for line in events.communicate(timeout=10)[0].splitlines()]
+
+
+def _delivered(stack: Stack) -> str:
+    """Every message the mail catcher has taken, one after another."""
+    return docker("exec", stack.container("mailpit"), "sh", "-c",
+                  "cat /var/mail/catcher/new/*").stdout
+
+
 def _wait_for_run(port: int, run_id: str, timeout: float = 240) -> str:
     return wait_until(lambda: (status := run_status(port, run_id)) in ENDED and status,
                       f"run {run_id} to end", timeout)
@@ -66,25 +87,19 @@ def test_every_service_is_healthy_and_the_code_location_loads(stack):
 
 def test_a_launch_runs_in_a_container_of_its_own_and_emails_once(stack):
     window = window_keys(3)[0]
-    events = subprocess.Popen(
-        ["docker", "events", "--filter", "type=container", "--filter", "event=start",
-         "--format", "{{json .Actor.Attributes}}"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    events = _container_starts()
     try:
         run_id = launch_window(stack.web_port, window)  # as the Launchpad does
         assert _wait_for_run(stack.web_port, run_id) == "SUCCESS"
     finally:
-        events.terminate()
-        started = [json.loads(line) for line in events.communicate(timeout=10)[0].splitlines()]
-    (run_container,) = [e for e in started if e.get("dagster/run_id") == run_id]
+        started = _ended(events)
+    (run_container,) = [e["Actor"]["Attributes"] for e in started
+                        if e["Actor"]["Attributes"].get("dagster/run_id") == run_id]
     assert run_container["image"] == USER_CODE_IMAGE
     row = next(r for r in stack.rows() if r["dagster_run_id"] == run_id)
     assert (row["partition_key"], row["status"], row["email_status"]) == (
         window, "succeeded", "sent")
-    mails = docker("exec", stack.container("mailpit"), "sh", "-c",
-                   "cat /var/mail/catcher/new/*").stdout
-    assert mails.count(f"X-Agent-Pipeline-Window: {window}") == 1
+    assert _delivered(stack).count(f"X-Agent-Pipeline-Window: {window}") == 1
     # auto_remove: the run's container is gone once it ended.
     wait_until(lambda: docker("ps", "-aq", "--filter", f"label=dagster/run_id={run_id}")
                .stdout.strip() == "", "the run container to be removed", 60)
@@ -108,11 +123,7 @@ def test_a_cli_backfill_from_inside_the_stack(stack):
 
 def test_a_killed_run_container_fails_its_row_and_the_retry_emails_once(stack):
     window = window_keys(5)[0]
-    events = subprocess.Popen(
-        ["docker", "events", "--filter", "type=container", "--filter", "event=start",
-         "--format", "{{json .}}"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    events = _container_starts()
     try:
         run_id = launch_window(stack.web_port, window)
         for line in events.stdout:  # the run's container, as soon as it starts
@@ -134,8 +145,7 @@ def test_a_killed_run_container_fails_its_row_and_the_retry_emails_once(stack):
 
         retry = wait_until(retried, "Dagster's retry of the window", 300)
     finally:
-        events.terminate()
-        later = [json.loads(line) for line in events.communicate(timeout=10)[0].splitlines()]
+        later = _ended(events)
     # The failure sensor writes the row of a run killed before its first op could.
     failed = wait_until(lambda: next((r for r in stack.rows() if r["dagster_run_id"] == run_id
                                       and r["status"] == "failed"), None),
@@ -148,9 +158,7 @@ def test_a_killed_run_container_fails_its_row_and_the_retry_emails_once(stack):
     # The retry ran in a container of its own.
     assert any(e["Actor"]["Attributes"].get("dagster/run_id") == retry["dagster_run_id"]
                and e["id"] != killed for e in later)
-    mails = docker("exec", stack.container("mailpit"), "sh", "-c",
-                   "cat /var/mail/catcher/new/*").stdout
-    assert mails.count(f"X-Agent-Pipeline-Window: {window}") == 1
+    assert _delivered(stack).count(f"X-Agent-Pipeline-Window: {window}") == 1
 
 
 def test_restarting_the_daemon_and_the_code_server_leaves_no_row_running(stack):
