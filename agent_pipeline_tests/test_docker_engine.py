@@ -29,6 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 PROJECT = "agent_pipeline_engine_test"
 ENDED = ("SUCCESS", "FAILURE", "CANCELED")
+DAEMON_HEALTH_QUERY = """
+{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }
+"""
 SCHEDULE_QUERY = """
 { schedulesOrError(repositorySelector: {repositoryLocationName: "agent_pipeline",
                                         repositoryName: "__repository__"}) {
@@ -64,6 +67,11 @@ def _delivered(stack: Stack) -> str:
     """Every message the mail catcher has taken, one after another."""
     return docker("exec", stack.container("mailpit"), "sh", "-c",
                   "cat /var/mail/catcher/new/*").stdout
+
+
+def _daemons_healthy(port: int) -> set[str]:
+    statuses = graphql(port, DAEMON_HEALTH_QUERY)["instance"]["daemonHealth"]["allDaemonStatuses"]
+    return {status["daemonType"] for status in statuses if status["healthy"]}
 
 
 def _wait_for_run(port: int, run_id: str, timeout: float = 240) -> str:
@@ -173,6 +181,9 @@ def test_restarting_the_daemon_and_the_code_server_leaves_no_row_running(stack):
     schedules = graphql(stack.web_port, SCHEDULE_QUERY)["schedulesOrError"]["results"]
     assert {s["name"]: s["scheduleState"]["status"] for s in schedules}["agent_job_schedule"] == (
         "RUNNING")
+    # The restarted daemon's scheduler and sensors beat again: the schedule goes on.
+    wait_until(lambda: _daemons_healthy(stack.web_port) >= {"SCHEDULER", "SENSOR"},
+               "the restarted daemon's scheduler and sensors", 120)
     assert [r for r in stack.rows() if r["status"] == "running"] == []
 
 
