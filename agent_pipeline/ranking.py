@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import pandas as pd
-
 from agent_pipeline.errors import AgentOutputError
 from agent_pipeline.text import (
     MAX_SUMMARY_CHARS,
@@ -436,6 +434,10 @@ def rank_outcomes(
     out items whose dedupe key is in already_sent (sent in earlier windows' emails)."""
     if not outcomes:
         return Ranking(ranked=[], top=[], duplicates_removed=0)
+    # Imported here, not at the top: only a run ranks, and pandas is 0.3 s and 40 MB that the
+    # code server, the sensors and every process that merely loads the definitions would pay.
+    import pandas as pd
+
     frame = pd.DataFrame(
         {
             "position": range(len(outcomes)),

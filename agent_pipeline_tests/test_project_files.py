@@ -269,7 +269,7 @@ def test_compose_sends_to_mailpit_until_smtp_host_is_set_then_uses_starttls(tmp_
 
 def test_the_local_instance_queues_one_run_at_a_time():
     instance = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    assert instance["concurrency"]["runs"]["max_concurrent_runs"] == 1
+    assert instance["run_coordinator"]["config"]["max_concurrent_runs"] == 1
     assert instance["storage"]["sqlite"]["base_dir"].startswith(".dagster_home/")
 
 

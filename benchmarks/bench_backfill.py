@@ -31,7 +31,7 @@ from dagster import DagsterInstance, DagsterRunStatus  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from agent_pipeline.jobs import agent_job  # noqa: E402
-from agent_pipeline_tests.conftest import SmtpCatcher  # noqa: E402
+from agent_pipeline_tests.helpers import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
 from agent_pipeline_tests.topology import BIN, production_topology, wait_until  # noqa: E402
 

@@ -73,7 +73,7 @@ def measure_whole_run(env: dict, offset: int) -> dict:
 
     from agent_pipeline.jobs import agent_job
     from agent_pipeline.settings import resources_from_env
-    from agent_pipeline_tests.conftest import SmtpCatcher
+    from agent_pipeline_tests.helpers import SmtpCatcher
     from agent_pipeline_tests.services import free_port
 
     handler = SmtpCatcher("127.0.0.1", free_port())

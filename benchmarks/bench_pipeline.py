@@ -39,7 +39,7 @@ from agent_pipeline.ranking import (  # noqa: E402
 )
 from agent_pipeline.resources import AgentRunsStore, RedisStore  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
-from agent_pipeline_tests.conftest import SmtpCatcher  # noqa: E402
+from agent_pipeline_tests.helpers import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
 from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 

@@ -9,9 +9,6 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 from sqlalchemy import create_engine, exists, func, insert, inspect, or_, select, text, update
@@ -69,6 +66,10 @@ _migrate_lock = threading.Lock()
 @functools.cache
 def head_revision() -> str:
     """The newest migration under alembic/versions/."""
+    # Alembic is imported where it is used: loading the definitions does not need it.
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     return ScriptDirectory.from_config(config).get_current_head()
@@ -177,6 +178,9 @@ class AgentRunsStore(ConfigurableResource):
                     connection.execute(
                         text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
                     )
+                from alembic import command
+                from alembic.config import Config as AlembicConfig
+
                 config = AlembicConfig()
                 config.set_main_option("script_location", str(ALEMBIC_DIR))
                 config.attributes["connection"] = connection
