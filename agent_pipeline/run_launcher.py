@@ -239,14 +239,16 @@ def _code_changed(files: Mapping[str, float]) -> bool:
 
 def _execute_run(request: Mapping[str, Any]) -> int:
     """In the forked process: what `dagster api execute_run` does with its arguments."""
-    from dagster import DagsterInstance
     from dagster._cli.api import _execute_run_command_body
+    from dagster._cli.utils import get_instance_for_cli
     from dagster._serdes import deserialize_value
     from dagster._utils.interrupts import capture_interrupts
 
     with capture_interrupts():
         instance_ref = deserialize_value(request["instance_ref"])
-        with DagsterInstance.from_ref(instance_ref) as instance:
+        # As `dagster api execute_run` opens it: with the working directory's .env read now,
+        # so a run sees the file as it is, not as it was when the server started.
+        with get_instance_for_cli(instance_ref=instance_ref) as instance:
             return _execute_run_command_body(
                 request["run_id"], instance, lambda event: None, set_exit_code_on_failure=True
             )

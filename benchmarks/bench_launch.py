@@ -15,6 +15,7 @@ import argparse
 import itertools
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -58,6 +59,34 @@ MILESTONES = (
     ("first op starts", "STEP_START"),
     ("run succeeded", "RUN_SUCCESS"),
 )
+
+
+IDLE_SECONDS = 30
+
+
+def tree_rss_mb(root: int) -> tuple[float, int]:
+    """The resident memory of a process and all its descendants (MB), and how many there are."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    total, count, todo = 0, 0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        rss = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+        total += int(rss[0].split()[1]) if rss else 0
+        count += 1
+        todo.extend(children.get(pid, []))
+    return total / 1024, count
 
 
 def row_status(database_url: str, run_id: str) -> str | None:
@@ -129,6 +158,9 @@ def measure(topology_name: str, launches: int, workdir: Path, database_url: str,
     else:
         stack = production_topology(workdir, database_url, settings)
     with stack as topology:
+        root = topology.processes.started[0][1].pid
+        time.sleep(IDLE_SECONDS)  # settled: the daemon's and the sensors' first ticks are done
+        idle = tree_rss_mb(root) if topology_name == "local" else None
         if topology_name == "production":
             os.environ.update({k: v for k, v in topology.env.items() if k.startswith("DAGSTER_")})
         stop_schedule(topology.web_port)
@@ -136,9 +168,17 @@ def measure(topology_name: str, launches: int, workdir: Path, database_url: str,
         # The first launch starts the fork server (it also starts after five idle minutes).
         first, _, _ = launch_to_row(topology.web_port, database_url,
                                     window_keys(launches + 2)[-2])
-        results = [launch_to_row(topology.web_port, database_url, w) for w in windows]
+        results = []
+        for window in windows:
+            # A launch at a random moment of the daemon's one-second look at the queue, as a
+            # person's click or a schedule tick comes: the wait for it is then what it is on
+            # average, not what one phase of it happens to be.
+            time.sleep(random.uniform(0, 1))
+            results.append(launch_to_row(topology.web_port, database_url, window))
         times = [seconds for seconds, _, _ in results]
+        busy = tree_rss_mb(root) if topology_name == "local" else None
         return {
+            "idle": idle, "busy": busy,
             "median": statistics.median(times), "min": min(times), "max": max(times),
             "first": first,
             "breakdown": breakdown(topology.home, [(run_id, at) for _, run_id, at in results]),
@@ -169,6 +209,11 @@ def main() -> None:
     for name, figure in figures.items():
         print(f"| {name} | {figure['median']:.2f} s ({figure['min']:.2f} s, "
               f"{figure['max']:.2f} s) | {figure['first']:.2f} s |")
+    if "local" in figures:
+        (idle, idle_count), (busy, busy_count) = figures["local"]["idle"], figures["local"]["busy"]
+        print(f"\nlocal stack (`make dev`'s command), resident memory of all its processes: "
+              f"{idle:.0f} MB over {idle_count} idle (no run yet, {IDLE_SECONDS} s after start); "
+              f"{busy:.0f} MB over {busy_count} right after the launches (the fork server warm)")
     for name, figure in figures.items():
         print(f"\nwhere a {name} run's seconds go (medians):")
         for gap, seconds in figure["breakdown"].items():

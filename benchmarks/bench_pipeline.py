@@ -62,7 +62,7 @@ def plain_run(window: str, resources: dict) -> None:
         store.complete_run(row_id, build_result(validation, ranking))
         message = window_email(digest, window, ranking.top, None)
         if store.claim_email(row_id):
-            smtp.send(message)
+            smtp.retrying()(smtp.send_attempt, message)
             store.record_email_sent(row_id)
     finally:
         redis.close()
