@@ -39,10 +39,10 @@ system-packages:
 	fi
 
 dev: $(INSTALLED)
-	DAGSTER_HOME=$(CURDIR) $(BIN)/dg dev -w workspace.yaml --port $(PORT)
+	DAGSTER_HOME=$(CURDIR) $(BIN)/python deploy/dev.py --port $(PORT)
 
 test: $(INSTALLED) system-packages
-	$(BIN)/ruff check agent_pipeline agent_pipeline_tests benchmarks
+	$(BIN)/ruff check agent_pipeline agent_pipeline_tests benchmarks deploy
 	$(BIN)/pytest -m "not slow"
 	$(BIN)/pytest -m slow -n 0
 

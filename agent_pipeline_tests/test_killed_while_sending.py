@@ -1,4 +1,4 @@
-"""A run worker killed while it sends the digest, with the real daemon (`dg dev`): the SMTP
+"""A run worker killed while it sends the digest, with the real daemon (`make dev`): the SMTP
 server has taken the whole message and never answers, so nobody knows whether it went out.
 
 The sweeper that settles such an email runs every 5 minutes and its last tick is kept in the

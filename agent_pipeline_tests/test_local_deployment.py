@@ -1,4 +1,4 @@
-"""The local deployment as a user runs it: `dg dev` (webserver, daemon, code server) with the
+"""The local deployment as a user runs it: `make dev` (code server, webserver, daemon) with the
 repo's dagster.yaml and workspace.yaml, a backfill through the `dagster` CLI, a launch through
 the webserver's GraphQL API, and a run worker killed half way."""
 
@@ -58,7 +58,7 @@ query {
 
 
 def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
-    # dg dev reads .env from its working directory, as the README tells users.
+    # make dev reads .env from its working directory, as the README tells users.
     (tmp_path / ".env").write_text("AGENT_INTERESTS=gardening, soups\nEMAIL_ONLY_NEW=false\n")
     with local_dev(tmp_path, {"AGENT_PIPELINE_HOME": str(tmp_path / "agent")}) as dev:
         port = dev.web_port
@@ -168,3 +168,32 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
         (run_id, "failed"), (rerun, "succeeded"),
     ]
     assert outbox_windows(tmp_path).count(window) == 1
+
+
+def test_ctrl_c_stops_the_code_server_the_webserver_and_the_daemon(tmp_path):
+    with local_dev(tmp_path, {"AGENT_PIPELINE_HOME": str(tmp_path / "agent")}) as dev:
+        (_, supervisor), = dev.processes.started
+        children = subprocess.run(
+            ["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True,
+        ).stdout.split()
+        assert len(children) == 3  # code server, webserver, daemon
+        os.kill(supervisor.pid, signal.SIGINT)  # only the supervisor: it stops the rest
+        assert supervisor.wait(timeout=60) == 0
+
+        def gone(pid: str) -> bool:
+            return not os.path.exists(f"/proc/{pid}") or (
+                open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+            )
+
+        assert all(gone(pid) for pid in children)
+
+
+def test_make_dev_outside_its_folder_says_where_to_run_it(tmp_path):
+    from agent_pipeline_tests.topology import REPO
+
+    outcome = subprocess.run(
+        [str(BIN / "python"), str(REPO / "deploy" / "dev.py")], cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert outcome.returncode == 2
+    assert "run it from the folder holding dagster.yaml" in outcome.stderr

@@ -281,8 +281,8 @@ def test_make_dev_uses_this_folder_as_dagster_home():
     )
     assert dry_run.returncode == 0, dry_run.stderr
     # The dry run prints the install recipe too; the dev command is the one that runs Dagster.
-    (command,) = [line for line in dry_run.stdout.splitlines() if "dg dev" in line]
-    assert command == f"DAGSTER_HOME={REPO} .venv/bin/dg dev -w workspace.yaml --port 3000"
+    (command,) = [line for line in dry_run.stdout.splitlines() if "dev.py" in line]
+    assert command == f"DAGSTER_HOME={REPO} .venv/bin/python deploy/dev.py --port 3000"
 
 
 def pinned_versions() -> dict[str, str]:

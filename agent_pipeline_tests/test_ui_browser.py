@@ -1,4 +1,4 @@
-"""The Dagster UI in a real browser, as a user drives it: under `dg dev`, headless Chromium
+"""The Dagster UI in a real browser, as a user drives it: under `make dev`, headless Chromium
 finds agent_job from the Jobs list, launches one window from the Launchpad's partition
 selector, watches the run page until the run succeeds, and opens the top_five metadata of
 rank_top_five: the Markdown table shows the five outcomes stored in that run's agent_runs row.

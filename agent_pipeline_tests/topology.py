@@ -182,15 +182,16 @@ def production_topology(
 
 @contextmanager
 def local_dev(workdir: Path, settings: Mapping[str, str]) -> Iterator[Topology]:
-    """`dg dev` (webserver, daemon, code server) from workdir, holding copies of the repo's
-    dagster.yaml and workspace.yaml, exactly as `make dev` runs it from the repo."""
+    """`make dev`'s command (deploy/dev.py: code server, webserver, daemon) from workdir,
+    holding copies of the repo's dagster.yaml and workspace.yaml, as `make dev` runs it from
+    the repo."""
     for name in ("dagster.yaml", "workspace.yaml"):
         (workdir / name).write_text((REPO / name).read_text())
     env = process_env(settings, workdir)
     web_port = free_port()
     processes = Processes(workdir, env)
     try:
-        processes.start("dg-dev", "dg", "dev", "-w", "workspace.yaml", "--port", str(web_port))
+        processes.start("dev", "python", str(REPO / "deploy" / "dev.py"), "--port", str(web_port))
         wait_for_webserver(web_port)
         yield Topology(processes, workdir, web_port, env)
     except TimeoutError as exc:

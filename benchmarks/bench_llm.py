@@ -7,7 +7,8 @@ run over the same items, all from the Redis cache.
 The run as run_agent makes it: the Redis cache and backlog (BENCH_REDIS_URL, default
 redis://127.0.0.1:6379/14, flushed) and the LLM's spend counted call by call in a scratch
 Postgres database (BENCH_POSTGRES_URL); the LLM is a loopback server speaking the
-chat-completions protocol.
+chat-completions protocol, in a process of its own, as a real LLM is on another machine (in
+this process its threads would compete with the agent's for the interpreter).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -35,8 +37,39 @@ from agent_pipeline_tests.llm_server import LoopbackLlm, Reply  # noqa: E402
 from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 
 
+def serve_llm(latency: float, pipe) -> None:
+    """In the LLM's own process: serve until told to stop, then report what it saw."""
+    with LoopbackLlm(lambda request, call: Reply(delay=latency)) as llm:
+        pipe.send(llm.base_url)
+        pipe.recv()  # stop
+        pipe.send({"calls": len(llm.requests), "max_in_flight": llm.max_in_flight})
+
+
+class LlmProcess:
+    """The loopback LLM in a child process; calls() asks it how many requests it answered."""
+
+    def __init__(self, latency: float):
+        self._pipe, child_end = multiprocessing.Pipe()
+        self._process = multiprocessing.Process(target=serve_llm, args=(latency, child_end))
+
+    def __enter__(self) -> LlmProcess:
+        self._process.start()
+        self.base_url = self._pipe.recv()
+        return self
+
+    def stop(self) -> dict:
+        self._pipe.send("stop")
+        seen = self._pipe.recv()
+        self._process.join(timeout=30)
+        return seen
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+
+
 def run(
-    source: str, cache: RedisStore, ledger: AgentRunsStore, llm: LoopbackLlm, concurrency: int
+    source: str, cache: RedisStore, ledger: AgentRunsStore, llm: LlmProcess, concurrency: int
 ) -> tuple[float, dict]:
     """The triage agent's run as run_agent makes it: the Redis cache and backlog, and the
     spend counted in Postgres call by call."""
@@ -78,15 +111,16 @@ def main() -> None:
             [{"title": f"Item {n}", "summary": f"Summary {n}", "id": str(n)}
              for n in range(args.items)]
         ))
-        with LoopbackLlm(lambda request, call: Reply(delay=args.latency)) as llm:
+        with LlmProcess(args.latency) as llm:
             first, stats = run(source, cache, ledger, llm, args.concurrency)
-            calls_after_first = len(llm.requests)
             second, cached = run(source, cache, ledger, llm, args.concurrency)
-            assert len(llm.requests) == calls_after_first
+            seen = llm.stop()
+        assert seen["calls"] == stats["llm_calls"] == args.items, (seen, stats["llm_calls"])
+        assert cached["llm_calls"] == 0
         ledger.close()
     ideal = args.items * args.latency / args.concurrency
     print(f"{args.items} items, LLM latency {args.latency * 1000:.0f} ms, "
-          f"concurrency {args.concurrency}; max in flight {llm.max_in_flight}")
+          f"concurrency {args.concurrency}; max in flight {seen['max_in_flight']}")
     print(f"first run   {first:6.2f} s  ({stats['llm_calls']} LLM calls; ideal {ideal:.2f} s, "
           f"{first / ideal:.2f}x; goal at most 1.25x)")
     print(f"cached run  {second:6.2f} s  ({cached['llm_calls']} LLM calls, "
