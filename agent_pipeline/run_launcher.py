@@ -74,11 +74,13 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         self,
         preload_modules: Sequence[str] = (),
         idle_timeout_seconds: int = 300,
+        answer_timeout_seconds: int = 120,
         inst_data: ConfigurableClassData | None = None,
     ):
         self._inst_data = inst_data
         self._preload_modules = list(preload_modules)
         self._idle_timeout_seconds = idle_timeout_seconds
+        self._answer_timeout_seconds = answer_timeout_seconds
         self._server: subprocess.Popen | None = None
         self._lock = threading.Lock()
         super().__init__()
@@ -98,6 +100,11 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
                 IntSource, is_required=False, default_value=300,
                 description="The fork server exits after this long without a launch.",
             ),
+            "answer_timeout_seconds": Field(
+                IntSource, is_required=False, default_value=120,
+                description="A fork server that has not answered a launch after this long "
+                "(its start and imports included) is stopped and the run fails.",
+            ),
         }
 
     @classmethod
@@ -107,6 +114,7 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         return cls(
             preload_modules=config_value.get("preload_modules") or (),
             idle_timeout_seconds=config_value["idle_timeout_seconds"],
+            answer_timeout_seconds=config_value["answer_timeout_seconds"],
             inst_data=inst_data,
         )
 
@@ -135,6 +143,7 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
             try:
                 self._server.stdin.write(json.dumps(request) + "\n")
                 self._server.stdin.flush()
+                self._wait_for_answer()
                 line = self._server.stdout.readline()
             except (BrokenPipeError, ValueError):
                 line = ""
@@ -144,6 +153,19 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
             self._server.wait()
             self._server = None
         raise RuntimeError("the fork server exited without answering; see the daemon's log")
+
+    def _wait_for_answer(self) -> None:
+        """Until the server's answer (or its end) can be read; a server stuck past the
+        timeout, in its imports or anywhere, is killed, so the queue is never held by it."""
+        ready, _, _ = select.select([self._server.stdout], [], [], self._answer_timeout_seconds)
+        if not ready:
+            self._server.kill()
+            self._server.wait()
+            self._server = None
+            raise RuntimeError(
+                f"the fork server did not answer within {self._answer_timeout_seconds} s "
+                f"(importing {', '.join(self._preload_modules) or 'Dagster'}?); it was stopped"
+            )
 
     def _start_server(self) -> subprocess.Popen:
         return subprocess.Popen(

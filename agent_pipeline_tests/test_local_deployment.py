@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from email import message_from_bytes, policy
 
 import pytest
 
@@ -118,6 +119,14 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
         # The schedule is on in this instance too: count only the emails of the test's windows.
         # The launched window's is the one: the backfilled windows sent none.
         assert [w for w in outbox_windows(tmp_path) if w in keys] == [launched]
+        # Its link to the run is on the port this stack serves, not the default 3000.
+        (email,) = [
+            mail for path in (tmp_path / "agent" / "outbox").glob("*.eml")
+            if (mail := message_from_bytes(path.read_bytes(), policy=policy.default))[
+                "X-Agent-Pipeline-Window"] == launched
+        ]
+        text = email.get_body(("plain",)).get_content()
+        assert f"http://127.0.0.1:{port}/runs/{run_id}" in text
         log = dev.processes.logs()
     assert "DeprecationWarning" not in log
     assert "supersed" not in log.lower()

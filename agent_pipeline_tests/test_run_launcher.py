@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,19 +42,26 @@ def sample_job():
 def launcher_setup(tmp_path, monkeypatch):
     """An instance whose launcher is the fork server's, and a job in a module of the test's
     own (so that a test may change it); yields (instance, launch, folder)."""
+    yield from launcher_instance(tmp_path, monkeypatch, {"preload_modules": ["launcher_sample_job"],
+                                                         "idle_timeout_seconds": 60})
+
+
+def launcher_instance(tmp_path, monkeypatch, config):
     from dagster import DagsterInstance, reconstructable
     from dagster._core.test_utils import instance_for_test
 
     code = tmp_path / "code"
     code.mkdir()
     (code / "launcher_sample_job.py").write_text(JOB_MODULE)
+    # A module that never finishes importing, for a fork server stuck in its preload.
+    (code / "launcher_stuck_import.py").write_text("import time\ntime.sleep(600)\n")
     monkeypatch.syspath_prepend(str(code))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(code), *sys.path]))
     monkeypatch.setenv("LAUNCHER_TEST_DIR", str(tmp_path))
     module = importlib.import_module("launcher_sample_job")
     overrides = {"run_launcher": {
         "module": "agent_pipeline.run_launcher", "class": "ForkServerRunLauncher",
-        "config": {"preload_modules": ["launcher_sample_job"], "idle_timeout_seconds": 60},
+        "config": config,
     }}
     (tmp_path / "home").mkdir()
     with instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "home")) as instance:
@@ -197,3 +205,23 @@ def test_the_process_start_time_tells_a_live_process_from_a_gone_one():
     wait_for(lambda: process_start_ticks(child) is None, "the exited child reads as gone")
     os.waitpid(child, 0)  # a zombie until now: gone all the same
     assert process_start_ticks(child) is None
+
+
+def test_a_fork_server_stuck_in_its_imports_is_stopped_and_the_run_fails(tmp_path, monkeypatch):
+    from dagster import DagsterRunStatus
+
+    config = {"preload_modules": ["launcher_stuck_import"], "answer_timeout_seconds": 2}
+    setup = launcher_instance(tmp_path, monkeypatch, config)
+    instance, launch, _ = next(setup)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="did not answer within 2 s"):
+            launch()
+        assert time.monotonic() - started < 30
+        # Killed, not left behind.
+        stuck = subprocess.run(["pgrep", "-f", "launcher_stuck_import"], capture_output=True)
+        assert stuck.stdout == b""
+        (run,) = instance.get_runs()
+        assert run.status == DagsterRunStatus.FAILURE
+    finally:
+        setup.close()

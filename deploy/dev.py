@@ -5,7 +5,8 @@ only to start and stop three others).
     DAGSTER_HOME=$PWD .venv/bin/python deploy/dev.py [--port 3000] [--host 127.0.0.1]
 
 Run from the folder holding dagster.yaml (the instance) and, if any, .env (read into the three
-processes' environment, as `dagster dev` does). The code server is Dagster's own
+processes' environment, as `dagster dev` does; DAGSTER_WEBSERVER_URL, unless set, becomes the
+UI's address here, for the emails' links). The code server is Dagster's own
 (`dagster code-server start`, which the UI's "Reload" restarts), on a free local port that the
 webserver and the daemon find through a workspace file written under .dagster_home/. Ctrl-C
 stops all three; so does any of them exiting.
@@ -82,6 +83,10 @@ def main() -> int:
     env = dict(os.environ)
     if Path(".env").exists():
         env.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
+    # The emails' "this run in Dagster" links point at the UI this command serves, unless the
+    # environment or .env says where readers reach it.
+    shown_host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
+    env.setdefault("DAGSTER_WEBSERVER_URL", f"http://{shown_host}:{args.port}")
 
     processes: list[subprocess.Popen] = []
     # Ctrl-C reaches every process of the terminal's group; the handler stops the rest in order.
