@@ -1,4 +1,4 @@
-"""The package's layers, as the README's layout draws them: every import of a project module
+"""The package's layers, as docs/layout.md draws them: every import of a project module
 points to its own layer or one below, never up."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "agent_pipeline"
 
-# Top to bottom, as in the README's layout.
+# Top to bottom, as in docs/layout.md.
 LAYERS = [
     ["definitions"],
     ["jobs", "ops", "schedules", "sensors", "run_launcher"],
