@@ -15,6 +15,9 @@ from dagster import (
     Nothing,
     OpExecutionContext,
     Out,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     failure_hook,
     op,
 )
@@ -29,12 +32,12 @@ from agent_pipeline.ranking import (
     MAX_ITEMS_READ,
     Validation,
     build_result,
-    drop_reasons_markdown,
+    drop_reason_rows,
     iterate_outcomes,
     rank_outcomes,
     sent_item_keys,
     storable_stats,
-    top_five_markdown,
+    top_five_rows,
     validate_outcomes,
 )
 from agent_pipeline.resources import (
@@ -189,7 +192,7 @@ def run_agent(
             "outcomes": validation.valid_total,
             "kept": len(validation.outcomes),
             "dropped": validation.dropped_total,
-            "dropped_why": MetadataValue.md(drop_reasons_markdown(validation.dropped_reasons)),
+            "dropped_why": _table(DROP_REASONS, drop_reason_rows(validation.dropped_reasons)),
             "fixed": validation.warnings_total,
             "duration_seconds": round(duration, 3),
             "cache_hits": cache.hits,
@@ -202,6 +205,18 @@ def run_agent(
         }
     )
     return AgentRun(validation, agent_stats)
+
+
+# The UI shows table metadata on the run page as it is, without a click, and its cells as text.
+TOP_FIVE = TableSchema(columns=[
+    TableColumn("rank", "int"), TableColumn("score", "float"),
+    TableColumn("title", "string"), TableColumn("url", "string"),
+])
+DROP_REASONS = TableSchema(columns=[TableColumn("reason", "string"), TableColumn("items", "int")])
+
+
+def _table(schema: TableSchema, rows: list[dict[str, Any]]) -> MetadataValue:
+    return MetadataValue.table(records=[TableRecord(row) for row in rows], schema=schema)
 
 
 def _metadata_value(value: Any) -> Any:
@@ -245,7 +260,7 @@ def rank_top_five(
     )
     context.add_output_metadata(
         {
-            "top_five": MetadataValue.md(top_five_markdown(ranking.top)),
+            "top_five": _table(TOP_FIVE, top_five_rows(ranking.top)),
             "outcomes": len(ranking.ranked),
             "duplicates_removed": result["duplicates_removed"],
             "already_sent_left_out": result["already_sent_left_out"],

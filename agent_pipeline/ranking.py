@@ -19,7 +19,6 @@ from agent_pipeline.text import (
     MAX_SUMMARY_CHARS,
     MAX_TITLE_CHARS,
     clean_text,
-    markdown_cell,
     safe_url,
     storable_text,
 )
@@ -495,29 +494,20 @@ def build_result(
     return result
 
 
-def drop_reasons_markdown(reasons: Counter[str]) -> str:
-    """Why items were dropped, most common reason first, as a Markdown table for the UI."""
-    if not reasons:
-        return "_Nothing dropped._"
-    counts = reasons.most_common()
-    lines = ["| reason | items |", "| --- | --- |"]
-    lines += [f"| {markdown_cell(reason)} | {count} |" for reason, count in counts]
-    return "\n".join(lines)
+def drop_reason_rows(reasons: Counter[str]) -> list[dict[str, Any]]:
+    """Why items were dropped, most common reason first: one row per reason for the UI's
+    table."""
+    return [{"reason": reason, "items": count} for reason, count in reasons.most_common()]
 
 
-def top_five_markdown(top: list[dict[str, Any]]) -> str:
-    """The top five as a Markdown table for the Dagster UI; cells are escaped."""
-    if not top:
-        return "_No outcomes._"
-    cell = markdown_cell
-    lines = ["| # | score | title | url |", "| --- | --- | --- | --- |"]
-    for rank, outcome in enumerate(top, start=1):
-        url = outcome.get("url")
-        lines.append(
-            f"| {rank} | {outcome['score']:g} | {cell(outcome['title'])} | "
-            f"{cell(url) if url else ''} |"
-        )
-    return "\n".join(lines)
+def top_five_rows(top: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The top five as rows for the UI's table (rank, score, title, url): plain values, which
+    the UI shows as text, never as markup."""
+    return [
+        {"rank": rank, "score": outcome["score"], "title": outcome["title"],
+         "url": outcome.get("url") or ""}
+        for rank, outcome in enumerate(top, start=1)
+    ]
 
 
 def compact_result(result: Mapping[str, Any]) -> dict[str, Any]:

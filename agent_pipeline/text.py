@@ -1,5 +1,5 @@
 """Text from the outside world (agents, feeds, LLM replies, errors), made safe for where it
-goes: one line for an email or a log, plain text from HTML, a Markdown table cell, a link, and
+goes: one line for an email or a log, plain text from HTML, a link, and
 what every store accepts. The one place that cleans text; it knows nothing else of the project.
 
 Postgres rejects NUL characters in TEXT and JSONB, and lone surrogates (what undecodable bytes
@@ -23,7 +23,6 @@ _SURROGATES = re.compile(r"[\ud800-\udfff]")
 # is how a value breaks out of an email header.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 # Markdown: pipes end a table cell, brackets and angle brackets could form links or HTML.
-_MARKDOWN_SPECIAL = re.compile(r"([\\|\[\]<>`*_])")
 # Elements whose content is no text a reader sees.
 _HIDDEN_ELEMENTS = frozenset({"script", "style", "template", "noscript"})
 
@@ -81,11 +80,6 @@ def html_to_text(value: Any, limit: int) -> str:
     parser.feed(str(value or "")[: limit * 8])
     parser.close()
     return _one_line("".join(parser.parts))[:limit].rstrip()
-
-
-def markdown_cell(text: str) -> str:
-    """text escaped for a cell of a Markdown table (the Dagster UI's metadata)."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def safe_url(value: Any) -> str | None:

@@ -4,6 +4,7 @@ the webserver's GraphQL API, and a run worker killed half way."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,7 @@ query RunPage($runId: ID!) {
       events {
         ... on ExecutionStepOutputEvent {
           stepKey
-          metadataEntries { label ... on MarkdownMetadataEntry { mdStr } }
+          metadataEntries { label ... on TableMetadataEntry { table { records } } }
         }
       }
     }
@@ -109,13 +110,17 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
         assert status == "SUCCESS"
         events = graphql(port, RUN_PAGE_QUERY, {"runId": run_id})["logsForRun"]["events"]
         (top_five,) = [
-            entry["mdStr"]
+            [json.loads(record) for record in entry["table"]["records"]]
             for event in events if event.get("stepKey") == "rank_top_five"
             for entry in event["metadataEntries"] if entry["label"] == "top_five"
         ]
-        assert top_five.startswith("| # | score | title | url |") and top_five.count("\n") == 6
         (row,) = [r for r in agent_rows(tmp_path) if r["partition_key"] == launched]
         assert row["dagster_run_id"] == run_id and row["status"] == "succeeded"
+        # The run page's table is the row's top five.
+        assert [(t["rank"], t["title"]) for t in top_five] == [
+            (rank, outcome["title"]) for rank, outcome in enumerate(row["result"]["top_five"], 1)
+        ]
+        assert len(top_five) == 5
         # The schedule is on in this instance too: count only the emails of the test's windows.
         # The launched window's is the one: the backfilled windows sent none.
         assert [w for w in outbox_windows(tmp_path) if w in keys] == [launched]

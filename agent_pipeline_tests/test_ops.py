@@ -124,7 +124,10 @@ def test_rank_top_five_stores_the_result_and_leaves_the_row_running(pg_store):
     assert row["result"]["top_five"] == top
     assert row["result"]["outcomes_total"] == 8 and row["result"]["dropped_total"] == 1
     assert row["result"]["agent_stats"] == {"calls": 3}
-    assert metadata["top_five"].value.startswith("| # | score | title | url |")
+    table = metadata["top_five"].value
+    assert [column.name for column in table.schema.columns] == ["rank", "score", "title", "url"]
+    assert [record.data["score"] for record in table.records] == [7, 6, 5, 4, 3]
+    assert [record.data["title"] for record in table.records] == [o["title"] for o in top]
 
 
 def test_send_email_sends_and_records_it(pg_store, mail, smtp_server):

@@ -14,11 +14,11 @@ from agent_pipeline.ranking import (
     MAX_TITLE_CHARS,
     build_result,
     dedupe_key,
-    drop_reasons_markdown,
+    drop_reason_rows,
     iterate_outcomes,
     rank_outcomes,
     storable_stats,
-    top_five_markdown,
+    top_five_rows,
     validate_outcomes,
 )
 from agent_pipeline.text import clean_text, safe_url
@@ -285,28 +285,28 @@ def test_many_distinct_drop_reasons_are_counted_in_bounded_space():
     assert len(validation.dropped) == 50
 
 
-def test_markdown_table_escapes_cells():
-    table = top_five_markdown(
-        [{"title": "a | b <script>", "score": 2.5, "url": "https://e.org/x_y"}]
+def test_the_top_five_rows_keep_the_text_as_it_is():
+    rows = top_five_rows(
+        [{"title": "a | b <script>", "score": 2.5, "url": "https://e.org/x_y"},
+         {"title": "no link", "score": 1}]
     )
-    lines = table.splitlines()
-    assert lines[0] == "| # | score | title | url |"
-    assert lines[2] == r"| 1 | 2.5 | a \| b \<script\> | https://e.org/x\_y |"
-    assert top_five_markdown([]) == "_No outcomes._"
+    assert rows == [
+        {"rank": 1, "score": 2.5, "title": "a | b <script>", "url": "https://e.org/x_y"},
+        {"rank": 2, "score": 1, "title": "no link", "url": ""},
+    ]
+    assert top_five_rows([]) == []
 
 
 def test_drop_reasons_are_counted_most_common_first():
     validation = validate_outcomes(
         [{"title": "a"}, {"title": "b"}, {"score": 1}, "x", {"title": "c | d"}]
     )
-    assert drop_reasons_markdown(validation.dropped_reasons).splitlines() == [
-        "| reason | items |",
-        "| --- | --- |",
-        "| missing score | 3 |",
-        "| missing title | 1 |",
-        "| item is a str, not a mapping | 1 |",
+    assert drop_reason_rows(validation.dropped_reasons) == [
+        {"reason": "missing score", "items": 3},
+        {"reason": "missing title", "items": 1},
+        {"reason": "item is a str, not a mapping", "items": 1},
     ]
-    assert drop_reasons_markdown(validate_outcomes([]).dropped_reasons) == "_Nothing dropped._"
+    assert drop_reason_rows(validate_outcomes([]).dropped_reasons) == []
 
 
 def test_the_top_leaves_out_items_already_sent():

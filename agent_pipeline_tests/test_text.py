@@ -1,10 +1,10 @@
-"""The one text module: HTML to text with a real parser, one line, Markdown cells."""
+"""The one text module: HTML to text with a real parser, one line."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent_pipeline.text import html_to_text, markdown_cell, one_line
+from agent_pipeline.text import html_to_text, one_line
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,6 @@ def test_html_to_text_is_bounded():
     assert len(html_to_text("word " * 1_000_000, 50)) <= 50
 
 
-def test_one_line_and_markdown_cells():
+def test_one_line():
     assert one_line("a\nBcc: x@example.com", 100) == "a Bcc: x@example.com"
     assert one_line(42, 100) == ""
-    assert markdown_cell("a | b [c](d) <e>") == r"a \| b \[c\](d) \<e\>"
