@@ -57,6 +57,11 @@ WARNINGS_LOGGED = 20
 BACKFILL_TAG = "dagster/backfill"
 # The email reason a backfill's row records.
 BACKFILL = "backfill"
+# Run tags the UI's run list and run page show: which agent ran, and what became of the email
+# (with Dagster's own dagster/partition, the window).
+AGENT_TAG = "agent_pipeline/agent"
+EMAIL_TAG = "agent_pipeline/email"
+MAX_TAG_CHARS = 100
 # An agent's own account of its work (AgentContext.stats): what is kept of it, and how many
 # of its entries the UI shows.
 MAX_STATS_JSON_CHARS = 50_000
@@ -117,6 +122,7 @@ def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
     row_id = _run_row(context, agent_runs, agent)
+    context.instance.add_run_tags(context.run_id, {AGENT_TAG: agent.agent[:MAX_TAG_CHARS]})
     _logger(context, agent).info("Run recorded in agent_runs", row_id=row_id)
     context.add_output_metadata({"row_id": row_id, "database": agent_runs.describe()})
 
@@ -320,7 +326,17 @@ def send_email(
         log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
     metadata["redelivered"] = len(caught_up)
     agent_runs.succeed_run(row_id)
+    context.instance.add_run_tags(context.run_id, {EMAIL_TAG: _email_fate(metadata)})
     context.add_output_metadata(metadata)
+
+
+def _email_fate(metadata: dict[str, Any]) -> str:
+    """The window's email in a few words, for the run's tag: sent, rejected or why not."""
+    if metadata.get("sent"):
+        return "sent"
+    if metadata.get("rejected"):
+        return "rejected"
+    return f"not sent: {metadata.get('reason', 'unknown')}"[:MAX_TAG_CHARS]
 
 
 def _report_delivery(log: Any, delivery: Delivery, items: int, recipients: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from agent_pipeline_tests.helpers import (
     INTERESTS,
     SmtpCatcher,
     agent_job_from_env,
+    in_memory_instance,
     rows,
     run_window,
     window_keys,
@@ -82,6 +83,10 @@ def test_a_window_on_postgres_redis_and_smtp(production_env, postgres_url, smtp_
     }
     table = metadata["rank_top_five"]["top_five"].value
     assert [record.data["title"] for record in table.records] == [o["title"] for o in top]
+    # The run's tags say the window, the agent and the email's fate.
+    tags = in_memory_instance().get_run_by_id(result.run_id).tags
+    assert tags["dagster/partition"] == window
+    assert (tags["agent_pipeline/agent"], tags["agent_pipeline/email"]) == ("keywords", "sent")
     assert metadata["run_agent"]["cache_misses"].value == 24
     assert metadata["send_email"]["recipients"].value == 2
 
@@ -427,11 +432,15 @@ def test_a_backfills_runs_email_only_when_asked(production_env, postgres_url, sm
     if mode:
         production_env.setenv("BACKFILL_EMAIL", mode)
     (window,) = window_keys(1)
-    assert run_window(window, tags={"dagster/backfill": "abcdefgh"}).success
+    result = run_window(window, tags={"dagster/backfill": "abcdefgh"})
+    assert result.success
     (row,) = rows(postgres_url)
     assert row["status"] == "succeeded" and len(row["result"]["top_five"]) == 5
+    email_tag = in_memory_instance().get_run_by_id(result.run_id).tags["agent_pipeline/email"]
     if sent:
         assert row["email_status"] == "sent" and len(smtp_server.received) == 1
+        assert email_tag == "sent"
     else:
         assert (row["email_status"], row["email_error"]) == ("skipped", "backfill")
         assert smtp_server.received == []
+        assert email_tag == "not sent: backfill"
