@@ -122,7 +122,7 @@ def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
     row_id = _run_row(context, agent_runs, agent)
-    context.instance.add_run_tags(context.run_id, {AGENT_TAG: agent.agent[:MAX_TAG_CHARS]})
+    _tag_run(context, {AGENT_TAG: agent.agent[:MAX_TAG_CHARS]})
     _logger(context, agent).info("Run recorded in agent_runs", row_id=row_id)
     context.add_output_metadata({"row_id": row_id, "database": agent_runs.describe()})
 
@@ -326,8 +326,14 @@ def send_email(
         log.info(f"Delivered the emails that had failed for {', '.join(caught_up)}.")
     metadata["redelivered"] = len(caught_up)
     agent_runs.succeed_run(row_id)
-    context.instance.add_run_tags(context.run_id, {EMAIL_TAG: _email_fate(metadata)})
+    _tag_run(context, {EMAIL_TAG: _email_fate(metadata)})
     context.add_output_metadata(metadata)
+
+
+def _tag_run(context: OpExecutionContext, tags: dict[str, str]) -> None:
+    """Tags on the op's run; an op invoked on its own, outside any run, has none to tag."""
+    if context.instance.has_run(context.run_id):
+        context.instance.add_run_tags(context.run_id, tags)
 
 
 def _email_fate(metadata: dict[str, Any]) -> str:
