@@ -7,8 +7,9 @@ every process that has loaded definitions.py.
 
 Dagster's own console logger also prints each event of a run, ours included, as a
 human-readable line on stderr, as it does for every Dagster job: collectors that want JSON
-read stdout. The rotating file expects one writer at a time, which the run queue's
-max_concurrent_runs: 1 gives."""
+read stdout. Where a person reads both in one terminal (make dev), LOG_STDOUT=false leaves
+Dagster's line alone for the events it prints. The rotating file expects one writer at a
+time, which the run queue's max_concurrent_runs: 1 gives."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ class LogSettings:
     file: str | None = None
     file_max_bytes: int = 10 * 1024 * 1024
     file_backups: int = 5
+    # False: an event that goes to Dagster's log is not written to stdout too, where Dagster's
+    # console logger already prints it (make dev's terminal). Events with no Dagster log (the
+    # resources' warnings) still are.
+    stdout: bool = True
 
 
 def _json_line(event: dict[str, Any]) -> str:
@@ -81,7 +86,10 @@ def configure_output(settings: LogSettings) -> logging.Logger:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    stdout = logging.StreamHandler(sys.stdout)
+    if not settings.stdout:
+        stdout.addFilter(lambda record: not getattr(record, "in_dagster", False))
+    handlers: list[logging.Handler] = [stdout]
     if settings.file:
         Path(settings.file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(
@@ -112,7 +120,10 @@ class _Outputs:
     def _emit(self, level: int, line: str) -> None:
         if self._dagster_log is not None:
             self._dagster_log.log(level, line)
-        self._output.log(level, line, extra={"json_line": line})
+        self._output.log(
+            level, line,
+            extra={"json_line": line, "in_dagster": self._dagster_log is not None},
+        )
 
     def debug(self, line: str) -> None:
         self._emit(logging.DEBUG, line)

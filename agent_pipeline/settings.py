@@ -82,6 +82,8 @@ class Environment(BaseModel):
     DAGSTER_WEBSERVER_URL: str = DEFAULT_WEBSERVER_URL
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_FILE: str | None = None
+    # false: an op's events go to Dagster's log (and LOG_FILE) only, not to stdout as well.
+    LOG_STDOUT: bool = True
     LOG_FILE_MAX_BYTES: int = Field(default=LogSettings.file_max_bytes, ge=1024)
     # At least 1: Python's RotatingFileHandler never rotates with no backups to keep.
     LOG_FILE_BACKUPS: int = Field(default=LogSettings.file_backups, ge=1, le=1000)
@@ -222,7 +224,7 @@ def retention_from_env(env: Mapping[str, str] = os.environ) -> Retention:
 
 
 def log_settings(env: Mapping[str, str] = os.environ) -> LogSettings:
-    """LOG_LEVEL, LOG_FILE, LOG_FILE_MAX_BYTES and LOG_FILE_BACKUPS."""
+    """LOG_LEVEL, LOG_FILE, LOG_FILE_MAX_BYTES, LOG_FILE_BACKUPS and LOG_STDOUT."""
     config = read_environment(env)
     if config.LOG_FILE:
         _check_log_file(Path(config.LOG_FILE))
@@ -231,6 +233,7 @@ def log_settings(env: Mapping[str, str] = os.environ) -> LogSettings:
         file=config.LOG_FILE,
         file_max_bytes=config.LOG_FILE_MAX_BYTES,
         file_backups=config.LOG_FILE_BACKUPS,
+        stdout=config.LOG_STDOUT,
     )
 
 

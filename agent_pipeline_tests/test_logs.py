@@ -54,6 +54,22 @@ def test_a_run_logs_json_lines_to_dagster_stdout_and_the_file(production_env, tm
     assert all(line in stdout.splitlines() for line in in_file)
 
 
+def test_log_stdout_false_prints_a_runs_events_once_in_dagsters_log(production_env, tmp_path,
+                                                                     capfd):
+    log_file = tmp_path / "agent.log"
+    production_env.setenv("LOG_FILE", str(log_file))
+    production_env.setenv("LOG_STDOUT", "false")
+    result = run_window(window_keys(1)[0])
+    assert result.success
+    in_file = log_file.read_text().splitlines()
+    assert [line for line in result.logs if line.startswith("{")] == in_file
+    assert json_lines(capfd.readouterr().out) == []  # not a second time on stdout
+    # A warning of a resource's own, which Dagster's log does not carry, still reaches stdout.
+    logging.getLogger("agent_pipeline.resources.redis").warning("Redis went away")
+    (line,) = json_lines(capfd.readouterr().out)
+    assert line["event"] == "Redis went away"
+
+
 def test_log_level_filters_everywhere(production_env, tmp_path, capfd):
     log_file = tmp_path / "agent.log"
     production_env.setenv("LOG_FILE", str(log_file))

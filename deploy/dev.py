@@ -87,6 +87,9 @@ def main() -> int:
     # environment or .env says where readers reach it.
     shown_host = "localhost" if args.host in ("0.0.0.0", "::") else args.host
     env.setdefault("DAGSTER_WEBSERVER_URL", f"http://{shown_host}:{args.port}")
+    # One line per event in this terminal: Dagster's console logger prints each of a run's
+    # events; the same event as a JSON line on stdout is for containers' collectors.
+    env.setdefault("LOG_STDOUT", "false")
 
     processes: list[subprocess.Popen] = []
     # Ctrl-C reaches every process of the terminal's group; the handler stops the rest in order.
