@@ -38,7 +38,9 @@ from agent_pipeline.resources.retention import (
 from agent_pipeline.resources.smtp import check_login_is_encrypted
 from agent_pipeline.text import safe_url
 
-DEFAULT_HISTORY_DAYS = 14
+# Five days: at most 864 windows, under the 1,000 above which Dagster's partitions view stops
+# drawing its graph ("might crash the browser"). Longer on request (WINDOW_HISTORY_DAYS).
+DEFAULT_HISTORY_DAYS = 5
 MAX_HISTORY_DAYS = 366
 DEFAULT_CATCH_UP_HOURS = 24
 # A week: a longer silence between alerts about a broken agent helps nobody.

@@ -39,7 +39,7 @@ from agent_pipeline.sensors import (
     queue_missed_alerts,
 )
 from agent_pipeline.settings import resources_from_env
-from agent_pipeline_tests.helpers import evaluate_failure_sensor
+from agent_pipeline_tests.helpers import evaluate_failure_sensor, window_keys
 
 WINDOW = "2026-11-26-09:30"
 WEBSERVER = "https://dagster.example.com"
@@ -187,8 +187,10 @@ def test_the_alert_names_the_op_that_failed_and_its_error(
     clean_env.setenv("EMAIL_TO", "team@example.com")
     resources = resources_from_env(os.environ)
     with instance_for_test() as instance:
+        # A window of the last hour: a fixed date would leave the history in a few days.
         result = agent_job.execute_in_process(
-            partition_key=WINDOW, resources=resources, instance=instance, raise_on_error=False
+            partition_key=window_keys(6)[0], resources=resources, instance=instance,
+            raise_on_error=False,
         )
         assert not result.success
         run = instance.get_run_by_id(result.run_id)

@@ -230,7 +230,7 @@ def test_retention_settings():
         "AGENT_RUNS_RETENTION_DAYS": "0",
     }) == KEEP_ALL
     with pytest.raises(ConfigurationError, match="AGENT_RUNS_RETENTION_DAYS.*WINDOW_HISTORY_DAYS"):
-        retention_from_env({"AGENT_RUNS_RETENTION_DAYS": "14"})
+        retention_from_env({"AGENT_RUNS_RETENTION_DAYS": "14", "WINDOW_HISTORY_DAYS": "14"})
     with pytest.raises(ConfigurationError, match="DAGSTER_RUN_RETENTION_DAYS.*CATCH_UP_HOURS"):
         retention_from_env({"DAGSTER_RUN_RETENTION_DAYS": "1"})
     with pytest.raises(ConfigurationError, match="RESULT_COMPACT_DAYS"):
