@@ -248,7 +248,9 @@ def rank_top_five(
     # Asked again: a window may have been sent since run_agent chose the outcomes.
     sent = _already_sent(agent_runs, digest, window_key)
     validation = agent_run.validation
-    ranking = rank_outcomes(validation.outcomes, already_sent=sent)
+    ranking = rank_outcomes(
+        validation.outcomes, already_sent=sent, min_score=agent.digest_min_score()
+    )
     result = build_result(validation, ranking, agent_run.agent_stats)
     if result["already_sent_left_out"]:
         log.info(
@@ -270,6 +272,7 @@ def rank_top_five(
             "outcomes": len(ranking.ranked),
             "duplicates_removed": result["duplicates_removed"],
             "already_sent_left_out": result["already_sent_left_out"],
+            "below_min_score": ranking.below_min_score,
             "dropped": validation.dropped_total,
         }
     )
@@ -305,12 +308,7 @@ def send_email(
         log.info("No email: a backfill's runs send none (BACKFILL_EMAIL=none).")
         metadata["reason"] = BACKFILL
     elif not top_five:
-        left_out = (row["result"] or {}).get("already_sent_left_out")
-        reason = (
-            f"nothing new: all {left_out} item(s) were in earlier emails"
-            if left_out
-            else "the agent found nothing"
-        )
+        reason = _why_no_items(row["result"] or {})
         agent_runs.record_email_skipped(row_id, reason)
         log.info(f"No email: {reason}.")
         metadata["reason"] = reason
@@ -328,6 +326,17 @@ def send_email(
     agent_runs.succeed_run(row_id)
     _tag_run(context, {EMAIL_TAG: _email_fate(metadata)})
     context.add_output_metadata(metadata)
+
+
+def _why_no_items(result: dict[str, Any]) -> str:
+    """Why a window's top five is empty, from its stored result."""
+    below, left_out = result.get("below_min_score_left_out"), result.get("already_sent_left_out")
+    if below:
+        return (f"nothing relevant in this window: {below} item(s) scored under "
+                f"{result.get('min_score'):g}")
+    if left_out:
+        return f"nothing new: all {left_out} item(s) were in earlier emails"
+    return "the agent found nothing"
 
 
 def _tag_run(context: OpExecutionContext, tags: dict[str, str]) -> None:

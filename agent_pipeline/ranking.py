@@ -112,6 +112,9 @@ class Ranking:
     top: list[dict[str, Any]]
     duplicates_removed: int
     already_sent_left_out: int = 0
+    # Items left out of the top for scoring under the digest's minimum: they match nothing.
+    below_min_score: int = 0
+    min_score: float | None = None
 
 
 def iterate_outcomes(raw: Any) -> Iterator[Any]:
@@ -427,10 +430,12 @@ def rank_outcomes(
     outcomes: list[dict[str, Any]],
     top_n: int = TOP_N,
     already_sent: frozenset[str] | set[str] = frozenset(),
+    min_score: float | None = None,
 ) -> Ranking:
     """Deduplicated (the best-scored copy wins) and sorted by score, highest first; ties go
     by title, then by the agent's order, so equal input always ranks the same. The top leaves
-    out items whose dedupe key is in already_sent (sent in earlier windows' emails)."""
+    out items whose dedupe key is in already_sent (sent in earlier windows' emails), and items
+    scored under min_score (None: no minimum)."""
     if not outcomes:
         return Ranking(ranked=[], top=[], duplicates_removed=0)
     # Imported here, not at the top: only a run ranks, and pandas is 0.3 s and 40 MB that the
@@ -451,11 +456,14 @@ def rank_outcomes(
     unique = frame.drop_duplicates("key", keep="first")
     ranked = [outcomes[position] for position in unique["position"]]
     new = [outcome for outcome in ranked if dedupe_key(outcome) not in already_sent]
+    relevant = [o for o in new if min_score is None or o["score"] >= min_score]
     return Ranking(
         ranked=ranked,
-        top=new[:top_n],
+        top=relevant[:top_n],
         duplicates_removed=len(frame) - len(unique),
         already_sent_left_out=len(ranked) - len(new),
+        below_min_score=len(new) - len(relevant),
+        min_score=min_score,
     )
 
 
@@ -478,6 +486,8 @@ def build_result(
         "duplicates_removed": validation.duplicates_removed + ranking.duplicates_removed,
         "already_sent_left_out": validation.already_sent_left_out
         + ranking.already_sent_left_out,
+        "below_min_score_left_out": ranking.below_min_score,
+        "min_score": ranking.min_score,
         "dropped": [dropped.as_dict() for dropped in validation.dropped[:MAX_STORED_DROPS]],
         "dropped_total": validation.dropped_total,
         "warnings": validation.warnings[:MAX_STORED_DROPS],

@@ -103,6 +103,8 @@ class Environment(BaseModel):
     RESULT_COMPACT_DAYS: int = Field(default=DEFAULT_RESULT_COMPACT_DAYS, ge=0)
     AGENT_RUNS_RETENTION_DAYS: int = Field(default=DEFAULT_AGENT_RUNS_DAYS, ge=0)
     AGENT_SOURCES: str = ""
+    # Items scored under it stay out of the digest (unset: the built-in scorer's minimum).
+    DIGEST_MIN_SCORE: float | None = Field(default=None, ge=0)
     # Default: llm when LLM_API_KEY is set, else keyword.
     AGENT_SCORER: Literal["llm", "keyword"] | None = None
     LLM_BASE_URL: str = DEFAULT_BASE_URL
@@ -385,6 +387,7 @@ def resources_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
         llm_max_calls_per_run=config.LLM_MAX_CALLS_PER_RUN,
         llm_daily_budget=config.LLM_DAILY_BUDGET,
         backlog_max_age_hours=config.BACKLOG_MAX_AGE_HOURS,
+        min_score=config.DIGEST_MIN_SCORE,
         agent=config.AGENT,
         interests=config.AGENT_INTERESTS,
         cache_ttl_seconds=config.AGENT_CACHE_TTL,

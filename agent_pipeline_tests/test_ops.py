@@ -178,6 +178,26 @@ def test_send_email_skips_an_empty_top_five(pg_store, mail, smtp_server):
     assert row["email_status"] == "skipped" and row["email_error"] == "the agent found nothing"
 
 
+def test_a_window_where_nothing_passes_the_minimum_says_so(pg_store, mail, smtp_server):
+    validation = validate_outcomes([{"title": "about nothing", "score": 0.0}])
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        top = rank_top_five(ctx, AgentRun(validation, {}))
+        assert top == []
+        send_email(ctx, top)
+    assert smtp_server.received == []
+    row = pg_store.get_row_of_run(RUN_ID)
+    assert (row["email_status"], row["email_error"]) == (
+        "skipped", "nothing relevant in this window: 1 item(s) scored under 0.1"
+    )
+
+
+def test_the_minimum_score_is_the_scorers_own_unless_set():
+    assert AgentResource().digest_min_score() == 0.1  # keywords: any mention of an interest
+    assert AgentResource(agent="triage", scorer="llm").digest_min_score() == 20
+    assert AgentResource(agent="my_agents:find").digest_min_score() is None  # its own scale
+    assert AgentResource(agent="my_agents:find", min_score=5).digest_min_score() == 5
+
+
 def test_a_failed_delivery_is_recorded_and_releases_the_window(pg_store, mail):
     smtp = Smtp(
         host="127.0.0.1", port=free_port(), security="none", timeout=2, retry_backoff_seconds=0.01

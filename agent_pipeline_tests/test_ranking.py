@@ -316,6 +316,16 @@ def test_the_top_leaves_out_items_already_sent():
     assert len(ranking.ranked) == 8 and ranking.already_sent_left_out == 2
 
 
+def test_the_top_leaves_out_items_under_the_minimum_score():
+    outcomes = [{"title": f"t{n}", "score": float(n), "id": str(n)} for n in range(4)]
+    ranking = rank_outcomes(outcomes, min_score=2)
+    assert [o["id"] for o in ranking.top] == ["3", "2"]
+    assert len(ranking.ranked) == 4 and ranking.below_min_score == 2
+    nothing = rank_outcomes([{"title": "x", "score": 0.0}], min_score=0.1)
+    assert nothing.top == [] and nothing.below_min_score == 1
+    assert rank_outcomes([{"title": "x", "score": 0.0}]).top != []  # no minimum: no cut
+
+
 def test_duplicates_do_not_crowd_the_others_out_of_the_kept():
     copies = [{"title": "same", "score": 100, "id": "x"}] * 1_000
     others = [{"title": f"other {n}", "score": n} for n in range(10)]

@@ -23,6 +23,12 @@ DEFAULT_CACHE_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_BACKLOG_MAX_AGE_HOURS = 24
 
 
+# On the built-in scorers' 0-100 scale: 0.1 is the keyword scorer's smallest step (an item
+# that mentions no interest scores 0); the LLM is asked for 0 (not at all) to 100 (must
+# read), and under 20 is little more than a passing mention.
+DEFAULT_MIN_SCORES = {"keyword": 0.1, "llm": 20.0}
+
+
 class AgentResource(ConfigurableResource):
     """The agent the job runs (AGENT) and what it is told (AGENT_INTERESTS)."""
 
@@ -75,6 +81,11 @@ class AgentResource(ConfigurableResource):
         default=DEFAULT_BACKLOG_MAX_AGE_HOURS, ge=1,
         description="BACKLOG_MAX_AGE_HOURS: an item left unscored longer leaves the backlog.",
     )
+    min_score: float | None = Field(
+        default=None, ge=0,
+        description="DIGEST_MIN_SCORE: items scored under it stay out of the digest; unset: "
+        "the scorer's own minimum.",
+    )
 
     @model_validator(mode="after")
     def _budget_needs_prices(self) -> AgentResource:
@@ -88,6 +99,17 @@ class AgentResource(ConfigurableResource):
 
     def load(self) -> Agent:
         return load_agent(self.agent)
+
+    def digest_min_score(self) -> float | None:
+        """The lowest score a digest lists: DIGEST_MIN_SCORE, else the built-in scorer's own
+        (the keyword scorer: any mention of an interest; the LLM: what its prompt calls
+        related); a custom agent's scale is its own, so it has none unless set."""
+        if self.min_score is not None:
+            return self.min_score
+        if self.agent.strip() in ("keywords", "triage"):
+            return DEFAULT_MIN_SCORES["llm" if self.agent.strip() == "triage" and
+                                      self.scorer == "llm" else "keyword"]
+        return None
 
     def settings(self) -> AgentSettings:
         """What the agent is told. The LLM's settings, with the API key, go only to the
