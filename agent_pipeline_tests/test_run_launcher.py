@@ -100,17 +100,23 @@ def runner_of(folder: Path, pid: int) -> int:
     return int(note.read_text())
 
 
+def launch_held(instance, launch, folder: Path):
+    """A run launched to wait in its op (until the test removes the hold file): its run, the
+    pid of its process and that of the fork server that forked it."""
+    (folder / "hold").touch()
+    run = instance.get_run_by_id(launch())
+    pid = int(run.tags[WORKER_PID_TAG])
+    return run, pid, runner_of(folder, pid)
+
+
 def test_runs_are_forked_from_one_warm_server_and_succeed(launcher_setup):
     from dagster import DagsterRunStatus
     from dagster._core.launcher import WorkerStatus
 
     instance, launch, folder = launcher_setup
-    (folder / "hold").touch()
-    first = launch()
-    run = instance.get_run_by_id(first)
-    pid = int(run.tags[WORKER_PID_TAG])
+    run, pid, server = launch_held(instance, launch, folder)
+    first = run.run_id
     assert pid != os.getpid()
-    server = runner_of(folder, pid)
     assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
     (folder / "hold").unlink()
     assert wait_for(lambda: finished(instance, first), "the run ended").status == (
@@ -133,10 +139,8 @@ def test_a_killed_run_process_fails_its_run_saying_how_it_died(launcher_setup):
     from dagster import DagsterEventType, DagsterRunStatus
 
     instance, launch, folder = launcher_setup
-    (folder / "hold").touch()
-    run_id = launch()
-    pid = int(instance.get_run_by_id(run_id).tags[WORKER_PID_TAG])
-    runner_of(folder, pid)  # in the op
+    run, pid, _ = launch_held(instance, launch, folder)
+    run_id = run.run_id
     os.kill(pid, signal.SIGKILL)
     run = wait_for(lambda: finished(instance, run_id), "the killed run was failed", 30)
     assert run.status == DagsterRunStatus.FAILURE
@@ -148,11 +152,8 @@ def test_with_the_fork_server_gone_run_monitoring_still_finds_a_dead_run(launche
     from dagster._core.launcher import WorkerStatus
 
     instance, launch, folder = launcher_setup
-    (folder / "hold").touch()
-    run_id = launch()
-    run = instance.get_run_by_id(run_id)
-    pid = int(run.tags[WORKER_PID_TAG])
-    server = runner_of(folder, pid)
+    run, pid, server = launch_held(instance, launch, folder)
+    run_id = run.run_id
     os.kill(server, signal.SIGKILL)  # nobody left to report the run's death
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: process_start_ticks(pid) is None, "the run's process is gone")
@@ -171,9 +172,7 @@ def test_terminate_cancels_the_run(launcher_setup):
     from dagster import DagsterRunStatus
 
     instance, launch, folder = launcher_setup
-    (folder / "hold").touch()
-    run_id = launch()
-    runner_of(folder, int(instance.get_run_by_id(run_id).tags[WORKER_PID_TAG]))
+    run_id = launch_held(instance, launch, folder)[0].run_id
     assert instance.run_launcher.terminate(run_id)
     run = wait_for(lambda: finished(instance, run_id), "the terminated run ended", 30)
     assert run.status == DagsterRunStatus.CANCELED
