@@ -101,8 +101,8 @@ def test_run_agent_keeps_the_best_new_items_not_the_best_ones(pg_store, monkeypa
     assert pg_store.claim_email(sent_row)
     pg_store.record_email_sent(sent_row)
     monkeypatch.setattr(
-        "agent_pipeline.agents.keywords.load_sample_feed",
-        lambda: [{"title": f"old {n}", "id": f"old-{n}"} for n in range(1_000)]
+        "agent_pipeline.agents.keywords.sample_feed_at",
+        lambda moment: [{"title": f"old {n}", "id": f"old-{n}"} for n in range(1_000)]
         + [{"title": f"new {n}", "id": f"new-{n}"} for n in range(500)],
     )
     with agent_context(pg_store, AgentResource(interests="old, new"), RedisStore()) as ctx:

@@ -406,30 +406,44 @@ def test_the_triage_agent_end_to_end(production_env, postgres_url, smtp_server, 
     assert by_window[second]["email_error"] == "nothing new: all 4 item(s) were in earlier emails"
 
 
-def test_only_new_relevant_items_are_emailed_until_none_is_left(
+def test_an_hour_and_more_of_the_default_agent_emails_relevant_news_every_window(
     production_env, postgres_url, smtp_server
 ):
-    """The sample feed has 24 items, some of which mention none of the interests: the windows
-    email the others five at a time, each once, then say nothing relevant is left."""
-    windows = window_keys(6)
+    """The first hours as a newcomer sees them: the default agent and interests, eight
+    windows in a row (the sample feed replays once an hour). Every window emails something
+    that matches an interest, nothing that matches none, and no item twice."""
+    production_env.delenv("AGENT_INTERESTS")
+    windows = window_keys(8)
     for window in windows:
         assert run_window(window).success
     by_window = {row["partition_key"]: row for row in rows(postgres_url)}
-    irrelevant = by_window[windows[0]]["result"]["below_min_score_left_out"]
-    relevant = 24 - irrelevant
-    assert 5 <= relevant < 24  # both kinds are in the sample, or this test shows nothing
     tops = [by_window[w]["result"]["top_five"] for w in windows]
-    assert [len(top) for top in tops] == [max(0, min(5, relevant - 5 * n)) for n in range(6)]
-    assert len({o["id"] for top in tops for o in top}) == relevant  # no item twice
-    assert all(o["score"] >= 0.1 for top in tops for o in top)  # none that matches nothing
-    sent = [mail.message.get_body(("plain",)).get_content() for mail in smtp_server.received]
-    assert len(sent) == sum(1 for top in tops if top)
-    last = by_window[windows[-1]]
-    assert last["email_status"] == "skipped"
-    assert last["email_error"] == (
-        f"nothing relevant in this window: {irrelevant} item(s) scored under 0.1"
-    )
-    assert last["result"]["already_sent_left_out"] == relevant
+    assert len(tops[0]) == 5  # the feed's last hour, as a first digest
+    assert all(top for top in tops)
+    assert all(o["score"] >= 0.1 and o["reason"].startswith("mentions ") for top in tops
+               for o in top)
+    assert len({o["id"] for top in tops for o in top}) == sum(len(top) for top in tops)
+    assert [by_window[w]["email_status"] for w in windows] == ["sent"] * len(windows)
+    assert len(smtp_server.received) == len(windows)
+
+
+def test_a_window_where_nothing_new_matches_says_so(production_env, postgres_url, smtp_server):
+    """Interested in soup only: the first window emails the one soup item of the feed's
+    last hour; the next has none that was not sent, and says nothing relevant is in it."""
+    production_env.setenv("AGENT_INTERESTS", "soups")
+    # Not the window at :10, in which the soup item is published again, as a new item.
+    windows = window_keys(12)
+    second = next(w for w in windows[1:] if w.endswith(":30"))
+    first = windows[windows.index(second) - 1]
+    assert run_window(first).success and run_window(second).success
+    by_window = {row["partition_key"]: row for row in rows(postgres_url)}
+    assert [o["title"] for o in by_window[first]["result"]["top_five"]] == [
+        "Five soups for a cold evening"]
+    later = by_window[second]
+    assert later["email_status"] == "skipped" and later["result"]["top_five"] == []
+    assert later["email_error"] == "nothing relevant in this window: 23 item(s) scored under 0.1"
+    assert later["result"]["already_sent_left_out"] == 1
+    assert len(smtp_server.received) == 1
 
 
 @pytest.mark.parametrize("mode, sent", [(None, False), ("none", False), ("each", True)])

@@ -1,11 +1,17 @@
 """The default agent: scores the items of a feed shipped in the package against the user's
-interests (AGENT_INTERESTS). Offline, no keys, deterministic."""
+interests (AGENT_INTERESTS). Offline, no keys, deterministic.
+
+The sample feed replays along the clock, so the schedule has news in every window: item n of
+the replay is the feed's item n mod 24, published REPLAY_EVERY after item n-1 (four in each
+10-minute window, the whole feed once an hour), with an id of its own, so each replay is a
+new item to the digest."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -15,11 +21,28 @@ DEFAULT_INTERESTS = "dagster, data orchestration, postgres, redis, llm agents"
 # Part of every cache key: bump it when the scoring changes, so old scores are not reused.
 SCORER_VERSION = 1
 TITLE_WEIGHT, SUMMARY_WEIGHT = 2, 1
+REPLAY_START = datetime(1970, 1, 1, tzinfo=UTC)
+REPLAY_EVERY = timedelta(seconds=150)
 
 
 def load_sample_feed() -> list[dict[str, Any]]:
     text = resources.files("agent_pipeline.agents").joinpath("sample_feed.json").read_text()
     return json.loads(text)
+
+
+def sample_feed_at(moment: datetime) -> list[dict[str, Any]]:
+    """The replayed sample feed as it reads at `moment`, oldest first: the last len(feed)
+    items published before it, like the latest entries of a real feed."""
+    feed = load_sample_feed()
+    # Items 0 .. published_count-1 are out: item n is published at REPLAY_START + n * step.
+    published_count = -(-(moment - REPLAY_START) // REPLAY_EVERY)
+    items = []
+    for n in range(max(0, published_count - len(feed)), published_count):
+        item = feed[n % len(feed)]
+        published = REPLAY_START + n * REPLAY_EVERY
+        items.append({**item, "id": f"{item['id']}.{n}",
+                      "published": published.isoformat().replace("+00:00", "Z")})
+    return items
 
 
 def parse_interests(text: str) -> list[str]:
@@ -63,10 +86,10 @@ def keyword_score(item: Mapping[str, Any], interests: list[str]) -> float:
 
 
 def keywords_agent(context: AgentContext) -> Iterator[dict[str, Any]]:
-    """Every sample feed item published before the window's end, with its keyword score;
+    """The sample feed as it reads at the window's end, each item with its keyword score;
     scores come from the cache when the item and the interests are unchanged."""
     interests = parse_interests(context.settings.interests or DEFAULT_INTERESTS)
-    items = [item for item in load_sample_feed() if context.known_by_window_end(item)]
+    items = sample_feed_at(context.window_end)
     context.log.info(
         "Scoring %d sample feed items against %d interests", len(items), len(interests)
     )
