@@ -1,4 +1,20 @@
+"""The code location: agent_job and retention_job, their schedules and sensors, and the
+resources, all configured from the environment."""
+
 from __future__ import annotations
+
+from dagster import DagsterInvalidDefinitionError
+
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.settings import check_environment
+
+# First, before the modules below read the variables: Dagster shows an error of its own as it
+# is, where it wraps any other in a generic "error occurred during the loading" ahead of a
+# stack trace; a bad variable is the first line of the load error, in the UI and the terminal.
+try:
+    check_environment()
+except ConfigurationError as error:
+    raise DagsterInvalidDefinitionError(str(error)) from None
 
 from dagster import Definitions
 

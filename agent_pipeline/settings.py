@@ -148,6 +148,15 @@ def read_environment(env: Mapping[str, str] = os.environ) -> Environment:
         raise ConfigurationError(str(error["loc"][0]), _problem(error)) from None
 
 
+def check_environment(env: Mapping[str, str] = os.environ) -> None:
+    """Every check the code location's load makes of the variables, at once: a
+    ConfigurationError names the first bad one."""
+    resources_from_env(env)
+    log_settings(env)
+    overlap_policy(env)
+    catch_up_hours(env)
+
+
 def _problem(error: Mapping[str, Any]) -> str:
     """Pydantic's error in this project's words: what is wrong, with the value given."""
     given, limits = error.get("input"), error.get("ctx") or {}

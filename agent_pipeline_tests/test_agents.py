@@ -8,10 +8,10 @@ import pytest
 
 from agent_pipeline.agents import AgentCache, load_agent
 from agent_pipeline.agents.keywords import (
-    keyword_reason,
-    keyword_score,
     DEFAULT_INTERESTS,
     REPLAY_EVERY,
+    keyword_reason,
+    keyword_score,
     keywords_agent,
     load_sample_feed,
     parse_interests,

@@ -212,3 +212,21 @@ def test_make_dev_outside_its_folder_says_where_to_run_it(tmp_path):
     )
     assert outcome.returncode == 2
     assert "run it from the folder holding dagster.yaml" in outcome.stderr
+
+
+def test_make_dev_with_a_bad_variable_names_it_first_and_starts_nothing(tmp_path):
+    from agent_pipeline_tests.topology import REPO, process_env
+
+    for name in ("dagster.yaml", "workspace.yaml"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+    (tmp_path / ".env").write_text("SMTP_HOST=mail.example.com\nSMTP_PORT=99999\n")
+    outcome = subprocess.run(
+        [str(BIN / "python"), str(REPO / "deploy" / "dev.py")], cwd=tmp_path,
+        env=process_env({}, tmp_path), capture_output=True, text=True, timeout=60,
+    )
+    assert outcome.returncode == 2
+    assert outcome.stderr.splitlines()[0] == (
+        "deploy/dev.py: SMTP_PORT: must be at most 65535, got 99999 "
+        "(set in .env or the environment)"
+    )
+    assert not (tmp_path / ".dagster_home").exists()  # no code server was started

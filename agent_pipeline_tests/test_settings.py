@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from dagster import EnvVar
 
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.settings import resources_from_env, window_history_days
-from agent_pipeline_tests.helpers import CONFIG_VARIABLES
 
 
 def test_defaults_need_nothing(tmp_path):
@@ -159,21 +154,51 @@ def test_the_webserver_url_defaults_to_make_dev():
     assert resources_from_env(env)["digest"].webserver_url == "https://dagster.example.com/"
 
 
+LOAD_ERROR_QUERY = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+
 @pytest.mark.slow
-def test_a_bad_setting_stops_the_code_location_from_loading(tmp_path):
-    """What the UI shows as the code location's load error."""
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
-    env.update(AGENT_PIPELINE_HOME=str(tmp_path), EMAIL_TO="a@example.com; b@example.com")
-    load = subprocess.run(
-        [sys.executable, "-c", "import agent_pipeline.definitions"],
-        env=env, capture_output=True, text=True,
+@pytest.mark.parametrize(
+    "env, problem",
+    [
+        ({"SMTP_HOST": "mail.example.com", "SMTP_PORT": "99999"},
+         "SMTP_PORT: must be at most 65535, got 99999"),
+        ({"EMAIL_TO": "a@example.com; b@example.com"},
+         "EMAIL_TO: 'a@example.com; b@example.com' is not an email address or a "
+         "comma-separated list of them"),
+    ],
+)
+def test_a_bad_setting_is_the_first_line_of_the_uis_load_error(tmp_path, env, problem):
+    """What the UI shows as the code location's load error: the variable and what is wrong
+    with it, first, not Dagster's generic wrapper and a stack trace."""
+    from agent_pipeline_tests.services import free_port
+    from agent_pipeline_tests.topology import (
+        Processes,
+        graphql,
+        process_env,
+        wait_for,
+        wait_for_webserver,
     )
-    assert load.returncode != 0
-    last_line = load.stderr.strip().splitlines()[-1]
-    assert last_line == (
-        "agent_pipeline.errors.ConfigurationError: EMAIL_TO: 'a@example.com; b@example.com' "
-        "is not an email address or a comma-separated list of them"
-    )
+
+    def load_error():
+        (entry,) = graphql(port, LOAD_ERROR_QUERY)["workspaceOrError"]["locationEntries"]
+        return entry["locationOrLoadError"]
+
+    port = free_port()
+    processes = Processes(tmp_path, process_env(env, tmp_path))
+    try:
+        processes.start("webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(port),
+                        "-m", "agent_pipeline.definitions")
+        wait_for_webserver(port)
+        error = wait_for(load_error, "the code location was not loaded", 60, processes)
+    finally:
+        processes.stop_all()
+    assert error["__typename"] == "PythonError"
+    first_line = error["message"].splitlines()[0]
+    assert first_line.endswith(f"Error: {problem}")
 
 
 def test_the_llm_scorer_is_the_default_with_a_key_and_the_key_is_an_env_var():

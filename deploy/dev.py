@@ -29,6 +29,17 @@ BIN = Path(sys.executable).parent
 LOCATION = "agent_pipeline"
 STARTUP_SECONDS = 180
 STOP_SECONDS = 30
+# Run in a process of its own: this one stays up while the stack runs, so it imports nothing
+# of the project (the settings import Dagster).
+CHECK_SETTINGS = """
+import sys
+from agent_pipeline.errors import ConfigurationError
+from agent_pipeline.settings import check_environment
+try:
+    check_environment()
+except ConfigurationError as error:
+    sys.exit(str(error))
+"""
 
 
 def free_port() -> int:
@@ -90,6 +101,14 @@ def main() -> int:
     # One line per event in this terminal: Dagster's console logger prints each of a run's
     # events; the same event as a JSON line on stdout is for containers' collectors.
     env.setdefault("LOG_STDOUT", "false")
+    # A bad variable stops here, named on the first line, before three processes start and
+    # the code server buries it in a stack trace.
+    check = subprocess.run([sys.executable, "-c", CHECK_SETTINGS], env=env,
+                           capture_output=True, text=True)
+    if check.returncode:
+        problem = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else "failed"
+        print(f"deploy/dev.py: {problem} (set in .env or the environment)", file=sys.stderr)
+        return 2
 
     processes: list[subprocess.Popen] = []
     # Ctrl-C reaches every process of the terminal's group; the handler stops the rest in order.
