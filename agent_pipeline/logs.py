@@ -1,13 +1,13 @@
-"""Structured logs: one JSON object per line, from structlog. An op's events are bound with
-the Dagster run id, the window, the agent and the op, and each line goes to three places:
-Dagster (the run's logs in the UI), stdout (for container log collectors) and, when
-LOG_FILE is set, a file rotated by size. Records of the plain `logging` loggers under
+"""Structured logs, from structlog. An op's events are bound with the Dagster run id, the
+window, the agent and the op, and each goes to three places: Dagster (the run's logs in the
+UI, and Dagster's console logger on stderr) as a line a person reads, the event and its own
+fields (`Ranked  top=5 outcomes=24`; Dagster shows the run and the op beside it); stdout,
+for container log collectors, and, when LOG_FILE is set, a file rotated by size, as one JSON
+object per line with every field. Records of the plain `logging` loggers under
 `agent_pipeline` (the resources' retry warnings) reach stdout and the file as JSON too, in
 every process that has loaded definitions.py.
 
-Dagster's own console logger also prints each event of a run, ours included, as a
-human-readable line on stderr, as it does for every Dagster job: collectors that want JSON
-read stdout. Where a person reads both in one terminal (make dev), LOG_STDOUT=false leaves
+Where a person reads stdout and stderr in one terminal (make dev), LOG_STDOUT=false leaves
 Dagster's line alone for the events it prints. The rotating file expects one writer at a
 time, which the run queue's max_concurrent_runs: 1 gives."""
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ import structlog
 # The package's stdlib logger: its handlers are the stdout and file outputs.
 OUTPUT_LOGGER = "agent_pipeline"
 FIRST_KEYS = ("event", "level", "timestamp")
+# Left out of the line Dagster shows: its own columns and the run's tags say them.
+SHOWN_BY_DAGSTER = frozenset({"level", "timestamp", "run_id", "window", "agent", "op"})
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
           "ERROR": logging.ERROR}
 
@@ -43,13 +46,58 @@ class LogSettings:
     stdout: bool = True
 
 
+# Characters that break a line or that a terminal acts on (C1 controls such as CSI).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Those of them that JSON leaves raw with ensure_ascii off.
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
+# A field value is printed bare only without these, which could blur where it ends.
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
+
+
+def _json(value: Any) -> str:
+    """JSON that stays one line and inert in a terminal; non-ASCII text stays readable."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return _RAW_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
 def _json_line(event: dict[str, Any]) -> str:
-    # The event first: it is what a reader of the UI's log column sees. Non-ASCII stays
-    # readable; newlines and quotes in agent text are escaped by JSON, so one event is always
-    # one line.
+    # The event first: it is what a reader looks for. Newlines and quotes in agent text are
+    # escaped by JSON, so one event is always one line.
     ordered = {key: event[key] for key in FIRST_KEYS if key in event}
     ordered.update((key, value) for key, value in event.items() if key not in ordered)
-    return json.dumps(ordered, ensure_ascii=False, default=str)
+    return _json(ordered)
+
+
+def _bare_or_quoted(value: Any) -> str:
+    if isinstance(value, str) and value and not (
+        _NEEDS_QUOTES.search(value) or _CONTROL.search(value)
+    ):
+        return value
+    return _json(value)
+
+
+def readable_line(event: dict[str, Any]) -> str:
+    """The event as a person reads it, as structlog's console renderer lays it out: its text,
+    then its own fields as key=value (a string JSON-quoted when it holds spaces, quotes or
+    control characters, so a field's end is plain); a traceback on the lines below. Text
+    with control characters is quoted too: an agent's words never start a line of their own."""
+    fields = [
+        f"{key}={_bare_or_quoted(value)}" for key, value in event.items()
+        if key not in SHOWN_BY_DAGSTER and key not in ("event", "exception")
+    ]
+    line = str(event.get("event", ""))
+    if _CONTROL.search(line):
+        line = _json(line)
+    if fields:
+        line += "  " + " ".join(fields)
+    if event.get("exception"):
+        line += "\n" + str(event["exception"])
+    return line
+
+
+def _render(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, str]:
+    """structlog's last step: both renderings, handed to _Outputs' methods as keywords."""
+    return {"json_line": _json_line(event), "readable": readable_line(event)}
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -111,34 +159,35 @@ def configure_output(settings: LogSettings) -> logging.Logger:
 
 
 class _Outputs:
-    """structlog's "logger": hands each rendered line to Dagster's log and to the outputs."""
+    """structlog's "logger": hands the readable line to Dagster's log and the JSON line to
+    the outputs."""
 
     def __init__(self, dagster_log: Any, output: logging.Logger):
         self._dagster_log = dagster_log
         self._output = output
 
-    def _emit(self, level: int, line: str) -> None:
+    def _emit(self, level: int, json_line: str, readable: str) -> None:
         if self._dagster_log is not None:
-            self._dagster_log.log(level, line)
+            self._dagster_log.log(level, readable)
         self._output.log(
-            level, line,
-            extra={"json_line": line, "in_dagster": self._dagster_log is not None},
+            level, json_line,
+            extra={"json_line": json_line, "in_dagster": self._dagster_log is not None},
         )
 
-    def debug(self, line: str) -> None:
-        self._emit(logging.DEBUG, line)
+    def debug(self, **lines: str) -> None:
+        self._emit(logging.DEBUG, **lines)
 
-    def info(self, line: str) -> None:
-        self._emit(logging.INFO, line)
+    def info(self, **lines: str) -> None:
+        self._emit(logging.INFO, **lines)
 
-    def warning(self, line: str) -> None:
-        self._emit(logging.WARNING, line)
+    def warning(self, **lines: str) -> None:
+        self._emit(logging.WARNING, **lines)
 
-    def error(self, line: str) -> None:
-        self._emit(logging.ERROR, line)
+    def error(self, **lines: str) -> None:
+        self._emit(logging.ERROR, **lines)
 
-    def critical(self, line: str) -> None:
-        self._emit(logging.CRITICAL, line)
+    def critical(self, **lines: str) -> None:
+        self._emit(logging.CRITICAL, **lines)
 
     exception = error
 
@@ -146,15 +195,15 @@ class _Outputs:
 def event_logger(
     dagster_log: Any, settings: LogSettings, **bound: Any
 ) -> structlog.typing.FilteringBoundLogger:
-    """A structlog logger writing JSON lines with bound's fields to dagster_log (None: to the
-    outputs only), stdout and the log file."""
+    """A structlog logger writing each event with bound's fields to dagster_log (None: to
+    the outputs only) as a readable line, and to stdout and the log file as a JSON line."""
     logger = structlog.wrap_logger(
         _Outputs(dagster_log, configure_output(settings)),
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=lambda event, **_: _json_line(event)),
+            _render,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(settings.level),
         cache_logger_on_first_use=False,

@@ -1,5 +1,5 @@
-"""Structured logs: JSON lines bound with the run, window, agent and op, in the run's
-Dagster logs, on stdout and in the rotating LOG_FILE."""
+"""Structured logs bound with the run, window, agent and op: lines a person reads in the run's
+Dagster logs, JSON lines on stdout and in the rotating LOG_FILE."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from agent_pipeline.agents.llm import SYSTEM_PROMPT
 from agent_pipeline.errors import ConfigurationError
-from agent_pipeline.logs import LogSettings, configure_output
+from agent_pipeline.logs import LogSettings, configure_output, readable_line
 from agent_pipeline.settings import log_settings
 from agent_pipeline_tests.feed_server import RSS2, FeedServer
 from agent_pipeline_tests.helpers import run_window, window_keys
@@ -48,8 +48,14 @@ def test_a_run_logs_json_lines_to_dagster_stdout_and_the_file(production_env, tm
         assert event["level"] in ("info", "warning") and event["timestamp"].endswith("Z")
     emailed = next(e for e in events if e["event"].startswith("Emailed the top 5"))
     assert emailed["recipients"] == 2 and emailed["op"] == "send_email"
-    # The same lines in the run's logs in Dagster, and on stdout for a log collector.
-    assert [line for line in result.logs if line.startswith("{")] == in_file
+    # The same events in the run's logs in Dagster, each a line a person reads: the event and
+    # its own fields, not the run, window, agent and op that Dagster shows beside it.
+    readable = [readable_line(event) for event in events]
+    assert [line for line in result.logs if line in readable] == readable
+    assert not any(line.startswith("{") for line in result.logs)
+    ranked = next(line for line in result.logs if line.startswith("Ranked  "))
+    assert "top=5 outcomes=" in ranked and "window" not in ranked and result.run_id not in ranked
+    # The JSON lines on stdout too, for a log collector.
     stdout = capfd.readouterr().out
     assert all(line in stdout.splitlines() for line in in_file)
 
@@ -61,8 +67,8 @@ def test_log_stdout_false_prints_a_runs_events_once_in_dagsters_log(production_e
     production_env.setenv("LOG_STDOUT", "false")
     result = run_window(window_keys(1)[0])
     assert result.success
-    in_file = log_file.read_text().splitlines()
-    assert [line for line in result.logs if line.startswith("{")] == in_file
+    readable = [readable_line(event) for event in json_lines(log_file.read_text())]
+    assert readable and [line for line in result.logs if line in readable] == readable
     assert json_lines(capfd.readouterr().out) == []  # not a second time on stdout
     # A warning of a resource's own, which Dagster's log does not carry, still reaches stdout.
     logging.getLogger("agent_pipeline.resources.redis").warning("Redis went away")
@@ -80,8 +86,8 @@ def test_log_level_filters_everywhere(production_env, tmp_path, capfd):
     assert events and {e["level"] for e in events} == {"warning"}
     assert any(e["event"].startswith("Dropped item") for e in events)
     assert {e["level"] for e in json_lines(capfd.readouterr().out)} == {"warning"}
-    in_dagster = [json.loads(line) for line in result.logs if line.startswith("{")]
-    assert in_dagster and {e["level"] for e in in_dagster} == {"warning"}
+    assert all(readable_line(event) in result.logs for event in events)
+    assert not any(line.startswith(("Ranked", "Agent finished")) for line in result.logs)
 
 
 def test_the_file_rotates_by_size_and_keeps_the_configured_count(production_env, tmp_path):
@@ -115,6 +121,17 @@ def test_no_secret_and_no_prompt_reaches_the_logs(production_env, tmp_path):
     for secret in ("sk-live-secret-4242", "feed-secret-77"):
         assert secret not in text
     assert SYSTEM_PROMPT[:60] not in text
+
+
+def test_a_readable_line_keeps_agent_text_on_its_line_and_quotes_what_has_spaces():
+    event = {"event": "Dropped item", "level": "warning", "run_id": "r", "op": "run_agent",
+             "title": "Soup\nFAKE ERROR line", "why": "no title", "count": 3, "ok": None,
+             "csi": "\x9b31m"}
+    assert readable_line(event) == (
+        'Dropped item  title="Soup\\nFAKE ERROR line" why="no title" count=3 ok=null '
+        'csi="\\u009b31m"'
+    )
+    assert readable_line({"event": "line one\nline two"}) == '"line one\\nline two"'
 
 
 def test_plain_logging_records_of_the_package_become_json_lines(tmp_path):
