@@ -117,9 +117,11 @@ def test_the_production_instance_queues_retries_and_monitors():
     assert instance["run_monitoring"]["enabled"] is True
     assert instance["run_monitoring"]["max_runtime_seconds"] > 0
     assert instance["run_retries"] == {"enabled": True, "max_retries": 2}
-    assert set(instance["storage"]["postgres"]["postgres_db"]) == {
-        "hostname", "port", "username", "password", "db_name",
-    }
+    for storage in ("run_storage", "event_log_storage", "schedule_storage"):
+        assert set(instance[storage]["config"]["postgres_db"]) == {
+            "hostname", "port", "username", "password", "db_name",
+        }
+    assert instance["event_log_storage"]["class"] == "PooledPostgresEventLogStorage"
 
 
 def test_the_dockerfile_runs_as_a_non_root_user_on_slim_python():

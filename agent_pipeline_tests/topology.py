@@ -68,6 +68,16 @@ class Processes:
             process.wait()
 
 
+STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
+
+
+def production_storage(postgres_url: str) -> dict[str, Any]:
+    """The storage sections of deploy/dagster.yaml, on the database at postgres_url."""
+    production = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    return {name: {**production[name], "config": {"postgres_url": postgres_url}}
+            for name in STORAGES}
+
+
 def wait_until(check: Callable[[], Any], what: str, timeout: float) -> Any:
     """check()'s first truthy value; TimeoutError naming `what` after timeout seconds."""
     deadline = time.monotonic() + timeout

@@ -24,6 +24,7 @@ from pathlib import Path
 # The SMTP catcher lives with the tests; make it importable when run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import yaml  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
 from dagster import DagsterInstance  # noqa: E402
 
@@ -41,6 +42,7 @@ from agent_pipeline.resources import AgentRunsStore, RedisStore  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
 from agent_pipeline_tests.helpers import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
+from agent_pipeline_tests.topology import production_storage  # noqa: E402
 from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 
 
@@ -76,11 +78,15 @@ def dagster_run(window: str, resources: dict, instance: DagsterInstance) -> None
     assert result.success
 
 
-def postgres_instance(home: str, database_url: str) -> DagsterInstance:
-    """A Dagster instance with run, event and schedule storage in Postgres, as in production."""
-    with open(os.path.join(home, "dagster.yaml"), "w") as config:
-        config.write(f"storage:\n  postgres:\n    postgres_url: {database_url}\n")
-        config.write("telemetry:\n  enabled: false\n")
+def postgres_instance(home: str, database_url: str, storages: str) -> DagsterInstance:
+    """A Dagster instance with run, event and schedule storage in Postgres: through Dagster's
+    own storages (`dagster`), or those deploy/dagster.yaml names (`production`)."""
+    if storages == "dagster":
+        config: dict = {"storage": {"postgres": {"postgres_url": database_url}}}
+    else:
+        config = production_storage(database_url)
+    config["telemetry"] = {"enabled": False}
+    Path(home, "dagster.yaml").write_text(yaml.safe_dump(config))
     return DagsterInstance.from_config(home)
 
 
@@ -122,7 +128,7 @@ def main() -> None:
             keys = agent_job.partitions_def.get_partition_keys()
             warmup = 2
             per_kind = args.runs + warmup
-            windows = [keys[-(n + 1) * per_kind:len(keys) - n * per_kind] for n in range(4)]
+            windows = [keys[-(n + 1) * per_kind:len(keys) - n * per_kind] for n in range(5)]
 
             # The script reads its URLs itself; Dagster resolves the EnvVars in `resources`.
             plain_resources = {
@@ -134,8 +140,11 @@ def main() -> None:
             instances = {
                 "agent_job, in-memory instance": lambda home: DagsterInstance.ephemeral(),
                 "agent_job, SQLite instance (make dev)": DagsterInstance.local_temp,
+                "agent_job, Postgres, Dagster's storages": lambda home: postgres_instance(
+                    home, os.environ["DATABASE_URL"], "dagster"
+                ),
                 "agent_job, Postgres instance (production)": lambda home: postgres_instance(
-                    home, os.environ["DATABASE_URL"]
+                    home, os.environ["DATABASE_URL"], "production"
                 ),
             }
             for n, (label, make_instance) in enumerate(instances.items(), start=1):
@@ -143,7 +152,7 @@ def main() -> None:
                     timings[label] = timed(
                         windows[n], lambda w, i=instance: dagster_run(w, resources, i)
                     )
-            assert len(handler.received) == 4 * per_kind, len(handler.received)
+            assert len(handler.received) == 5 * per_kind, len(handler.received)
         finally:
             smtp_server.stop()
 

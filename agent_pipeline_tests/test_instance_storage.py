@@ -1,0 +1,107 @@
+"""The production instance's Postgres storages (agent_pipeline.instance_storage) keep their
+connection: a run of agent_job opens a few connections instead of one per query; a connection
+Postgres has dropped is replaced; a forked child never talks on its parent's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psycopg2
+import pytest
+import yaml
+from dagster import DagsterInstance
+from sqlalchemy import event, text
+
+from agent_pipeline.instance_storage import PooledPostgresEventLogStorage
+from agent_pipeline_tests.helpers import window_keys
+from agent_pipeline_tests.topology import production_storage
+
+
+def instance_on(home: Path, config: dict) -> DagsterInstance:
+    (home / "dagster.yaml").write_text(yaml.safe_dump({**config, "telemetry": {"enabled": False}}))
+    return DagsterInstance.from_config(str(home))
+
+
+def run(instance: DagsterInstance, window: str) -> None:
+    from agent_pipeline.jobs import agent_job
+    from agent_pipeline.settings import resources_from_env
+
+    result = agent_job.execute_in_process(
+        partition_key=window, resources=resources_from_env(os.environ), instance=instance
+    )
+    assert result.success
+
+
+def connections_opened_by_one_run(instance: DagsterInstance, window: str) -> int:
+    opened = []
+    engines = [instance.run_storage._engine, instance.event_log_storage._engine]
+    for engine in engines:
+        event.listen(engine, "connect", lambda *_: opened.append(1))
+    run(instance, window)
+    return len(opened)
+
+
+def test_a_run_opens_a_few_connections_where_dagsters_storage_opens_one_per_query(
+    production_env, postgres_url, tmp_path
+):
+    first, second = window_keys(2)
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "production").mkdir()
+    dagster_own = {"storage": {"postgres": {"postgres_url": postgres_url}}}
+    with instance_on(tmp_path / "dagster", dagster_own) as instance:
+        assert connections_opened_by_one_run(instance, first) > 30
+    with instance_on(tmp_path / "production", production_storage(postgres_url)) as instance:
+        assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+        assert connections_opened_by_one_run(instance, second) <= 4
+        assert len(instance.all_logs(instance.get_runs(limit=1)[0].run_id)) > 20
+
+
+def backend_pids(instance: DagsterInstance) -> set[int]:
+    """The Postgres backends the run and event log storages talk to."""
+    pids = set()
+    for storage in (instance.run_storage, instance.event_log_storage):
+        with storage._engine.connect() as connection:
+            pids.add(connection.execute(text("SELECT pg_backend_pid()")).scalar())
+    return pids
+
+
+def test_a_connection_postgres_dropped_is_replaced(production_env, postgres_url, tmp_path):
+    first, second = window_keys(2)
+    with instance_on(tmp_path, production_storage(postgres_url)) as instance:
+        run(instance, first)
+        held = backend_pids(instance)
+        with psycopg2.connect(postgres_url) as admin, admin.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid",
+                           (list(held),))
+        admin.close()
+        run(instance, second)  # no "server closed the connection unexpectedly"
+        assert backend_pids(instance).isdisjoint(held)
+
+
+def test_a_forked_child_opens_its_own_connection(postgres_url, tmp_path):
+    with instance_on(tmp_path, production_storage(postgres_url)) as instance:
+        parents = backend_pids(instance)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            try:
+                os.write(write_end, ",".join(map(str, backend_pids(instance))).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as answer:
+            childs = {int(pid) for pid in answer.read().split(",") if pid}
+        os.waitpid(child, 0)
+        assert len(childs) == 2 and childs.isdisjoint(parents)
+        assert backend_pids(instance) == parents  # the parent's are untouched
+
+
+@pytest.mark.parametrize("storage", ["run_storage", "event_log_storage"])
+def test_dispose_closes_the_held_connection(postgres_url, tmp_path, storage):
+    instance = instance_on(tmp_path, production_storage(postgres_url))
+    engine = getattr(instance, storage)._engine
+    backend_pids(instance)
+    assert engine.pool.checkedin() == 1
+    instance.dispose()
+    assert engine.pool.checkedin() == 0
