@@ -83,7 +83,34 @@ class _KeepsItsConnection:
 
 
 class PooledPostgresRunStorage(_KeepsItsConnection, PostgresRunStorage):
-    """PostgresRunStorage keeping its connection."""
+    """PostgresRunStorage keeping its connection, and the answers of its schema checks once
+    they are true. Dagster's read the table's columns, several queries each time
+    (has_run_stats_index_cols on each of a run's five status events); once true they stay
+    true, as Dagster's migrations add and never drop."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._schema_found: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def _schema_has(self, check: str) -> bool:
+        if check not in self._schema_found and getattr(PostgresRunStorage, check)(self):
+            self._schema_found.add(check)
+        return check in self._schema_found
+
+    def has_run_stats_index_cols(self) -> bool:
+        return self._schema_has("has_run_stats_index_cols")
+
+    def has_backfill_id_column(self) -> bool:
+        return self._schema_has("has_backfill_id_column")
+
+    def has_bulk_actions_selector_cols(self) -> bool:
+        return self._schema_has("has_bulk_actions_selector_cols")
+
+    def has_bulk_action_job_name_column(self) -> bool:
+        return self._schema_has("has_bulk_action_job_name_column")
+
+    def has_backfill_tags_table(self) -> bool:
+        return self._schema_has("has_backfill_tags_table")
 
 
 class PooledPostgresEventLogStorage(_KeepsItsConnection, PostgresEventLogStorage):

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "agent_pipeline"
 # Top to bottom, as in docs/layout.md.
 LAYERS = [
     ["definitions"],
-    ["jobs", "ops", "schedules", "sensors", "run_launcher", "instance_storage"],
+    ["jobs", "ops", "schedules", "sensors", "run_launcher", "instance_storage",
+     "compute_logs"],
     ["settings", "delivery", "alerts", "retention", "run_failures"],
     ["resources", "agents", "ranking", "emails", "logs", "partitions", "dates", "caching",
      "retries"],

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 # The SMTP catcher lives with the tests; make it importable when run as a script.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 from aiosmtpd.controller import Controller  # noqa: E402
@@ -78,13 +79,19 @@ def dagster_run(window: str, resources: dict, instance: DagsterInstance) -> None
     assert result.success
 
 
-def postgres_instance(home: str, database_url: str, storages: str) -> DagsterInstance:
-    """A Dagster instance with run, event and schedule storage in Postgres: through Dagster's
-    own storages (`dagster`), or those deploy/dagster.yaml names (`production`)."""
-    if storages == "dagster":
-        config: dict = {"storage": {"postgres": {"postgres_url": database_url}}}
+def instance_in(home: str, storage: str, database_url: str = "") -> DagsterInstance:
+    """A Dagster instance in home: `sqlite` as the local dagster.yaml has it (SQLite storage,
+    the compute log manager it names), `dagster` with Dagster's own Postgres storages and
+    compute log manager, `production` with the storages and the compute log manager that
+    deploy/dagster.yaml names."""
+    compute_logs = {**yaml.safe_load((REPO / "dagster.yaml").read_text())["compute_logs"],
+                    "config": {"base_dir": str(Path(home, "compute_logs"))}}
+    if storage == "sqlite":
+        config = {"storage": {"sqlite": {"base_dir": home}}, "compute_logs": compute_logs}
+    elif storage == "dagster":
+        config = {"storage": {"postgres": {"postgres_url": database_url}}}
     else:
-        config = production_storage(database_url)
+        config = {**production_storage(database_url), "compute_logs": compute_logs}
     config["telemetry"] = {"enabled": False}
     Path(home, "dagster.yaml").write_text(yaml.safe_dump(config))
     return DagsterInstance.from_config(home)
@@ -139,12 +146,12 @@ def main() -> None:
             timings = {"plain script": timed(windows[0], lambda w: plain_run(w, plain_resources))}
             instances = {
                 "agent_job, in-memory instance": lambda home: DagsterInstance.ephemeral(),
-                "agent_job, SQLite instance (make dev)": DagsterInstance.local_temp,
-                "agent_job, Postgres, Dagster's storages": lambda home: postgres_instance(
-                    home, os.environ["DATABASE_URL"], "dagster"
+                "agent_job, SQLite instance (make dev)": lambda home: instance_in(home, "sqlite"),
+                "agent_job, Postgres, all Dagster's own": lambda home: instance_in(
+                    home, "dagster", os.environ["DATABASE_URL"]
                 ),
-                "agent_job, Postgres instance (production)": lambda home: postgres_instance(
-                    home, os.environ["DATABASE_URL"], "production"
+                "agent_job, Postgres instance (production)": lambda home: instance_in(
+                    home, "production", os.environ["DATABASE_URL"]
                 ),
             }
             for n, (label, make_instance) in enumerate(instances.items(), start=1):
