@@ -4,7 +4,6 @@ from dagster import in_process_executor, job
 
 from agent_pipeline.ops import (
     apply_retention_policy,
-    mark_row_failed,
     rank_top_five,
     record_run,
     run_agent,
@@ -25,7 +24,6 @@ from agent_pipeline.settings import window_history_days
     # The ops form a chain: separate processes would buy no parallelism and cost about
     # two seconds of interpreter start per op.
     executor_def=in_process_executor,
-    hooks={mark_row_failed},
 )
 def agent_job() -> None:
     send_email(rank_top_five(run_agent(record_run())))

@@ -3,13 +3,14 @@
 # No `from __future__ import annotations` here: Dagster reads the ops' annotations as real
 # types to wire inputs, resources and the context.
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
-    HookContext,
     In,
     MetadataValue,
     Nothing,
@@ -18,7 +19,6 @@ from dagster import (
     TableColumn,
     TableRecord,
     TableSchema,
-    failure_hook,
     op,
 )
 
@@ -66,6 +66,26 @@ MAX_TAG_CHARS = 100
 # of its entries the UI shows.
 MAX_STATS_JSON_CHARS = 50_000
 MAX_STATS_SHOWN = 30
+
+
+def _fails_its_row(compute: Callable[..., Any]) -> Callable[..., Any]:
+    """An op of agent_job whose exception first marks the run's row failed with it. A
+    job-level failure hook did this before, at the cost of an event (HOOK_SKIPPED) per op of
+    every run that went well; what fails outside an op's body (its inputs, its outputs) is
+    marked by the run-failure sensor and the sweeper."""
+
+    @functools.wraps(compute)
+    def compute_then_fail_the_row(context: OpExecutionContext, **kwargs: Any) -> Any:
+        try:
+            return compute(context, **kwargs)
+        except Exception as error:
+            try:
+                kwargs["agent_runs"].fail_run(context.run_id, describe_error(error))
+            except Exception as also:  # the database is gone too: the sweeper marks it later
+                context.log.warning(f"The row could not be marked failed: {describe_error(also)}")
+            raise
+
+    return compute_then_fail_the_row
 
 
 def _already_sent(agent_runs: AgentRunsStore, digest: DigestSettings, window: str) -> set[str]:
@@ -118,6 +138,7 @@ def _run_row(context: OpExecutionContext, agent_runs: AgentRunsStore, agent: Age
     description="Insert this run's row into agent_runs (status running): every launched run "
     "leaves one row.",
 )
+@_fails_its_row
 def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
@@ -132,6 +153,7 @@ def record_run(
     description="Run the agent (AGENT) for the window; keep each item it returns that is "
     "valid, drop the others with a reason.",
 )
+@_fails_its_row
 def run_agent(
     context: OpExecutionContext,
     agent: AgentResource,
@@ -236,6 +258,7 @@ def _metadata_value(value: Any) -> Any:
     description="Dedupe and rank the items and keep the top five (its top_five metadata) in "
     "the row's result."
 )
+@_fails_its_row
 def rank_top_five(
     context: OpExecutionContext,
     agent_run: AgentRun,
@@ -284,6 +307,7 @@ def rank_top_five(
     "only with BACKFILL_EMAIL=each), and send the emails of earlier windows whose delivery "
     "failed."
 )
+@_fails_its_row
 def send_email(
     context: OpExecutionContext,
     top_five: list[dict[str, Any]],
@@ -371,14 +395,6 @@ def _report_delivery(log: Any, delivery: Delivery, items: int, recipients: int) 
         return {"rejected": True, "reason": delivery.detail}
     log.info(f"No email: {delivery.detail}.")
     return {"reason": delivery.detail}
-
-
-@failure_hook(required_resource_keys={"agent_runs"})
-def mark_row_failed(context: HookContext) -> None:
-    """Any failed op marks the run's row failed with the exception's message."""
-    error = context.op_exception
-    message = describe_error(error) if error else f"op {context.op.name} failed"
-    context.resources.agent_runs.fail_run(context.run_id, message)
 
 
 @op(

@@ -1,5 +1,5 @@
 """Sensors that keep agent_runs true to Dagster (every launched run's row ends succeeded or
-failed, even when the run's worker is killed and the op hooks never run), that alert
+failed, even when the run's worker is killed before an op can mark its row), that alert
 someone when windows fail for good, and that say so when a run succeeds again."""
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from agent_pipeline.run_failures import describe_loss, describe_run_failure
 PARTITION_TAG = "dagster/partition"
 
 
-# Every 30 s: the ops' failure hook marks a row failed at once; this sensor only catches runs
-# whose ops could not (a killed worker, a timeout), where half a minute is soon enough. Each
+# Every 30 s: a failing op marks its row failed at once; this sensor only catches runs whose
+# ops could not (a killed worker, a timeout, a failure outside an op's body), where half a
+# minute is soon enough. Each
 # evaluation is a line in the daemon's log: 10 s made it a third of make dev's terminal.
 @run_failure_sensor(
     name="agent_runs_on_run_failure",

@@ -324,7 +324,7 @@ class AgentRunsStore(ConfigurableResource):
     ) -> bool:
         """Mark the run's row failed if it is still pending or running, or insert it failed if
         the run never wrote one (it failed before record_run). False when the row had already
-        ended: the failure hook got there first, or the run succeeded."""
+        ended: the failing op got there first, or the run succeeded."""
         error_message = storable_text(error_message)[:ERROR_MESSAGE_LIMIT]
         now = naive_utc()
         with self.engine.begin() as connection:
