@@ -6,10 +6,10 @@ process that creates many instances holds no connection. A run's process has one
 and one run of agent_job makes about 35 event writes and 25 run queries: at about 3 ms for a
 connection on loopback (more across a network), that was 200 of a run's 450 ms
 (benchmarks/bench_pipeline.py). These keep one connection per storage, checked before each
-use (a restarted Postgres costs a reconnect, not a failed query) and renewed hourly; a
-concurrent caller (the daemon's threads) gets a few more for the moment. A long-running
-process holds one connection per storage of each instance it keeps open: the webserver,
-the daemon (one instance per daemon thread) and each run."""
+use (a restarted Postgres costs a reconnect, not a failed query) and renewed hourly.
+Concurrent callers (the daemon's threads, which share its instance; a run's threads logging
+at once) get up to 10 more for the moment, closed when returned. Each process with an
+instance open holds one connection per storage: the webserver, the daemon and each run."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from dagster_postgres.utils import (
 )
 from sqlalchemy.engine import Engine
 
-POOL_OPTIONS = {"pool_size": 1, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 3600}
+POOL_OPTIONS = {"pool_size": 1, "max_overflow": 10, "pool_pre_ping": True, "pool_recycle": 3600}
 
 # A forked child (each run the fork server starts) must not talk on its parent's connections:
 # it drops them, unclosed (closing would end the parent's), and opens its own.

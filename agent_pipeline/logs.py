@@ -46,18 +46,24 @@ class LogSettings:
     stdout: bool = True
 
 
-# Characters that break a line or that a terminal acts on (C1 controls such as CSI).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that break a line or that a terminal acts on (C1 controls such as CSI), and lone
+# surrogates (from a feed's JSON), which no UTF-8 output can write.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # Those of them that JSON leaves raw with ensure_ascii off.
-_RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029]")
+_RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# In a traceback, which keeps its lines: every control character but the newline.
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # A field value is printed bare only without these, which could blur where it ends.
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 
 
+def _escape(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
+
+
 def _json(value: Any) -> str:
     """JSON that stays one line and inert in a terminal; non-ASCII text stays readable."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return _RAW_IN_JSON.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    return _RAW_IN_JSON.sub(_escape, json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _json_line(event: dict[str, Any]) -> str:
@@ -82,7 +88,7 @@ def readable_line(event: dict[str, Any]) -> str:
     control characters, so a field's end is plain); a traceback on the lines below. Text
     with control characters is quoted too: an agent's words never start a line of their own."""
     fields = [
-        f"{key}={_bare_or_quoted(value)}" for key, value in event.items()
+        f"{_bare_or_quoted(str(key))}={_bare_or_quoted(value)}" for key, value in event.items()
         if key not in SHOWN_BY_DAGSTER and key not in ("event", "exception")
     ]
     line = str(event.get("event", ""))
@@ -91,7 +97,10 @@ def readable_line(event: dict[str, Any]) -> str:
     if fields:
         line += "  " + " ".join(fields)
     if event.get("exception"):
-        line += "\n" + str(event["exception"])
+        # Indented, and escaped but for its newlines: an exception's message (an agent's
+        # words, maybe) cannot pass for a log line of its own or drive the terminal.
+        traceback = _CONTROL_BUT_NEWLINE.sub(_escape, str(event["exception"]))
+        line += "".join(f"\n    {part}" for part in traceback.splitlines())
     return line
 
 

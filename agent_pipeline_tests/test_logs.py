@@ -10,7 +10,7 @@ import pytest
 
 from agent_pipeline.agents.llm import SYSTEM_PROMPT
 from agent_pipeline.errors import ConfigurationError
-from agent_pipeline.logs import LogSettings, configure_output, readable_line
+from agent_pipeline.logs import LogSettings, configure_output, event_logger, readable_line
 from agent_pipeline.settings import log_settings
 from agent_pipeline_tests.feed_server import RSS2, FeedServer
 from agent_pipeline_tests.helpers import run_window, window_keys
@@ -132,6 +132,23 @@ def test_a_readable_line_keeps_agent_text_on_its_line_and_quotes_what_has_spaces
         'csi="\\u009b31m"'
     )
     assert readable_line({"event": "line one\nline two"}) == '"line one\\nline two"'
+    assert readable_line({"event": "x", "a\nb": 1, "t": "\ud800"}) == 'x  "a\\nb"=1 t="\\ud800"'
+    # A traceback keeps its lines, each indented under the event; its message cannot pass
+    # for a line of the log or drive the terminal.
+    assert readable_line({"event": "boom", "exception": "Traceback:\nValueError: \x1b[2J\n"
+                          "2026-12-05 - dagster - INFO - forged"}) == (
+        "boom\n    Traceback:\n    ValueError: \\u001b[2J\n"
+        "    2026-12-05 - dagster - INFO - forged"
+    )
+
+
+def test_a_lone_surrogate_from_a_feed_is_written_escaped(tmp_path):
+    """A feed's JSON may decode to a lone surrogate, which no UTF-8 file takes as it is."""
+    log_file = tmp_path / "agent.log"
+    event_logger(None, LogSettings(file=str(log_file)), op="run_agent").info(
+        "Dropped item", title="bad \ud800 title")
+    (event,) = json_lines(log_file.read_text(encoding="utf-8"))
+    assert event["title"] == "bad \ud800 title"
 
 
 def test_plain_logging_records_of_the_package_become_json_lines(tmp_path):

@@ -38,7 +38,8 @@ from agent_pipeline.settings import check_environment
 try:
     check_environment()
 except ConfigurationError as error:
-    sys.exit(str(error))
+    print(error, file=sys.stderr)
+    sys.exit(2)
 """
 
 
@@ -105,10 +106,14 @@ def main() -> int:
     # the code server buries it in a stack trace.
     check = subprocess.run([sys.executable, "-c", CHECK_SETTINGS], env=env,
                            capture_output=True, text=True)
-    if check.returncode:
-        problem = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else "failed"
+    if check.returncode == 2:  # a variable's value: its line alone (the last: after warnings)
+        problem = check.stderr.strip().splitlines()[-1]
         print(f"deploy/dev.py: {problem} (set in .env or the environment)", file=sys.stderr)
         return 2
+    if check.returncode:  # anything else (an agent that does not import): all of it
+        print(f"deploy/dev.py: the code location does not load:\n{check.stderr}",
+              file=sys.stderr)
+        return 1
 
     processes: list[subprocess.Popen] = []
     # Ctrl-C reaches every process of the terminal's group; the handler stops the rest in order.
