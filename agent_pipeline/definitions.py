@@ -6,13 +6,14 @@ from __future__ import annotations
 from dagster import DagsterInvalidDefinitionError
 
 from agent_pipeline.errors import ConfigurationError
-from agent_pipeline.settings import check_environment
+from agent_pipeline.settings import code_location_settings
 
-# First, before the modules below read the variables: Dagster shows an error of its own as it
-# is, where it wraps any other in a generic "error occurred during the loading" ahead of a
-# stack trace; a bad variable is the first line of the load error, in the UI and the terminal.
+# First, before the modules below read the variables (jobs.py, the partitions' history):
+# Dagster shows an error of its own as it is, where it wraps any other in a generic "error
+# occurred during the loading" ahead of a stack trace; a bad variable is the first line of
+# the load error, in the UI and the terminal.
 try:
-    check_environment()
+    settings = code_location_settings()
 except ConfigurationError as error:
     raise DagsterInvalidDefinitionError(str(error)) from None
 
@@ -31,26 +32,20 @@ from agent_pipeline.sensors import (
     agent_runs_on_run_failure,
     agent_runs_sweeper,
 )
-from agent_pipeline.settings import (
-    catch_up_hours,
-    log_settings,
-    overlap_policy,
-    resources_from_env,
-)
 
 # The package's plain logging records (the resources' warnings) become JSON lines on stdout
 # and in LOG_FILE in every process that loads the code location, the code server included.
-configure_output(log_settings())
+configure_output(settings.log)
 
 defs = Definitions(
     jobs=[agent_job, retention_job],
-    schedules=[build_agent_job_schedule(overlap_policy()), retention_job_schedule],
+    schedules=[build_agent_job_schedule(settings.overlap_policy), retention_job_schedule],
     sensors=[
-        build_catch_up_sensor(catch_up_hours()),
+        build_catch_up_sensor(settings.catch_up_hours),
         agent_runs_on_run_failure,
         agent_job_failure_alert,
         agent_job_recovery_alert,
         agent_runs_sweeper,
     ],
-    resources=resources_from_env(),
+    resources=settings.resources,
 )

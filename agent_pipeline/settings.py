@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,13 +149,25 @@ def read_environment(env: Mapping[str, str] = os.environ) -> Environment:
         raise ConfigurationError(str(error["loc"][0]), _problem(error)) from None
 
 
-def check_environment(env: Mapping[str, str] = os.environ) -> None:
-    """Every check the code location's load makes of the variables, at once: a
+@dataclass(frozen=True)
+class CodeLocationSettings:
+    """What definitions.py builds the code location from."""
+
+    resources: dict[str, Any]
+    log: LogSettings
+    overlap_policy: str
+    catch_up_hours: int
+
+
+def code_location_settings(env: Mapping[str, str] = os.environ) -> CodeLocationSettings:
+    """Everything the code location's load reads of the variables, read at once: a
     ConfigurationError names the first bad one."""
-    resources_from_env(env)
-    log_settings(env)
-    overlap_policy(env)
-    catch_up_hours(env)
+    return CodeLocationSettings(
+        resources=resources_from_env(env),
+        log=log_settings(env),
+        overlap_policy=overlap_policy(env),
+        catch_up_hours=catch_up_hours(env),
+    )
 
 
 def _problem(error: Mapping[str, Any]) -> str:

@@ -34,9 +34,9 @@ STOP_SECONDS = 30
 CHECK_SETTINGS = """
 import sys
 from agent_pipeline.errors import ConfigurationError
-from agent_pipeline.settings import check_environment
+from agent_pipeline.settings import code_location_settings
 try:
-    check_environment()
+    code_location_settings()
 except ConfigurationError as error:
     print(error, file=sys.stderr)
     sys.exit(2)
