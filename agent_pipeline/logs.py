@@ -47,12 +47,14 @@ class LogSettings:
 
 
 # Characters that break a line or that a terminal acts on (C1 controls such as CSI), and lone
-# surrogates (from a feed's JSON), which no UTF-8 output can write.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-# Those of them that JSON leaves raw with ensure_ascii off.
-_RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-# In a traceback, which keeps its lines: every control character but the newline.
-_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# surrogates (from a feed's JSON), which no UTF-8 output can write: the C0 controls, which
+# JSON escapes, and the rest, which it leaves raw with ensure_ascii off.
+_C0_BUT_NEWLINE = "\x00-\x09\x0b-\x1f"
+_RAW_IN_JSON_CHARS = "\x7f-\x9f\u2028\u2029\ud800-\udfff"
+_CONTROL = re.compile(f"[{_C0_BUT_NEWLINE}\n{_RAW_IN_JSON_CHARS}]")
+_RAW_IN_JSON = re.compile(f"[{_RAW_IN_JSON_CHARS}]")
+# In a traceback, which keeps its lines: every one of them but the newline.
+_CONTROL_BUT_NEWLINE = re.compile(f"[{_C0_BUT_NEWLINE}{_RAW_IN_JSON_CHARS}]")
 # A field value is printed bare only without these, which could blur where it ends.
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 
