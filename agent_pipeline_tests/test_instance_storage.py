@@ -5,22 +5,15 @@ Postgres has dropped is replaced; a forked child never talks on its parent's."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import psycopg2
 import pytest
-import yaml
 from dagster import DagsterInstance
 from sqlalchemy import event, text
 
 from agent_pipeline.instance_storage import PooledPostgresEventLogStorage
 from agent_pipeline_tests.helpers import window_keys
-from agent_pipeline_tests.topology import production_storage
-
-
-def instance_on(home: Path, config: dict) -> DagsterInstance:
-    (home / "dagster.yaml").write_text(yaml.safe_dump({**config, "telemetry": {"enabled": False}}))
-    return DagsterInstance.from_config(str(home))
+from agent_pipeline_tests.topology import instance_from_config, production_storage
 
 
 def run(instance: DagsterInstance, window: str) -> None:
@@ -54,10 +47,11 @@ def test_a_run_reuses_its_connections_where_dagsters_storage_opens_one_per_query
     (tmp_path / "dagster").mkdir()
     (tmp_path / "production").mkdir()
     dagster_own = {"storage": {"postgres": {"postgres_url": postgres_url}}}
-    with instance_on(tmp_path / "dagster", dagster_own) as instance:
+    with instance_from_config(tmp_path / "dagster", dagster_own) as instance:
         connections, catalog_reads = connections_and_catalog_reads_of_one_run(instance, first)
         assert connections > 30 and catalog_reads >= 5
-    with instance_on(tmp_path / "production", production_storage(postgres_url)) as instance:
+    production = production_storage(postgres_url)
+    with instance_from_config(tmp_path / "production", production) as instance:
         assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
         run(instance, first)  # the schema checks' first answers
         assert connections_and_catalog_reads_of_one_run(instance, second) == (0, 0)
@@ -75,7 +69,7 @@ def backend_pids(instance: DagsterInstance) -> set[int]:
 
 def test_a_connection_postgres_dropped_is_replaced(production_env, postgres_url, tmp_path):
     first, second = window_keys(2)
-    with instance_on(tmp_path, production_storage(postgres_url)) as instance:
+    with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
         run(instance, first)
         held = backend_pids(instance)
         with psycopg2.connect(postgres_url) as admin, admin.cursor() as cursor:
@@ -87,7 +81,7 @@ def test_a_connection_postgres_dropped_is_replaced(production_env, postgres_url,
 
 
 def test_a_forked_child_opens_its_own_connection(postgres_url, tmp_path):
-    with instance_on(tmp_path, production_storage(postgres_url)) as instance:
+    with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
         parents = backend_pids(instance)
         read_end, write_end = os.pipe()
         child = os.fork()
@@ -106,7 +100,7 @@ def test_a_forked_child_opens_its_own_connection(postgres_url, tmp_path):
 
 @pytest.mark.parametrize("storage", ["run_storage", "event_log_storage"])
 def test_dispose_closes_the_held_connection(postgres_url, tmp_path, storage):
-    instance = instance_on(tmp_path, production_storage(postgres_url))
+    instance = instance_from_config(tmp_path, production_storage(postgres_url))
     engine = getattr(instance, storage)._engine
     backend_pids(instance)
     assert engine.pool.checkedin() == 1

@@ -71,6 +71,15 @@ class Processes:
 STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
 
 
+def instance_from_config(home: Path | str, config: Mapping[str, Any]) -> Any:
+    """A DagsterInstance in home, from config (a dagster.yaml's sections), telemetry off."""
+    from dagster import DagsterInstance
+
+    config = {**config, "telemetry": {"enabled": False}}
+    Path(home, "dagster.yaml").write_text(yaml.safe_dump(config))
+    return DagsterInstance.from_config(str(home))
+
+
 def production_storage(postgres_url: str) -> dict[str, Any]:
     """The storage sections of deploy/dagster.yaml, on the database at postgres_url."""
     production = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())

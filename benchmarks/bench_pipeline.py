@@ -43,7 +43,10 @@ from agent_pipeline.resources import AgentRunsStore, RedisStore  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
 from agent_pipeline_tests.helpers import SmtpCatcher  # noqa: E402
 from agent_pipeline_tests.services import free_port  # noqa: E402
-from agent_pipeline_tests.topology import production_storage  # noqa: E402
+from agent_pipeline_tests.topology import (  # noqa: E402
+    instance_from_config,
+    production_storage,
+)
 from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 
 
@@ -92,9 +95,7 @@ def instance_in(home: str, storage: str, database_url: str = "") -> DagsterInsta
         config = {"storage": {"postgres": {"postgres_url": database_url}}}
     else:
         config = {**production_storage(database_url), "compute_logs": compute_logs}
-    config["telemetry"] = {"enabled": False}
-    Path(home, "dagster.yaml").write_text(yaml.safe_dump(config))
-    return DagsterInstance.from_config(home)
+    return instance_from_config(home, config)
 
 
 def timed(windows: list[str], run: Callable[[str], None]) -> list[float]:
