@@ -216,10 +216,9 @@ def test_make_dev_outside_its_folder_says_where_to_run_it(tmp_path):
 
 
 def test_make_dev_with_a_bad_variable_names_it_first_and_starts_nothing(tmp_path):
-    from agent_pipeline_tests.topology import REPO, process_env
+    from agent_pipeline_tests.topology import REPO, copy_local_instance, process_env
 
-    for name in ("dagster.yaml", "workspace.yaml"):
-        (tmp_path / name).write_text((REPO / name).read_text())
+    copy_local_instance(tmp_path)
     (tmp_path / ".env").write_text("SMTP_HOST=mail.example.com\nSMTP_PORT=99999\n")
     outcome = subprocess.run(
         [str(BIN / "python"), str(REPO / "deploy" / "dev.py")], cwd=tmp_path,

@@ -199,13 +199,18 @@ def production_topology(
         processes.stop_all()
 
 
+def copy_local_instance(workdir: Path) -> None:
+    """The repo's dagster.yaml and workspace.yaml in workdir, as `make dev` finds them."""
+    for name in ("dagster.yaml", "workspace.yaml"):
+        (workdir / name).write_text((REPO / name).read_text())
+
+
 @contextmanager
 def local_dev(workdir: Path, settings: Mapping[str, str]) -> Iterator[Topology]:
     """`make dev`'s command (deploy/dev.py: code server, webserver, daemon) from workdir,
     holding copies of the repo's dagster.yaml and workspace.yaml, as `make dev` runs it from
     the repo."""
-    for name in ("dagster.yaml", "workspace.yaml"):
-        (workdir / name).write_text((REPO / name).read_text())
+    copy_local_instance(workdir)
     env = process_env(settings, workdir)
     web_port = free_port()
     processes = Processes(workdir, env)
