@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
+    DagsterRunNotFoundError,
     In,
     MetadataValue,
     Nothing,
@@ -364,9 +365,12 @@ def _why_no_items(result: dict[str, Any]) -> str:
 
 
 def _tag_run(context: OpExecutionContext, tags: dict[str, str]) -> None:
-    """Tags on the op's run; an op invoked on its own, outside any run, has none to tag."""
-    if context.instance.has_run(context.run_id):
+    """Tags on the op's run; an op invoked on its own, outside any run, has none to tag (and
+    asking the storage first would cost every run a query per tag write)."""
+    try:
         context.instance.add_run_tags(context.run_id, tags)
+    except DagsterRunNotFoundError:
+        pass
 
 
 def _email_fate(metadata: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import os
 
 import psycopg2
 import pytest
-from dagster import DagsterInstance
+from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from sqlalchemy import event, text
 
 from agent_pipeline.instance_storage import PooledPostgresEventLogStorage
@@ -106,3 +106,39 @@ def test_dispose_closes_the_held_connection(postgres_url, tmp_path, storage):
     assert engine.pool.checkedin() == 1
     instance.dispose()
     assert engine.pool.checkedin() == 0
+
+
+def statements_of_one_run(instance: DagsterInstance, window: str) -> list[str]:
+    """The statements the run and event log storages sent during one run of agent_job."""
+    statements: list[str] = []
+    for engine in (instance.run_storage._engine, instance.event_log_storage._engine):
+        event.listen(engine, "before_cursor_execute",
+                     lambda _c, _cur, statement, *_: statements.append(statement.strip()))
+    run(instance, window)
+    return statements
+
+
+def test_each_event_of_a_run_is_one_insert(production_env, postgres_url, tmp_path):
+    first, second = window_keys(2)
+    with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
+        run(instance, first)
+        statements = list(statements_of_one_run(instance, second))
+        events = instance.all_logs(instance.get_runs(limit=1)[0].run_id)
+        inserts = [s for s in statements if s.startswith("INSERT INTO event_logs")]
+        # Dagster's storage follows each insert with a NOTIFY nobody listens to.
+        assert len(inserts) == len(events) > 20
+        assert not [s for s in statements if s.startswith("NOTIFY")]
+        # The ops' two tag writes read the run once each (in add_run_tags), not twice: 4 run
+        # reads in all, where asking has_run first made 6.
+        assert len([s for s in statements if s.startswith("INSERT INTO run_tags")]) >= 2
+        run_reads = [s for s in statements if s.startswith("SELECT runs.run_body, runs.status")]
+        assert len(run_reads) <= 4
+
+
+def test_asset_events_still_get_dagsters_index(postgres_url, tmp_path):
+    with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
+        instance.report_runless_asset_event(AssetMaterialization("digest_archive"))
+        latest = instance.get_latest_materialization_event(AssetKey("digest_archive"))
+        assert latest is not None and latest.asset_materialization.asset_key.path == [
+            "digest_archive"
+        ]
