@@ -5,8 +5,9 @@ Dagster's own open a new connection for every query (SQLAlchemy's NullPool), so 
 process that creates many instances holds no connection. A run's process has one instance,
 and one run of agent_job makes about 35 event writes and 25 run queries: at about 3 ms for a
 connection on loopback (more across a network), that was 200 of a run's 450 ms
-(benchmarks/bench_pipeline.py). These keep one connection per storage, checked before each
-use (a restarted Postgres costs a reconnect, not a failed query) and renewed hourly.
+(benchmarks/bench_pipeline.py). These keep one connection per storage, checked before use
+once it has been idle a second (a restarted Postgres costs a reconnect, not a failed query)
+and renewed hourly.
 Concurrent callers (the daemon's threads, which share its instance; a run's threads logging
 at once) get up to 10 more for the moment, closed when returned. Each process with an
 instance open holds one connection per storage: the webserver, the daemon and each run."""
@@ -14,6 +15,7 @@ instance open holds one connection per storage: the webserver, the daemon and ea
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -28,9 +30,16 @@ from dagster_postgres.utils import (
     get_token_provider_from_config,
     pg_url_from_config,
 )
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 
-POOL_OPTIONS = {"pool_size": 1, "max_overflow": 10, "pool_pre_ping": True, "pool_recycle": 3600}
+POOL_OPTIONS = {"pool_size": 1, "max_overflow": 10, "pool_recycle": 3600}
+# A connection is checked (SELECT 1) before use once it has sat unused this long. SQLAlchemy's
+# pool_pre_ping checks before every use: 55 round trips a run, 10 ms of its 130, for the
+# events written milliseconds apart. A connection Postgres drops within this second of its
+# last use fails one query, and is replaced for the next.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 # A forked child (each run the fork server starts) must not talk on its parent's connections:
 # it drops them, unclosed (closing would end the parent's), and opens its own.
@@ -44,8 +53,28 @@ def _pooled_engine(postgres_url: str, token_provider: Any) -> Engine:
     engine = create_pg_engine(
         postgres_url, token_provider, isolation_level="AUTOCOMMIT", **POOL_OPTIONS
     )
+    event.listen(engine, "connect", _note_last_use)
+    event.listen(engine, "checkin", _note_last_use)
+    event.listen(engine, "checkout", _ping_if_idle)
     _ENGINES.add(engine)
     return engine
+
+
+def _note_last_use(_dbapi_connection: Any, connection_record: Any) -> None:
+    connection_record.info["last_used"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, connection_record: Any, _proxy: Any) -> None:
+    """Pessimistic disconnect handling, as SQLAlchemy's pool events recipe has it, for a
+    connection idle long enough that Postgres may have dropped it (a restart, an idle
+    timeout): the pool replaces one that fails the check."""
+    if time.monotonic() - connection_record.info.get("last_used", 0.0) < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as error:
+        raise DisconnectionError(f"connection dropped while idle: {error}") from error
 
 
 def _storage_args(

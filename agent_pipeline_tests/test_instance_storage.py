@@ -5,13 +5,18 @@ Postgres has dropped is replaced; a forked child never talks on its parent's."""
 from __future__ import annotations
 
 import os
+import time
 
 import psycopg2
 import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
-from agent_pipeline.instance_storage import PooledPostgresEventLogStorage
+from agent_pipeline.instance_storage import (
+    PING_AFTER_IDLE_SECONDS,
+    PooledPostgresEventLogStorage,
+)
 from agent_pipeline_tests.helpers import window_keys
 from agent_pipeline_tests.topology import instance_from_config, production_storage
 
@@ -67,17 +72,34 @@ def backend_pids(instance: DagsterInstance) -> set[int]:
     return pids
 
 
-def test_a_connection_postgres_dropped_is_replaced(production_env, postgres_url, tmp_path):
+def terminate(postgres_url: str, pids: set[int]) -> None:
+    """Postgres drops these backends' connections, as a restart or an idle timeout would."""
+    with psycopg2.connect(postgres_url) as admin, admin.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", (list(pids),))
+    admin.close()
+
+
+def test_a_connection_postgres_dropped_while_idle_is_replaced(
+    production_env, postgres_url, tmp_path
+):
     first, second = window_keys(2)
     with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
         run(instance, first)
         held = backend_pids(instance)
-        with psycopg2.connect(postgres_url) as admin, admin.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid",
-                           (list(held),))
-        admin.close()
+        terminate(postgres_url, held)
+        time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
         run(instance, second)  # no "server closed the connection unexpectedly"
         assert backend_pids(instance).isdisjoint(held)
+
+
+def test_a_connection_dropped_within_its_busy_second_fails_one_query(postgres_url, tmp_path):
+    """The price of checking only idle connections: one query, not the storage."""
+    with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
+        held = backend_pids(instance)
+        terminate(postgres_url, held)
+        with pytest.raises(OperationalError, match="server closed the connection"):
+            instance.get_runs(limit=1)
+        assert instance.get_runs(limit=1) == []  # on a new connection
 
 
 def test_a_forked_child_opens_its_own_connection(postgres_url, tmp_path):

@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 # The SMTP catcher lives with the tests; make it importable when run as a script.
@@ -98,12 +99,20 @@ def instance_in(home: str, storage: str, database_url: str = "") -> DagsterInsta
     return instance_from_config(home, config)
 
 
-def timed(windows: list[str], run: Callable[[str], None]) -> list[float]:
-    durations = []
-    for window in windows:  # the first runs are warm-up; the caller drops them
-        started = time.perf_counter()
-        run(window)
-        durations.append(time.perf_counter() - started)
+Runs = dict[str, tuple[list[str], Callable[[str], None]]]  # label: (its windows, a run of one)
+
+
+def timed_in_turn(runs: Runs) -> dict[str, list[float]]:
+    """Each kind's durations over its windows, the kinds taking turns run by run: this
+    machine's speed drifts by a fifth within minutes, and taking turns spreads the drift over
+    every kind alike instead of loading it on whichever ran last. The first runs of each kind
+    are warm-up; the caller drops them."""
+    durations: dict[str, list[float]] = {label: [] for label in runs}
+    for turn in range(len(next(iter(runs.values()))[0])):
+        for label, (windows, run) in runs.items():
+            started = time.perf_counter()
+            run(windows[turn])
+            durations[label].append(time.perf_counter() - started)
     return durations
 
 
@@ -144,7 +153,7 @@ def main() -> None:
                 "agent_runs": AgentRunsStore(database_url=os.environ["DATABASE_URL"]),
                 "redis": RedisStore(url=REDIS_URL),
             }
-            timings = {"plain script": timed(windows[0], lambda w: plain_run(w, plain_resources))}
+            runs: Runs = {"plain script": (windows[0], lambda w: plain_run(w, plain_resources))}
             instances = {
                 "agent_job, in-memory instance": lambda home: DagsterInstance.ephemeral(),
                 "agent_job, SQLite instance (make dev)": lambda home: instance_in(home, "sqlite"),
@@ -155,11 +164,14 @@ def main() -> None:
                     home, "production", os.environ["DATABASE_URL"]
                 ),
             }
-            for n, (label, make_instance) in enumerate(instances.items(), start=1):
-                with tempfile.TemporaryDirectory() as home, make_instance(home) as instance:
-                    timings[label] = timed(
+            with ExitStack() as stack:
+                for n, (label, make_instance) in enumerate(instances.items(), start=1):
+                    home = stack.enter_context(tempfile.TemporaryDirectory())
+                    instance = stack.enter_context(make_instance(home))
+                    runs[label] = (
                         windows[n], lambda w, i=instance: dagster_run(w, resources, i)
                     )
+                timings = timed_in_turn(runs)
             assert len(handler.received) == 5 * per_kind, len(handler.received)
         finally:
             smtp_server.stop()
