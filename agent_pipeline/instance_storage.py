@@ -6,7 +6,8 @@ process that creates many instances holds no connection. A run's process has one
 and one run of agent_job makes about 35 event writes and 25 run queries: at about 3 ms for a
 connection on loopback (more across a network), that was 200 of a run's 450 ms
 (benchmarks/bench_pipeline.py). These keep one connection per storage, checked before use
-once it has been idle a second (a restarted Postgres costs a reconnect, not a failed query)
+once it has been idle a second (a connection a restarted Postgres dropped meanwhile costs a
+reconnect, not a failed query; one dropped within a second of its last use fails one query)
 and renewed hourly.
 Concurrent callers (the daemon's threads, which share its instance; a run's threads logging
 at once) get up to 10 more for the moment, closed when returned. Each process with an

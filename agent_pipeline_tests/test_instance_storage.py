@@ -5,7 +5,6 @@ Postgres has dropped is replaced; a forked child never talks on its parent's."""
 from __future__ import annotations
 
 import os
-import time
 
 import psycopg2
 import pytest
@@ -13,10 +12,8 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from agent_pipeline.instance_storage import (
-    PING_AFTER_IDLE_SECONDS,
-    PooledPostgresEventLogStorage,
-)
+from agent_pipeline import instance_storage
+from agent_pipeline.instance_storage import PooledPostgresEventLogStorage
 from agent_pipeline_tests.helpers import window_keys
 from agent_pipeline_tests.topology import instance_from_config, production_storage
 
@@ -80,20 +77,24 @@ def terminate(postgres_url: str, pids: set[int]) -> None:
 
 
 def test_a_connection_postgres_dropped_while_idle_is_replaced(
-    production_env, postgres_url, tmp_path
+    production_env, postgres_url, tmp_path, monkeypatch
 ):
     first, second = window_keys(2)
     with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
         run(instance, first)
         held = backend_pids(instance)
         terminate(postgres_url, held)
-        time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
+        monkeypatch.setattr(instance_storage, "PING_AFTER_IDLE_SECONDS", 0.0)  # idle enough
         run(instance, second)  # no "server closed the connection unexpectedly"
         assert backend_pids(instance).isdisjoint(held)
 
 
-def test_a_connection_dropped_within_its_busy_second_fails_one_query(postgres_url, tmp_path):
+def test_a_connection_dropped_within_its_busy_second_fails_one_query(
+    postgres_url, tmp_path, monkeypatch
+):
     """The price of checking only idle connections: one query, not the storage."""
+    # However slow this machine is between the two queries, the connection counts as busy.
+    monkeypatch.setattr(instance_storage, "PING_AFTER_IDLE_SECONDS", 3600.0)
     with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
         held = backend_pids(instance)
         terminate(postgres_url, held)
