@@ -23,6 +23,7 @@ from typing import Any
 
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
@@ -35,6 +36,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 
+# The insert of any event: one statement, compiled once, the values passed as parameters.
+_INSERT_EVENT = SqlEventLogStorageTable.insert()
 POOL_OPTIONS = {"pool_size": 1, "max_overflow": 10, "pool_recycle": 3600}
 # A connection is checked (SELECT 1) before use once it has sat unused this long. SQLAlchemy's
 # pool_pre_ping checks before every use: 55 round trips a run, 10 ms of its 130, for the
@@ -115,14 +118,40 @@ class _KeepsItsConnection:
 
 
 class PooledPostgresRunStorage(_KeepsItsConnection, PostgresRunStorage):
-    """PostgresRunStorage keeping its connection, and the answers of its schema checks once
-    they are true. Dagster's read the table's columns, several queries each time
+    """PostgresRunStorage keeping its connection, and the answers of its schema and snapshot
+    checks once they are true. Dagster's read the table's columns, several queries each time
     (has_run_stats_index_cols on each of a run's five status events); once true they stay
-    true, as Dagster's migrations add and never drop."""
+    true, as Dagster's migrations add and never drop. Each new run asks three times whether
+    its job's and execution plan's snapshots are stored (the plan's by reading and
+    deserializing its whole body); snapshots are stored once under their content's hash and
+    only a wipe deletes them."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._schema_found: set[str] = set()
+        self._snapshots_stored: set[str] = set()
         super().__init__(*args, **kwargs)
+
+    def has_job_snapshot(self, job_snapshot_id: str) -> bool:
+        return self._snapshot_stored(job_snapshot_id, PostgresRunStorage.has_job_snapshot)
+
+    def has_execution_plan_snapshot(self, execution_plan_snapshot_id: str) -> bool:
+        return self._snapshot_stored(
+            execution_plan_snapshot_id, PostgresRunStorage.has_execution_plan_snapshot
+        )
+
+    def _snapshot_stored(self, snapshot_id: str, ask: Any) -> bool:
+        if snapshot_id not in self._snapshots_stored and ask(self, snapshot_id):
+            self._snapshots_stored.add(snapshot_id)
+        return snapshot_id in self._snapshots_stored
+
+    def _add_snapshot(self, snapshot_id: str, snapshot_obj: Any, snapshot_type: Any) -> str:
+        stored = super()._add_snapshot(snapshot_id, snapshot_obj, snapshot_type)
+        self._snapshots_stored.add(stored)
+        return stored
+
+    def wipe(self) -> None:
+        self._snapshots_stored.clear()
+        super().wipe()
 
     def _schema_has(self, check: str) -> bool:
         if check not in self._schema_found and getattr(PostgresRunStorage, check)(self):
@@ -162,4 +191,4 @@ class PooledPostgresEventLogStorage(_KeepsItsConnection, PostgresEventLogStorage
             super().store_event(event)
             return
         with self._connect() as connection:
-            connection.execute(self.prepare_insert_event(event))
+            connection.execute(_INSERT_EVENT, self._event_to_row(event))

@@ -3,6 +3,8 @@ from __future__ import annotations
 from dagster import in_process_executor, job
 
 from agent_pipeline.ops import (
+    AGENT_TAG,
+    MAX_TAG_CHARS,
     apply_retention_policy,
     rank_top_five,
     record_run,
@@ -10,7 +12,7 @@ from agent_pipeline.ops import (
     send_email,
 )
 from agent_pipeline.partitions import window_partitions
-from agent_pipeline.settings import window_history_days
+from agent_pipeline.settings import configured_agent, window_history_days
 
 
 @job(
@@ -21,6 +23,9 @@ from agent_pipeline.settings import window_history_days
         "rank_top_five."
     ),
     partitions_def=window_partitions(window_history_days()),
+    # Every run carries the configured agent from its start, without a tag write of its own;
+    # record_run corrects it for a run whose agent resource was set otherwise.
+    tags={AGENT_TAG: configured_agent()[:MAX_TAG_CHARS]},
     # The ops form a chain: separate processes would buy no parallelism and cost about
     # two seconds of interpreter start per op.
     executor_def=in_process_executor,

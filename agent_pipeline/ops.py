@@ -144,7 +144,9 @@ def record_run(
     context: OpExecutionContext, agent_runs: AgentRunsStore, agent: AgentResource
 ) -> None:
     row_id = _run_row(context, agent_runs, agent)
-    _tag_run(context, {AGENT_TAG: agent.agent[:MAX_TAG_CHARS]})
+    agent_tag = agent.agent[:MAX_TAG_CHARS]
+    if context.get_tag(AGENT_TAG) != agent_tag:
+        _tag_run(context, {AGENT_TAG: agent_tag})
     _logger(context, agent).info("Run recorded in agent_runs", row_id=row_id)
     context.add_output_metadata({"row_id": row_id, "database": agent_runs.describe()})
 

@@ -209,6 +209,11 @@ def window_history_days(env: Mapping[str, str] = os.environ) -> int:
     return read_environment(env).WINDOW_HISTORY_DAYS
 
 
+def configured_agent(env: Mapping[str, str] = os.environ) -> str:
+    """The agent the code location runs (AGENT), as its name or module:callable."""
+    return read_environment(env).AGENT
+
+
 def overlap_policy(env: Mapping[str, str] = os.environ) -> str:
     """What a tick does while a run of agent_job is in progress (OVERLAP_POLICY)."""
     return read_environment(env).OVERLAP_POLICY

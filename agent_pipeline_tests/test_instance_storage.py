@@ -151,11 +151,24 @@ def test_each_event_of_a_run_is_one_insert(production_env, postgres_url, tmp_pat
         # Dagster's storage follows each insert with a NOTIFY nobody listens to.
         assert len(inserts) == len(events) > 20
         assert not [s for s in statements if s.startswith("NOTIFY")]
-        # The ops' two tag writes read the run once each (in add_run_tags), not twice: 4 run
-        # reads in all, where asking has_run first made 6.
-        assert len([s for s in statements if s.startswith("INSERT INTO run_tags")]) >= 2
+        # The run's tags at its creation, then one tag write of the ops (the email's fate):
+        # the agent's tag comes with the job. That write reads the run once (in
+        # add_run_tags), as do the two run status events: 3 run reads in all, where asking
+        # has_run first and tagging the agent separately made 6.
+        assert len([s for s in statements if s.startswith("INSERT INTO run_tags")]) == 2
         run_reads = [s for s in statements if s.startswith("SELECT runs.run_body, runs.status")]
-        assert len(run_reads) <= 4
+        assert len(run_reads) == 3
+        # The job's snapshots, stored by the first run, are not looked for again.
+        assert not [s for s in statements if "FROM snapshots" in s]
+
+
+def test_a_wipe_forgets_the_snapshots_it_deleted(production_env, postgres_url, tmp_path):
+    first, second = window_keys(2)
+    with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
+        run(instance, first)
+        instance.wipe()
+        run(instance, second)  # the run's row needs its job snapshot stored again
+        assert instance.run_storage.has_job_snapshot(instance.get_runs()[0].job_snapshot_id)
 
 
 def test_asset_events_still_get_dagsters_index(postgres_url, tmp_path):

@@ -109,6 +109,10 @@ def test_the_email_escapes_what_the_agent_wrote(production_env, smtp_server):
     assert html.count('class="card"') == 5
     # The email links to the run that made it, on the UI that DAGSTER_WEBSERVER_URL names.
     assert f'href="http://localhost:3000/runs/{result.run_id}"' in html
+    # The job's own tag names the agent the code location loaded with; the run's names the
+    # one that ran.
+    tags = in_memory_instance().get_run_by_id(result.run_id).tags
+    assert tags["agent_pipeline/agent"] == "agent_pipeline_tests.sample_agents:hostile"
 
 
 def test_a_window_sends_once_however_often_it_runs(production_env, postgres_url, smtp_server):
