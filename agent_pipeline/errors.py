@@ -29,6 +29,10 @@ class AgentOutputError(AgentPipelineError):
     """The agent returned something that is not a list of outcomes at all."""
 
 
+class NoRankedResultError(AgentPipelineError):
+    """send_email ran without a ranked top five in its run's row or its parent run's."""
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for a row's or an alert's error: the exception's type and message, bounded."""
     message = storable_text(str(exc).strip() or repr(exc))

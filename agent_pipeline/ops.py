@@ -22,11 +22,12 @@ from dagster import (
     TableSchema,
     op,
 )
+from dagster._core.errors import DagsterInvalidPropertyError
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.alerts import queue_budget_alert
 from agent_pipeline.delivery import Delivery, deliver_window_email, redeliver_failed, window_email
-from agent_pipeline.errors import ConfigurationError, describe_error
+from agent_pipeline.errors import ConfigurationError, NoRankedResultError, describe_error
 from agent_pipeline.logs import event_logger
 from agent_pipeline.partitions import window_bounds
 from agent_pipeline.ranking import (
@@ -56,6 +57,8 @@ from agent_pipeline.settings import log_settings
 WARNINGS_LOGGED = 20
 # Dagster tags each run of a backfill with the backfill's id.
 BACKFILL_TAG = "dagster/backfill"
+# ... and each re-execution with the run it re-executes.
+PARENT_RUN_TAG = "dagster/parent_run_id"
 # The email reason a backfill's row records.
 BACKFILL = "backfill"
 # Run tags the UI's run list and run page show: which agent ran, and what became of the email
@@ -258,8 +261,9 @@ def _metadata_value(value: Any) -> Any:
 
 
 @op(
+    out=Out(Nothing),
     description="Dedupe and rank the items and keep the top five (its top_five metadata) in "
-    "the row's result."
+    "the row's result, where send_email reads it."
 )
 @_fails_its_row
 def rank_top_five(
@@ -268,7 +272,7 @@ def rank_top_five(
     agent_runs: AgentRunsStore,
     agent: AgentResource,
     digest: DigestSettings,
-) -> list[dict[str, Any]]:
+) -> None:
     log = _logger(context, agent)
     window_key, _, _ = _window(context)
     # Asked again: a window may have been sent since run_agent chose the outcomes.
@@ -302,18 +306,20 @@ def rank_top_five(
             "dropped": validation.dropped_total,
         }
     )
-    return ranking.top
 
 
 @op(
-    description="Email the top five to EMAIL_TO, at most once per window (a backfill's runs "
-    "only with BACKFILL_EMAIL=each), and send the emails of earlier windows whose delivery "
-    "failed."
+    # The top five comes from the row, not as an input: an input costs a run three events
+    # (the output handled, the input loaded and checked) and a pickle in the storage, for
+    # what the row holds anyway.
+    ins={"ranked": In(Nothing)},
+    description="Email the top five (from the row) to EMAIL_TO, at most once per window (a "
+    "backfill's runs only with BACKFILL_EMAIL=each), and send the emails of earlier windows "
+    "whose delivery failed."
 )
 @_fails_its_row
 def send_email(
     context: OpExecutionContext,
-    top_five: list[dict[str, Any]],
     agent_runs: AgentRunsStore,
     agent: AgentResource,
     smtp: Smtp,
@@ -321,11 +327,12 @@ def send_email(
 ) -> None:
     log = _logger(context, agent)
     row_id = _run_row(context, agent_runs, agent)
-    row = agent_runs.get_row(row_id)
-    if row["result"] is None:
-        # A re-execution from failure that starts here: its row gets the top five it sends
-        # (the parent run's row keeps the full result).
-        agent_runs.store_result(row_id, {"top_five": top_five})
+    result = agent_runs.get_row(row_id)["result"]
+    if result is None:
+        # A re-execution from failure that starts here: its row gets the result it sends.
+        result = _parent_result(context, agent_runs)
+        agent_runs.store_result(row_id, result)
+    top_five = result["top_five"]
     window_key, _, _ = _window(context)
     recipients = digest.recipients()
     metadata: dict[str, Any] = {"sent": False}
@@ -335,12 +342,12 @@ def send_email(
         log.info("No email: a backfill's runs send none (BACKFILL_EMAIL=none).")
         metadata["reason"] = BACKFILL
     elif not top_five:
-        reason = _why_no_items(row["result"] or {})
+        reason = _why_no_items(result)
         agent_runs.record_email_skipped(row_id, reason)
         log.info(f"No email: {reason}.")
         metadata["reason"] = reason
     else:
-        message = window_email(digest, window_key, top_five, context.run_id, row["result"])
+        message = window_email(digest, window_key, top_five, context.run_id, result)
         # A failed delivery (after the resource's retries) fails the run; the row keeps the
         # result and the error, and a later run delivers it. A rejected one (5xx) does not
         # fail it: Dagster's retry of the run would only be rejected again.
@@ -353,6 +360,22 @@ def send_email(
     agent_runs.succeed_run(row_id)
     _tag_run(context, {EMAIL_TAG: _email_fate(metadata)})
     context.add_output_metadata(metadata)
+
+
+def _parent_result(context: OpExecutionContext, agent_runs: AgentRunsStore) -> dict[str, Any]:
+    """The result of the run this one re-executes, from its row: what rank_top_five stored."""
+    try:
+        parent_run_id = context.run.parent_run_id
+    except DagsterInvalidPropertyError:  # an op invoked on its own has no run, only tags
+        parent_run_id = context.get_tag(PARENT_RUN_TAG)
+    parent = agent_runs.get_row_of_run(parent_run_id) if parent_run_id else None
+    if parent is None or parent["result"] is None:
+        raise NoRankedResultError(
+            f"no ranked top five to send: neither this run's row nor its parent run's "
+            f"({parent_run_id or 'none'}) has one; run rank_top_five first (re-execute the "
+            "whole run)"
+        )
+    return parent["result"]
 
 
 def _why_no_items(result: dict[str, Any]) -> str:

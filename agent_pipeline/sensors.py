@@ -28,6 +28,7 @@ from agent_pipeline.alerts import (
     send_pending_alerts,
 )
 from agent_pipeline.jobs import agent_job
+from agent_pipeline.ops import PARENT_RUN_TAG
 from agent_pipeline.resources import AgentResource, AgentRunsStore, DigestSettings, Smtp
 from agent_pipeline.resources.agent_runs import DIED_WHILE_SENDING
 from agent_pipeline.run_failures import describe_loss, describe_run_failure
@@ -72,7 +73,6 @@ MISSED_ALERTS_PER_SWEEP = 100
 RETRY_DECISION_GRACE_SECONDS = 60
 # A retry Dagster promised but has not launched in this long is taken as not coming.
 RETRY_LAUNCH_GRACE_MINUTES = 15
-PARENT_RUN_TAG = "dagster/parent_run_id"
 
 
 @run_failure_sensor(

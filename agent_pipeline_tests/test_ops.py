@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from dagster import build_op_context
 
-from agent_pipeline.errors import AgentOutputError, ConfigurationError
+from agent_pipeline.errors import AgentOutputError, ConfigurationError, NoRankedResultError
 from agent_pipeline.ops import AgentRun, rank_top_five, record_run, run_agent, send_email
 from agent_pipeline.ranking import validate_outcomes
 from agent_pipeline.resources import AgentResource, DigestSettings, RedisStore, Smtp
@@ -24,6 +24,13 @@ def agent_context(store, agent: AgentResource, redis: RedisStore):
     """run_agent's resources: the agent, Redis, and what it asks of earlier emails."""
     digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
     return context(agent=agent, redis=redis, agent_runs=store, digest=digest)
+
+
+def ranked(store, top_five: list[dict]) -> int:
+    """This run's row as rank_top_five leaves it: running, its top five in its result."""
+    row_id = store.get_or_create_row(RUN_ID, WINDOW, "keywords")
+    store.store_result(row_id, {"top_five": top_five})
+    return row_id
 
 
 @pytest.fixture
@@ -116,12 +123,12 @@ def test_rank_top_five_stores_the_result_and_leaves_the_row_running(pg_store):
     validation = validate_outcomes([{"title": f"t{n}", "score": n} for n in range(8)] + [None])
     digest = DigestSettings(email_from="agent@example.com", email_to="a@example.com")
     with context(agent_runs=pg_store, agent=AgentResource(), digest=digest) as ctx:
-        top = rank_top_five(ctx, AgentRun(validation, {"calls": 3}))
+        rank_top_five(ctx, AgentRun(validation, {"calls": 3}))
         metadata = ctx.get_output_metadata("result")
-    assert [o["score"] for o in top] == [7, 6, 5, 4, 3]
     row = pg_store.get_row_of_run(RUN_ID)
     assert row["status"] == "running"  # until send_email has settled the email
-    assert row["result"]["top_five"] == top
+    top = row["result"]["top_five"]  # where send_email reads it
+    assert [o["score"] for o in top] == [7, 6, 5, 4, 3]
     assert row["result"]["outcomes_total"] == 8 and row["result"]["dropped_total"] == 1
     assert row["result"]["agent_stats"] == {"calls": 3}
     table = metadata["top_five"].value
@@ -131,9 +138,9 @@ def test_rank_top_five_stores_the_result_and_leaves_the_row_running(pg_store):
 
 
 def test_send_email_sends_and_records_it(pg_store, mail, smtp_server):
-    pg_store.get_or_create_row(RUN_ID, WINDOW, "keywords")
+    ranked(pg_store, [{"title": "only", "score": 1.0}])
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
-        send_email(ctx, [{"title": "only", "score": 1.0}])
+        send_email(ctx)
         assert ctx.get_output_metadata("result")["sent"] is True
     row = pg_store.get_row_of_run(RUN_ID)
     assert (row["email_status"], row["status"]) == ("sent", "succeeded")
@@ -145,8 +152,9 @@ def test_send_email_skips_a_window_another_run_has_sent(pg_store, mail, smtp_ser
     earlier = pg_store.get_or_create_row("earlier-run", WINDOW, "keywords")
     assert pg_store.claim_email(earlier)
     pg_store.record_email_sent(earlier)
+    ranked(pg_store, [{"title": "only", "score": 1.0}])
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
-        send_email(ctx, [{"title": "only", "score": 1.0}])
+        send_email(ctx)
         reason = ctx.get_output_metadata("result")["reason"]
         assert reason == "already sent for this window by another run"
     assert smtp_server.received == []
@@ -154,25 +162,42 @@ def test_send_email_skips_a_window_another_run_has_sent(pg_store, mail, smtp_ser
 
 
 def test_send_email_never_sends_its_own_row_twice(pg_store, mail, smtp_server):
+    ranked(pg_store, [{"title": "only", "score": 1.0}])
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
-        send_email(ctx, [{"title": "only", "score": 1.0}])
+        send_email(ctx)
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
-        send_email(ctx, [{"title": "only", "score": 1.0}])
+        send_email(ctx)
     assert len(smtp_server.received) == 1
 
 
-def test_send_email_completes_a_row_it_had_to_create(pg_store, mail):
-    """A re-execution from failure that starts at send_email has no row yet."""
-    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
-        send_email(ctx, [{"title": "only", "score": 1.0}])
+def test_send_email_completes_a_row_it_had_to_create(pg_store, mail, smtp_server):
+    """A re-execution from failure that starts at send_email has no row yet: it gets the
+    result of the run it re-executes."""
+    parent = pg_store.get_or_create_row("parent-run", WINDOW, "keywords")
+    pg_store.store_result(parent, {"top_five": [{"title": "only", "score": 1.0}], "calls": 2})
+    tags = {"dagster/parent_run_id": "parent-run"}
+    resources = {"agent_runs": pg_store, "agent": AgentResource(), **mail}
+    with build_op_context(resources=resources, partition_key=WINDOW, run_tags=tags) as ctx:
+        send_email(ctx)
     row = pg_store.get_row_of_run(RUN_ID)
     assert row["status"] == "succeeded" and row["email_status"] == "sent"
-    assert row["result"]["top_five"] == [{"title": "only", "score": 1.0}]
+    assert row["result"] == {"top_five": [{"title": "only", "score": 1.0}], "calls": 2}
+    assert len(smtp_server.received) == 1
+
+
+def test_send_email_without_a_ranked_top_five_says_what_to_run(pg_store, mail, smtp_server):
+    with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
+        with pytest.raises(NoRankedResultError, match="run rank_top_five first"):
+            send_email(ctx)
+    row = pg_store.get_row_of_run(RUN_ID)
+    assert row["status"] == "failed" and "no ranked top five" in row["error_message"]
+    assert smtp_server.received == []
 
 
 def test_send_email_skips_an_empty_top_five(pg_store, mail, smtp_server):
+    ranked(pg_store, [])
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
-        send_email(ctx, [])
+        send_email(ctx)
     assert smtp_server.received == []
     row = pg_store.get_row_of_run(RUN_ID)
     assert row["email_status"] == "skipped" and row["email_error"] == "the agent found nothing"
@@ -181,9 +206,8 @@ def test_send_email_skips_an_empty_top_five(pg_store, mail, smtp_server):
 def test_a_window_where_nothing_passes_the_minimum_says_so(pg_store, mail, smtp_server):
     validation = validate_outcomes([{"title": "about nothing", "score": 0.0}])
     with context(agent_runs=pg_store, agent=AgentResource(), **mail) as ctx:
-        top = rank_top_five(ctx, AgentRun(validation, {}))
-        assert top == []
-        send_email(ctx, top)
+        rank_top_five(ctx, AgentRun(validation, {}))
+        send_email(ctx)
     assert smtp_server.received == []
     row = pg_store.get_row_of_run(RUN_ID)
     assert (row["email_status"], row["email_error"]) == (
@@ -203,9 +227,10 @@ def test_a_failed_delivery_is_recorded_and_releases_the_window(pg_store, mail):
         host="127.0.0.1", port=free_port(), security="none", timeout=2, retry_backoff_seconds=0.01
     )
     resources = {"agent_runs": pg_store, "agent": AgentResource(), "digest": mail["digest"]}
+    ranked(pg_store, [{"title": "x", "score": 1.0}])
     with context(smtp=smtp, **resources) as ctx:
         with pytest.raises(ConnectionRefusedError):
-            send_email(ctx, [{"title": "x", "score": 1.0}])
+            send_email(ctx)
     row = pg_store.get_row_of_run(RUN_ID)
     assert row["email_status"] == "failed"
     assert row["email_error"].startswith("ConnectionRefusedError:")
