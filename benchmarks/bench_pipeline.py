@@ -31,13 +31,19 @@ from aiosmtpd.controller import Controller  # noqa: E402
 from dagster import DagsterInstance  # noqa: E402
 
 from agent_pipeline.agents import AgentCache, AgentContext  # noqa: E402
-from agent_pipeline.delivery import window_email  # noqa: E402
+from agent_pipeline.delivery import (  # noqa: E402
+    deliver_window_email,
+    redeliver_failed,
+    window_email,
+)
 from agent_pipeline.jobs import agent_job  # noqa: E402
+from agent_pipeline.ops import MAX_STATS_JSON_CHARS  # noqa: E402
 from agent_pipeline.partitions import window_bounds  # noqa: E402
 from agent_pipeline.ranking import (  # noqa: E402
     build_result,
     iterate_outcomes,
     rank_outcomes,
+    storable_stats,
     validate_outcomes,
 )
 from agent_pipeline.resources import AgentRunsStore, RedisStore  # noqa: E402
@@ -52,25 +58,29 @@ from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 
 
 def plain_run(window: str, resources: dict) -> None:
-    """The same steps as agent_job, as a script would write them."""
+    """The same steps as agent_job, as a script would write them: the same functions, the
+    same statements to agent_runs, the same email, without Dagster."""
     store, redis, smtp = resources["agent_runs"], resources["redis"], resources["smtp"]
     digest, agent = resources["digest"], resources["agent"]
+    log = logging.getLogger("bench")
     store.open()
     redis.open()
     try:
         row_id = store.get_or_create_row(f"plain-{uuid.uuid4()}", window, agent.agent)
         start, end = window_bounds(window)
         context = AgentContext(
-            window, start, end, AgentCache(redis, agent.cache_ttl_seconds),
-            logging.getLogger("bench"), agent.settings(),
+            window, start, end, AgentCache(redis, agent.cache_ttl_seconds), log,
+            agent.settings(), queue=redis, spend=store,
         )
         validation = validate_outcomes(iterate_outcomes(agent.load()(context)))
-        ranking = rank_outcomes(validation.outcomes)
-        store.complete_run(row_id, build_result(validation, ranking))
-        message = window_email(digest, window, ranking.top, None)
-        if store.claim_email(row_id):
-            smtp.retrying()(smtp.send_attempt, message)
-            store.record_email_sent(row_id)
+        ranking = rank_outcomes(validation.outcomes, min_score=agent.digest_min_score())
+        stats = storable_stats(context.stats, MAX_STATS_JSON_CHARS)
+        result = build_result(validation, ranking, stats)
+        store.store_result(row_id, result)
+        message = window_email(digest, window, ranking.top, None, result)
+        deliver_window_email(store, smtp, row_id, message)
+        redeliver_failed(store, smtp, digest, log)
+        store.succeed_run(row_id)
     finally:
         redis.close()
         store.close()
