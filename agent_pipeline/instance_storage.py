@@ -179,7 +179,7 @@ class PooledPostgresEventLogStorage(_KeepsItsConnection, PostgresEventLogStorage
     statement each. Dagster's follows each insert with a NOTIFY that nothing listens to any
     more (its event watchers poll; the NOTIFY stays for older Dagster versions reading the
     same database, which this deployment, pinned to one version, does not have): a second
-    round trip for each of a run's 30 events. Asset and asset check events, which need
+    round trip for each of a run's 27 events. Asset and asset check events, which need
     Dagster's index writes too, go to Dagster's own store_event."""
 
     def store_event(self, event: EventLogEntry) -> None:
