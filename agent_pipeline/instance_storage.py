@@ -3,7 +3,7 @@
 
 Dagster's own open a new connection for every query (SQLAlchemy's NullPool), so that a
 process that creates many instances holds no connection. A run's process has one instance,
-and one run of agent_job makes about 35 event writes and 25 run queries: at about 3 ms for a
+and one run of agent_job made about 35 event writes and 25 run queries: at about 3 ms for a
 connection on loopback (more across a network), that was 200 of a run's 450 ms
 (benchmarks/bench_pipeline.py). These keep one connection per storage, checked before use
 once it has been idle a second (a connection a restarted Postgres dropped meanwhile costs a
@@ -21,8 +21,10 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from dagster._core.errors import DagsterRunAlreadyExists
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
@@ -149,9 +151,18 @@ class PooledPostgresRunStorage(_KeepsItsConnection, PostgresRunStorage):
         self._snapshots_stored.add(stored)
         return stored
 
+    def add_run(self, dagster_run: DagsterRun) -> DagsterRun:
+        try:
+            return super().add_run(dagster_run)
+        except DagsterRunAlreadyExists:
+            # Also what a snapshot gone since it was cached gives (the runs table's foreign
+            # key), wiped by another process: the next run asks again and stores it again.
+            self._snapshots_stored.clear()
+            raise
+
     def wipe(self) -> None:
-        self._snapshots_stored.clear()
         super().wipe()
+        self._snapshots_stored.clear()
 
     def _schema_has(self, check: str) -> bool:
         if check not in self._schema_found and getattr(PostgresRunStorage, check)(self):

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
+    DagsterInstance,
     DagsterRunNotFoundError,
     In,
     MetadataValue,
@@ -23,6 +24,7 @@ from dagster import (
     op,
 )
 from dagster._core.errors import DagsterInvalidPropertyError
+from dagster._core.storage.dagster_run import DagsterRun
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.alerts import queue_budget_alert
@@ -59,6 +61,8 @@ WARNINGS_LOGGED = 20
 BACKFILL_TAG = "dagster/backfill"
 # ... and each re-execution with the run it re-executes.
 PARENT_RUN_TAG = "dagster/parent_run_id"
+# How far back send_email looks for a ranked result among the runs a re-execution re-executes.
+MAX_ANCESTORS = 20
 # The email reason a backfill's row records.
 BACKFILL = "backfill"
 # Run tags the UI's run list and run page show: which agent ran, and what became of the email
@@ -363,19 +367,33 @@ def send_email(
 
 
 def _parent_result(context: OpExecutionContext, agent_runs: AgentRunsStore) -> dict[str, Any]:
-    """The result of the run this one re-executes, from its row: what rank_top_five stored."""
+    """The result of the nearest run this one re-executes (its parent, the parent's parent,
+    ...) whose row has one: what rank_top_five stored. A retry of a retry whose send_email
+    never started has no result of its own to give."""
     try:
-        parent_run_id = context.run.parent_run_id
+        lineage = run_lineage(context.instance, context.run)
     except DagsterInvalidPropertyError:  # an op invoked on its own has no run, only tags
-        parent_run_id = context.get_tag(PARENT_RUN_TAG)
-    parent = agent_runs.get_row_of_run(parent_run_id) if parent_run_id else None
-    if parent is None or parent["result"] is None:
-        raise NoRankedResultError(
-            f"no ranked top five to send: neither this run's row nor its parent run's "
-            f"({parent_run_id or 'none'}) has one; run rank_top_five first (re-execute the "
-            "whole run)"
-        )
-    return parent["result"]
+        lineage = [context.get_tag(PARENT_RUN_TAG)] if context.has_tag(PARENT_RUN_TAG) else []
+    for run_id in lineage:
+        row = agent_runs.get_row_of_run(run_id)
+        if row is not None and row["result"] is not None:
+            return row["result"]
+    raise NoRankedResultError(
+        "no ranked top five to send: neither this run's row nor those of the runs it "
+        f"re-executes ({', '.join(lineage) or 'none'}) have one; run rank_top_five first "
+        "(re-execute the whole run)"
+    )
+
+
+def run_lineage(instance: DagsterInstance, run: DagsterRun) -> list[str]:
+    """The ids of the runs a run re-executes, nearest first (at most MAX_ANCESTORS)."""
+    lineage: list[str] = []
+    parent_run_id = run.parent_run_id
+    while parent_run_id is not None and len(lineage) < MAX_ANCESTORS:
+        lineage.append(parent_run_id)
+        parent = instance.get_run_by_id(parent_run_id)
+        parent_run_id = parent.parent_run_id if parent is not None else None
+    return lineage
 
 
 def _why_no_items(result: dict[str, Any]) -> str:

@@ -9,19 +9,21 @@ import os
 import psycopg2
 import pytest
 from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster._core.errors import DagsterRunAlreadyExists
+from dagster_postgres.run_storage import PostgresRunStorage
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from agent_pipeline import instance_storage
 from agent_pipeline.instance_storage import PooledPostgresEventLogStorage
+from agent_pipeline.jobs import agent_job
+from agent_pipeline.ops import AGENT_TAG
+from agent_pipeline.settings import resources_from_env
 from agent_pipeline_tests.helpers import window_keys
 from agent_pipeline_tests.topology import instance_from_config, production_storage
 
 
 def run(instance: DagsterInstance, window: str) -> None:
-    from agent_pipeline.jobs import agent_job
-    from agent_pipeline.settings import resources_from_env
-
     result = agent_job.execute_in_process(
         partition_key=window, resources=resources_from_env(os.environ), instance=instance
     )
@@ -155,9 +157,14 @@ def test_each_event_of_a_run_is_one_insert(production_env, postgres_url, tmp_pat
         # the agent's tag comes with the job. That write reads the run once (in
         # add_run_tags), as do the two run status events: 3 run reads in all, where asking
         # has_run first and tagging the agent separately made 6.
-        assert len([s for s in statements if s.startswith("INSERT INTO run_tags")]) == 2
+        # (Were AGENT another agent when agent_job was imported, record_run would write the
+        # agent's tag too.)
+        agent = resources_from_env(os.environ)["agent"].agent
+        ops_tag_writes = 1 + (agent_job.tags[AGENT_TAG] != agent)
+        inserts = [s for s in statements if s.startswith("INSERT INTO run_tags")]
+        assert len(inserts) == 1 + ops_tag_writes
         run_reads = [s for s in statements if s.startswith("SELECT runs.run_body, runs.status")]
-        assert len(run_reads) == 3
+        assert len(run_reads) == 2 + ops_tag_writes
         # The job's snapshots, stored by the first run, are not looked for again.
         assert not [s for s in statements if "FROM snapshots" in s]
 
@@ -168,7 +175,26 @@ def test_a_wipe_forgets_the_snapshots_it_deleted(production_env, postgres_url, t
         run(instance, first)
         instance.wipe()
         run(instance, second)  # the run's row needs its job snapshot stored again
-        assert instance.run_storage.has_job_snapshot(instance.get_runs()[0].job_snapshot_id)
+        snapshot_id = instance.get_runs()[0].job_snapshot_id
+        assert PostgresRunStorage.has_job_snapshot(instance.run_storage, snapshot_id)
+
+
+def test_a_wipe_by_another_process_costs_one_failed_run_creation(
+    production_env, postgres_url, tmp_path
+):
+    """The cache cannot see another process' wipe: the next run's creation fails on the
+    runs table's foreign key to its snapshot, and the one after stores the snapshot again."""
+    first, second = window_keys(2)
+    (tmp_path / "this").mkdir()
+    (tmp_path / "other").mkdir()
+    storage = production_storage(postgres_url)
+    with instance_from_config(tmp_path / "this", storage) as instance, \
+            instance_from_config(tmp_path / "other", storage) as other:
+        run(instance, first)
+        other.wipe()
+        with pytest.raises(DagsterRunAlreadyExists):
+            run(instance, second)
+        run(instance, second)
 
 
 def test_asset_events_still_get_dagsters_index(postgres_url, tmp_path):

@@ -4,10 +4,18 @@ so rows written by these ops are found under that id."""
 from __future__ import annotations
 
 import pytest
-from dagster import build_op_context
+from dagster import DagsterInstance, DagsterRun, build_op_context
 
 from agent_pipeline.errors import AgentOutputError, ConfigurationError, NoRankedResultError
-from agent_pipeline.ops import AgentRun, rank_top_five, record_run, run_agent, send_email
+from agent_pipeline.ops import (
+    MAX_ANCESTORS,
+    AgentRun,
+    rank_top_five,
+    record_run,
+    run_agent,
+    run_lineage,
+    send_email,
+)
 from agent_pipeline.ranking import validate_outcomes
 from agent_pipeline.resources import AgentResource, DigestSettings, RedisStore, Smtp
 from agent_pipeline_tests.services import free_port
@@ -183,6 +191,22 @@ def test_send_email_completes_a_row_it_had_to_create(pg_store, mail, smtp_server
     assert row["status"] == "succeeded" and row["email_status"] == "sent"
     assert row["result"] == {"top_five": [{"title": "only", "score": 1.0}], "calls": 2}
     assert len(smtp_server.received) == 1
+
+
+def test_the_lineage_of_a_retry_of_a_retry_goes_back_to_the_root():
+    """send_email of a retry whose parent never ranked nor sent looks further back."""
+    instance = DagsterInstance.ephemeral()
+    instance.add_run(DagsterRun(job_name="agent_job", run_id="root"))
+    instance.add_run(DagsterRun(job_name="agent_job", run_id="retry", parent_run_id="root",
+                                root_run_id="root"))
+    retry_of_retry = DagsterRun(job_name="agent_job", run_id="again", parent_run_id="retry",
+                                root_run_id="root")
+    assert run_lineage(instance, retry_of_retry) == ["retry", "root"]
+    assert run_lineage(instance, instance.get_run_by_id("root")) == []
+    # A run its own parent (a corrupt record) is followed only so far.
+    looped = instance.add_run(DagsterRun(job_name="agent_job", run_id="loop",
+                                         parent_run_id="loop", root_run_id="loop"))
+    assert run_lineage(instance, looped) == ["loop"] * MAX_ANCESTORS
 
 
 def test_send_email_without_a_ranked_top_five_says_what_to_run(pg_store, mail, smtp_server):

@@ -58,8 +58,9 @@ from benchmarks.scratch import REDIS_URL, scratch_database  # noqa: E402
 
 
 def plain_run(window: str, resources: dict) -> None:
-    """The same steps as agent_job, as a script would write them: the same functions, the
-    same statements to agent_runs, the same email, without Dagster."""
+    """The same steps as agent_job, as a script would write them: the functions the ops
+    call, the same email, without Dagster (and without the ops' lookups of the row by the
+    Dagster run's id, which a script holding the row's id does not need)."""
     store, redis, smtp = resources["agent_runs"], resources["redis"], resources["smtp"]
     digest, agent = resources["digest"], resources["agent"]
     log = logging.getLogger("bench")
