@@ -30,7 +30,8 @@ class AgentOutputError(AgentPipelineError):
 
 
 class NoRankedResultError(AgentPipelineError):
-    """send_email ran without a ranked top five in its run's row or its parent run's."""
+    """send_email ran without a ranked top five in its run's row or those of the runs it
+    re-executes."""
 
 
 def describe_error(exc: BaseException) -> str:
