@@ -12,6 +12,7 @@ from typing import Any
 
 from dagster import (
     DagsterInstance,
+    DagsterRun,
     DagsterRunNotFoundError,
     In,
     MetadataValue,
@@ -24,7 +25,6 @@ from dagster import (
     op,
 )
 from dagster._core.errors import DagsterInvalidPropertyError
-from dagster._core.storage.dagster_run import DagsterRun
 
 from agent_pipeline.agents import AgentCache, AgentContext
 from agent_pipeline.alerts import queue_budget_alert

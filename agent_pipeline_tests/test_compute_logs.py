@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_pipeline.compute_logs import TeeComputeLogManager
+from agent_pipeline.engine.compute_logs import TeeComputeLogManager
 
 LOG_KEY = ["run-1", "compute_logs", "abcdefgh"]
 
@@ -20,7 +20,7 @@ LOG_KEY = ["run-1", "compute_logs", "abcdefgh"]
 # of bulk output; argv[4] the log key.
 CAPTURING_PROCESS = textwrap.dedent("""
     import os, subprocess, sys
-    from agent_pipeline.compute_logs import TeeComputeLogManager
+    from agent_pipeline.engine.compute_logs import TeeComputeLogManager
 
     def children():
         found = []
@@ -113,7 +113,7 @@ def test_a_stalled_reader_of_the_output_does_not_block_the_run(tmp_path):
 
 OVERLAPPING_CAPTURES = textwrap.dedent("""
     import os, sys, time
-    from agent_pipeline.compute_logs import TeeComputeLogManager
+    from agent_pipeline.engine.compute_logs import TeeComputeLogManager
 
     manager = TeeComputeLogManager(base_dir=sys.argv[1])
     first, second = manager.capture_logs(["first"]), manager.capture_logs(["second"])
@@ -163,7 +163,7 @@ def test_captures_that_end_out_of_order_keep_the_output_flowing(tmp_path):
 def test_a_process_the_run_started_that_outlives_it_does_not_hold_the_run(tmp_path):
     script = textwrap.dedent("""
         import subprocess, sys
-        from agent_pipeline.compute_logs import TeeComputeLogManager
+        from agent_pipeline.engine.compute_logs import TeeComputeLogManager
         with TeeComputeLogManager(base_dir=sys.argv[1]).capture_logs(["run"]):
             subprocess.Popen(["sleep", "120"])  # keeps the run's stdout and stderr open
             print("the run's line", flush=True)

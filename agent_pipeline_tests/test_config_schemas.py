@@ -1,5 +1,5 @@
 """The resources' Dagster config schemas are inferred once per class and process
-(agent_pipeline.resources.config_schemas), where Dagster infers them three times per resource
+(agent_pipeline.engine.config_schemas), where Dagster infers them three times per resource
 on every run; the schemas still check the config they are given."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dagster._config.pythonic_config.config as dagster_config
 import pytest
 from dagster import DagsterInvalidConfigError
 
-import agent_pipeline.resources.config_schemas as config_schemas
+import agent_pipeline.engine.config_schemas as config_schemas
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.settings import resources_from_env
 from agent_pipeline_tests.helpers import in_memory_instance, window_keys
@@ -39,6 +39,7 @@ def test_a_run_infers_no_schema_its_process_has_inferred_before(
     production_env, monkeypatch
 ):
     first, second = window_keys(2)
+    config_schemas.install()  # as definitions.py does
     config_schemas._schema_of.cache_clear()
     # Each field of the five resources agent_job uses, once (Dagster alone: three times on
     # every run).
@@ -47,6 +48,7 @@ def test_a_run_infers_no_schema_its_process_has_inferred_before(
 
 
 def test_a_resource_config_the_schema_does_not_have_is_refused(production_env):
+    config_schemas.install()
     (window,) = window_keys(1)
     for _ in range(2):  # the second time from the kept schemas
         with pytest.raises(DagsterInvalidConfigError, match="no_such_setting"):

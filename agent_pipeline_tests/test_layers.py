@@ -11,8 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "agent_pipeline"
 # Top to bottom, as in docs/layout.md.
 LAYERS = [
     ["definitions"],
-    ["jobs", "ops", "schedules", "sensors", "run_launcher", "instance_storage",
-     "compute_logs"],
+    ["jobs", "ops", "schedules", "sensors", "engine"],
     ["settings", "delivery", "alerts", "retention", "run_failures"],
     ["resources", "agents", "ranking", "emails", "logs", "partitions", "dates", "caching",
      "retries"],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_pipeline.run_launcher import WORKER_PID_TAG, process_start_ticks
+from agent_pipeline.engine.run_launcher import WORKER_PID_TAG, process_start_ticks
 
 pytestmark = pytest.mark.slow  # they start run processes
 
@@ -60,7 +60,7 @@ def launcher_instance(tmp_path, monkeypatch, config):
     monkeypatch.setenv("LAUNCHER_TEST_DIR", str(tmp_path))
     module = importlib.import_module("launcher_sample_job")
     overrides = {"run_launcher": {
-        "module": "agent_pipeline.run_launcher", "class": "ForkServerRunLauncher",
+        "module": "agent_pipeline.engine.run_launcher", "class": "ForkServerRunLauncher",
         "config": config,
     }}
     (tmp_path / "home").mkdir()

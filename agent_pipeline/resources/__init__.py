@@ -1,5 +1,3 @@
-# First: the resource classes below are built with their config schemas inferred once.
-import agent_pipeline.resources.config_schemas  # noqa: F401
 from agent_pipeline.resources.agent import AgentResource
 from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.resources.digest import DigestSettings

@@ -1,4 +1,4 @@
-"""The production instance's Postgres storages (agent_pipeline.instance_storage) keep their
+"""The production instance's Postgres storages (agent_pipeline.engine.storage) keep their
 connection: a run of agent_job opens a few connections instead of one per query; a connection
 Postgres has dropped is replaced; a forked child never talks on its parent's."""
 
@@ -14,8 +14,8 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from agent_pipeline import instance_storage
-from agent_pipeline.instance_storage import PooledPostgresEventLogStorage
+from agent_pipeline.engine import storage as engine_storage
+from agent_pipeline.engine.storage import PooledPostgresEventLogStorage
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.ops import AGENT_TAG
 from agent_pipeline.settings import resources_from_env
@@ -86,7 +86,7 @@ def test_a_connection_postgres_dropped_while_idle_is_replaced(
         run(instance, first)
         held = backend_pids(instance)
         terminate(postgres_url, held)
-        monkeypatch.setattr(instance_storage, "PING_AFTER_IDLE_SECONDS", 0.0)  # idle enough
+        monkeypatch.setattr(engine_storage, "PING_AFTER_IDLE_SECONDS", 0.0)  # idle enough
         run(instance, second)  # no "server closed the connection unexpectedly"
         assert backend_pids(instance).isdisjoint(held)
 
@@ -96,7 +96,7 @@ def test_a_connection_dropped_within_its_busy_second_fails_one_query(
 ):
     """The price of checking only idle connections: one query, not the storage."""
     # However slow this machine is between the two queries, the connection counts as busy.
-    monkeypatch.setattr(instance_storage, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    monkeypatch.setattr(engine_storage, "PING_AFTER_IDLE_SECONDS", 3600.0)
     with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
         held = backend_pids(instance)
         terminate(postgres_url, held)

@@ -37,5 +37,8 @@ def infer_schema_once(
     return _infer_schema(model_cls, description, fields_to_omit, default)
 
 
-# Where ConfigurableResourceFactory.__init__ looks the function up (Dagster 1.13).
-dagster_resource.infer_schema_from_config_class = infer_schema_once
+def install() -> None:
+    """From now on in this process, this package's resource classes have their schema
+    inferred once. Where ConfigurableResourceFactory.__init__ looks the function up
+    (Dagster 1.13); calling it again changes nothing."""
+    dagster_resource.infer_schema_from_config_class = infer_schema_once

@@ -169,7 +169,7 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
 
     def _start_server(self) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "agent_pipeline.run_launcher",
+            [sys.executable, "-m", "agent_pipeline.engine.run_launcher",
              json.dumps({"preload_modules": self._preload_modules,
                          "idle_timeout_seconds": self._idle_timeout_seconds})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -230,7 +230,7 @@ def _serialize(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The fork server: `python -m agent_pipeline.run_launcher '<options as JSON>'`.
+# The fork server: `python -m agent_pipeline.engine.run_launcher '<options as JSON>'`.
 
 
 def _code_files() -> dict[str, float]:
