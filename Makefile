@@ -45,6 +45,9 @@ test: $(INSTALLED) system-packages
 	$(BIN)/ruff check agent_pipeline agent_pipeline_tests benchmarks deploy
 	$(BIN)/pytest -m "not slow"
 	$(BIN)/pytest -m slow -n 0
+	@# The daemon tests again, on Dagster's stock instance parts (deploy/stock-parts.yaml).
+	$(BIN)/pytest -m slow -n 0 --engine-parts=stock \
+	  agent_pipeline_tests/test_local_deployment.py agent_pipeline_tests/test_production_topology.py
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_pipeline.py

@@ -39,6 +39,24 @@ if TEST_REDIS_DB < 0:
     raise RuntimeError("at most 8 pytest-xdist workers: each needs a Redis database of its own")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine-parts", choices=("ours", "stock"), default="ours",
+        help="the Dagster instance parts the local and production topologies run on: ours "
+        "(the instance files as they are) or Dagster's stock ones (deploy/stock-parts.yaml)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An environment variable, so that the processes and pytest-xdist workers see it too
+    # (agent_pipeline_tests/topology.py reads it).
+    os.environ["AGENT_PIPELINE_TEST_ENGINE_PARTS"] = config.getoption("--engine-parts")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"engine parts: {config.getoption('--engine-parts')}"
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[ExitStack]:
     with ExitStack() as stack:

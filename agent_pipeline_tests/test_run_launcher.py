@@ -1,7 +1,9 @@
 """ForkServerRunLauncher on a real Dagster instance (SQLite, in a temporary folder): runs
-forked from a real fork server, killed, terminated, and a code change picked up. The daemon's
-side of it (queue, run monitoring) runs in the local-deployment and production-topology tests,
-where the launcher is the one the instance files name."""
+forked from a real fork server, killed, terminated, the fork server killed or left by its
+daemon, and a code change picked up; in the fast tier, the worker health and terminate
+answers, which need no fork server. The daemon's side of it (queue, run monitoring) runs in
+the local-deployment and production-topology tests, where the launcher is the one the
+instance files name, and here for the fork server killed under a running `make dev`."""
 
 from __future__ import annotations
 
@@ -15,9 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from agent_pipeline.engine.run_launcher import WORKER_PID_TAG, process_start_ticks
-
-pytestmark = pytest.mark.slow  # they start run processes
+from agent_pipeline.engine.run_launcher import (
+    WORKER_PID_TAG,
+    WORKER_START_TAG,
+    ForkServerRunLauncher,
+    process_start_ticks,
+)
 
 JOB_MODULE = '''
 import os, time
@@ -109,6 +114,7 @@ def launch_held(instance, launch, folder: Path):
     return run, pid, runner_of(folder, pid)
 
 
+@pytest.mark.slow  # it starts a fork server and runs
 def test_runs_are_forked_from_one_warm_server_and_succeed(launcher_setup):
     from dagster import DagsterRunStatus
     from dagster._core.launcher import WorkerStatus
@@ -135,6 +141,7 @@ def test_runs_are_forked_from_one_warm_server_and_succeed(launcher_setup):
     assert runner_of(folder, second_pid) == server  # the same warm server forked both
 
 
+@pytest.mark.slow  # it starts a fork server and runs
 def test_a_killed_run_process_fails_its_run_saying_how_it_died(launcher_setup):
     from dagster import DagsterEventType, DagsterRunStatus
 
@@ -148,6 +155,7 @@ def test_a_killed_run_process_fails_its_run_saying_how_it_died(launcher_setup):
     assert any(f"(pid {pid}) was terminated by signal 9" in message for message in engine)
 
 
+@pytest.mark.slow  # it starts a fork server and runs
 def test_with_the_fork_server_gone_run_monitoring_still_finds_a_dead_run(launcher_setup):
     from dagster._core.launcher import WorkerStatus
 
@@ -155,8 +163,8 @@ def test_with_the_fork_server_gone_run_monitoring_still_finds_a_dead_run(launche
     run, pid, server = launch_held(instance, launch, folder)
     run_id = run.run_id
     os.kill(server, signal.SIGKILL)  # nobody left to report the run's death
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: process_start_ticks(pid) is None, "the run's process is gone")
+    # The run's process dies with its server, by itself: no orphan goes on with the run.
+    wait_for(lambda: process_start_ticks(pid) is None, "the run's process is gone", 10)
     health = instance.run_launcher.check_run_worker_health(run)
     assert health.status == WorkerStatus.FAILED and str(pid) in health.msg
     assert not instance.get_run_by_id(run_id).is_finished  # left to run monitoring to end
@@ -168,6 +176,7 @@ def test_with_the_fork_server_gone_run_monitoring_still_finds_a_dead_run(launche
     assert runner_of(folder, int(instance.get_run_by_id(after).tags[WORKER_PID_TAG])) != server
 
 
+@pytest.mark.slow  # it starts a fork server and runs
 def test_terminate_cancels_the_run(launcher_setup):
     from dagster import DagsterRunStatus
 
@@ -178,6 +187,7 @@ def test_terminate_cancels_the_run(launcher_setup):
     assert run.status == DagsterRunStatus.CANCELED
 
 
+@pytest.mark.slow  # it starts a fork server and runs
 def test_a_changed_module_is_loaded_by_a_fresh_server(launcher_setup):
     instance, launch, folder = launcher_setup
     first = launch()
@@ -206,6 +216,7 @@ def test_the_process_start_time_tells_a_live_process_from_a_gone_one():
     assert process_start_ticks(child) is None
 
 
+@pytest.mark.slow  # it starts a fork server and runs
 def test_a_fork_server_stuck_in_its_imports_is_stopped_and_the_run_fails(tmp_path, monkeypatch):
     from dagster import DagsterRunStatus
 
@@ -224,3 +235,134 @@ def test_a_fork_server_stuck_in_its_imports_is_stopped_and_the_run_fails(tmp_pat
         assert run.status == DagsterRunStatus.FAILURE
     finally:
         setup.close()
+
+
+@pytest.mark.slow  # it starts a fork server and runs
+def test_a_daemon_that_goes_leaves_its_running_run_to_finish(launcher_setup):
+    """The launcher's process going (a daemon restart closes the server's stdin) ends no run:
+    the server takes no more launches, reaps the run, then exits."""
+    from dagster import DagsterRunStatus
+
+    instance, launch, folder = launcher_setup
+    run, pid, server = launch_held(instance, launch, folder)
+    instance.run_launcher.dispose()  # as the daemon's instance does when it exits
+    time.sleep(1)
+    assert process_start_ticks(pid) is not None and process_start_ticks(server) is not None
+    (folder / "hold").unlink()
+    assert wait_for(lambda: finished(instance, run.run_id), "the run ended").status == (
+        DagsterRunStatus.SUCCESS
+    )
+    wait_for(lambda: process_start_ticks(server) is None, "the server exited after its run")
+
+
+@pytest.fixture
+def bare_launcher(tmp_path):
+    """ForkServerRunLauncher on a real SQLite instance, no fork server started: what it
+    answers from a run's tags alone."""
+    from dagster._core.test_utils import instance_for_test
+
+    overrides = {"run_launcher": {"module": "agent_pipeline.engine.run_launcher",
+                                  "class": "ForkServerRunLauncher"}}
+    with instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
+        assert isinstance(instance.run_launcher, ForkServerRunLauncher)
+        yield instance
+
+
+def run_tagged(instance, pid: int, start: int | None):
+    from dagster._core.test_utils import create_run_for_test
+
+    tags = {WORKER_PID_TAG: str(pid), WORKER_START_TAG: str(start)}
+    run = create_run_for_test(instance, job_name="sample_job", tags=tags)
+    return run
+
+
+def test_worker_health_is_read_from_the_pid_and_start_time_of_the_run(bare_launcher):
+    from dagster._core.launcher import WorkerStatus
+
+    launcher = bare_launcher.run_launcher
+    me = os.getpid()
+    alive = run_tagged(bare_launcher, me, process_start_ticks(me))
+    assert launcher.check_run_worker_health(alive).status == WorkerStatus.RUNNING
+    # The same pid with another start time: the kernel gave the run's pid to another process.
+    reused = run_tagged(bare_launcher, me, process_start_ticks(me) - 1)
+    health = launcher.check_run_worker_health(reused)
+    assert health.status == WorkerStatus.FAILED and f"pid {me}" in health.msg
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = run_tagged(bare_launcher, gone.pid, 1)
+    assert launcher.check_run_worker_health(dead).status == WorkerStatus.FAILED
+
+
+def test_terminating_a_run_whose_process_is_gone_says_so(bare_launcher):
+    from dagster import DagsterEventType, DagsterRunStatus
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run = run_tagged(bare_launcher, gone.pid, 1)
+    assert bare_launcher.run_launcher.terminate(run.run_id) is False
+    assert bare_launcher.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELING
+    engine = [e.message for e in bare_launcher.all_logs(
+        run.run_id, of_type=DagsterEventType.ENGINE_EVENT)]
+    assert engine == ["[ForkServerRunLauncher] The run's process is gone: nothing to terminate."]
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+@pytest.mark.slow  # make dev's stack
+def test_the_fork_server_killed_under_make_dev_fails_its_run_and_the_next_launch_works(
+    tmp_path, monkeypatch
+):
+    """Run monitoring (every 30 s in dagster.yaml) fails the run whose fork server was killed,
+    the run-failure sensor its row; the run's process is gone at once, so the window's next
+    run is its only process."""
+    from agent_pipeline.jobs import agent_job
+    from agent_pipeline_tests.helpers import RUN_ENDED, RUN_SECONDS, agent_rows, run_worker_pid
+    from agent_pipeline_tests.topology import (
+        ENGINE_PARTS_VARIABLE,
+        launch_window,
+        local_dev,
+        run_status,
+    )
+    from agent_pipeline_tests.topology import wait_for as wait_for_stack
+
+    monkeypatch.setenv(ENGINE_PARTS_VARIABLE, "ours")  # the fork server is what is tested
+    flag = tmp_path / "hang"
+    flag.touch()
+    window = agent_job.partitions_def.get_partition_keys()[-150]
+    settings = {
+        "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
+        "AGENT": "agent_pipeline_tests.sample_agents:hang_while_flagged",
+        "HANG_FLAG": str(flag),
+        "HANG_WINDOW": window,
+    }
+    with local_dev(tmp_path, settings) as dev:
+        port = dev.web_port
+        run_id = launch_window(port, window)
+        pid = wait_for_stack(lambda: run_worker_pid(port, run_id), "the run did not start",
+                             RUN_SECONDS, dev.processes)
+        os.kill(parent_of(pid), signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: process_start_ticks(pid) is None, "the run's process died with it", 10)
+
+        def row_failed():
+            rows = [r for r in agent_rows(tmp_path) if r["dagster_run_id"] == run_id]
+            return rows and rows[0]["status"] == "failed" and rows[0]
+
+        row = wait_for_stack(row_failed, "the row was not failed", 150, dev.processes)
+        seconds = time.monotonic() - killed_at
+        print(f"run and row failed {seconds:.1f} s after the fork server's kill")
+        assert run_status(port, run_id) == "FAILURE"
+        assert seconds < 120 and row["completed_at"] is not None
+
+        flag.unlink()
+        rerun = launch_window(port, window)
+        wait_for_stack(lambda: run_status(port, rerun) in RUN_ENDED, "the next run did not end",
+                       RUN_SECONDS, dev.processes)
+        assert run_status(port, rerun) == "SUCCESS"
+    rows = [r for r in agent_rows(tmp_path) if r["partition_key"] == window]
+    assert [(r["dagster_run_id"], r["status"]) for r in rows] == [
+        (run_id, "failed"), (rerun, "succeeded"),
+    ]

@@ -1,7 +1,9 @@
 """The production topology of docker-compose.yml as local processes, for the tests and the
 benchmarks: a gRPC code server, the webserver and the daemon, on deploy/dagster.yaml with
-Postgres storage and only the run launcher swapped for the local instance's (runs as
-processes forked from a warm one instead of containers; no Docker engine here)."""
+Postgres storage and only the run launcher swapped for the local instance's (runs as local
+processes instead of containers; no Docker engine here). With `pytest --engine-parts=stock`,
+both the local and the production instance run on Dagster's stock parts instead of ours
+(deploy/stock-parts.yaml)."""
 
 from __future__ import annotations
 
@@ -69,6 +71,29 @@ class Processes:
 
 
 STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
+# Which parts the instances the tests start use: "ours" (the instance files as they are) or
+# "stock" (deploy/stock-parts.yaml over them). `pytest --engine-parts=stock` sets it.
+ENGINE_PARTS_VARIABLE = "AGENT_PIPELINE_TEST_ENGINE_PARTS"
+
+
+def with_engine_parts(instance_config: Mapping[str, Any], parts: str | None = None) -> dict:
+    """instance_config as it is ("ours"), or with each of our parts replaced by Dagster's
+    stock one as deploy/stock-parts.yaml says ("stock"); parts defaults to the test run's."""
+    parts = parts or os.environ.get(ENGINE_PARTS_VARIABLE, "ours")
+    config = dict(instance_config)
+    if parts == "ours":
+        return config
+    if parts != "stock":
+        raise ValueError(f"engine parts are 'ours' or 'stock', not {parts!r}")
+    stock = yaml.safe_load((REPO / "deploy" / "stock-parts.yaml").read_text())
+    for section, replacement in stock.items():
+        if not str(config.get(section, {}).get("module", "")).startswith("agent_pipeline."):
+            continue
+        if replacement is None:
+            del config[section]
+        else:
+            config[section] = {**config[section], **replacement}
+    return config
 
 
 def instance_from_config(home: Path | str, config: Mapping[str, Any]) -> Any:
@@ -159,9 +184,12 @@ def production_topology(
     home.mkdir(parents=True, exist_ok=True)
     instance_config = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     # The one change: no Docker engine here, so runs are local processes, started as the
-    # local instance starts them (forked from a warm process) instead of in containers.
+    # local instance starts them instead of in containers.
     local_instance = yaml.safe_load((REPO / "dagster.yaml").read_text())
-    instance_config["run_launcher"] = local_instance["run_launcher"]
+    instance_config.pop("run_launcher")
+    if "run_launcher" in local_instance:
+        instance_config["run_launcher"] = local_instance["run_launcher"]
+    instance_config = with_engine_parts(instance_config)
     for section, values in (instance_changes or {}).items():
         instance_config[section].update(values)
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
@@ -200,9 +228,13 @@ def production_topology(
 
 
 def copy_local_instance(workdir: Path) -> None:
-    """The repo's dagster.yaml and workspace.yaml in workdir, as `make dev` finds them."""
-    for name in ("dagster.yaml", "workspace.yaml"):
-        (workdir / name).write_text((REPO / name).read_text())
+    """The repo's dagster.yaml and workspace.yaml in workdir, as `make dev` finds them (the
+    instance with the test run's engine parts)."""
+    (workdir / "workspace.yaml").write_text((REPO / "workspace.yaml").read_text())
+    instance = (REPO / "dagster.yaml").read_text()
+    if os.environ.get(ENGINE_PARTS_VARIABLE, "ours") != "ours":
+        instance = yaml.safe_dump(with_engine_parts(yaml.safe_load(instance)))
+    (workdir / "dagster.yaml").write_text(instance)
 
 
 @contextmanager

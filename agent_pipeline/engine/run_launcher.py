@@ -16,13 +16,18 @@ What the default launcher guarantees stays:
   interpreter's own folders changes (an edit, then Reload in the UI), it exits before forking
   and a fresh one is started.
 
-The fork server is a child of the process that launches runs (the daemon), runs one at a time
-in its single thread, and exits when that process goes (its stdin closes) or after
-`idle_timeout_seconds` without a launch, so an idle stack does not hold its memory.
+The fork server is a child of the process that launches runs (the daemon) and forks in its
+single thread. When that process goes (its stdin closes) it takes no more launches and exits
+once its runs have ended; it also exits after `idle_timeout_seconds` without a launch or a
+running run, so an idle stack does not hold its memory. A run's process dies with the fork
+server (the kernel's parent-death signal): a fork server killed with its runs in flight leaves
+no orphan working on a run that run monitoring then fails and run retries start again, so a
+run never has two processes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -215,11 +220,13 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
     def dispose(self) -> None:
         with self._lock:
             if self._server is not None and self._server.poll() is None:
-                self._server.stdin.close()  # the server exits at end of input
+                # At the end of its input the server exits, once its runs have ended: never
+                # killed here, which would kill the runs with it.
+                self._server.stdin.close()
                 try:
-                    self._server.wait(timeout=10)
+                    self._server.wait(timeout=5)
                 except subprocess.TimeoutExpired:
-                    self._server.kill()
+                    pass
             self._server = None
 
 
@@ -276,12 +283,26 @@ def _execute_run(request: Mapping[str, Any]) -> int:
             )
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """SIGKILL for this process when the fork server dies (Linux's parent-death signal)."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the server died before the signal was set: none would come
+        os._exit(1)
+
+
 def _fork_run(request: Mapping[str, Any]) -> int:
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
+        _die_with_parent()
         # The server's stdin and stdout are its pipes to the launcher: the run gets neither.
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -327,6 +348,7 @@ def serve(preload_modules: Sequence[str], idle_timeout_seconds: float) -> None:
     code = _code_files()
     running: dict[int, Mapping[str, Any]] = {}
     idle_since = time.monotonic()
+    launcher_gone = False
     while True:
         for pid, request in list(running.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -337,14 +359,20 @@ def serve(preload_modules: Sequence[str], idle_timeout_seconds: float) -> None:
                     _report_exit(request, pid, status)
                 except Exception:  # noqa: BLE001 (run monitoring is the second line)
                     traceback.print_exc()
-        if not running and time.monotonic() - idle_since > idle_timeout_seconds:
+        if not running and (
+            launcher_gone or time.monotonic() - idle_since > idle_timeout_seconds
+        ):
             return
+        if launcher_gone:  # its runs die with this process: wait for them to end
+            time.sleep(0.2)
+            continue
         readable, _, _ = select.select([sys.stdin], [], [], 0.2)
         if not readable:
             continue
         line = sys.stdin.readline()
-        if not line:  # the launcher's process is gone
-            return
+        if not line:  # the launcher's process is gone (a daemon restart)
+            launcher_gone = True
+            continue
         request = json.loads(line)
         if _code_changed(code):
             print(json.dumps({"stale": True}), flush=True)
