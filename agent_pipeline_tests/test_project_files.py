@@ -327,3 +327,39 @@ def test_the_image_and_the_makefile_install_with_the_constraints():
         cwd=REPO, capture_output=True, text=True,
     )
     assert "pip install -c constraints.txt -e '.[dev]'" in dry_run.stdout
+
+
+INSTANCE_FILES = ("dagster.yaml", "deploy/dagster.yaml")
+
+
+def test_each_part_of_ours_the_instance_files_name_has_a_stock_part_that_loads():
+    import importlib
+
+    stock = yaml.safe_load((REPO / "deploy" / "stock-parts.yaml").read_text())
+    ours = {
+        section
+        for name in INSTANCE_FILES
+        for section, part in yaml.safe_load((REPO / name).read_text()).items()
+        if isinstance(part, dict) and str(part.get("module")).startswith("agent_pipeline.")
+    }
+    assert ours == {"run_launcher", "run_storage", "event_log_storage", "compute_logs"}
+    assert ours <= set(stock)
+    for part in filter(None, stock.values()):
+        assert isinstance(getattr(importlib.import_module(part["module"]), part["class"]), type)
+
+
+def test_the_local_instance_opens_on_the_stock_parts_with_the_overlay_alone(tmp_path):
+    from dagster._core.launcher import DefaultRunLauncher
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+
+    from agent_pipeline_tests.topology import instance_from_config, with_engine_parts
+
+    local = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    local["storage"] = {"sqlite": {"base_dir": str(tmp_path / "storage")}}
+    local["compute_logs"]["config"]["base_dir"] = str(tmp_path / "compute_logs")
+    with instance_from_config(tmp_path, with_engine_parts(local, "stock")) as instance:
+        assert type(instance.run_launcher) is DefaultRunLauncher
+        assert type(instance.compute_log_manager) is LocalComputeLogManager
+    with instance_from_config(tmp_path, with_engine_parts(local, "ours")) as instance:
+        assert type(instance.run_launcher).__name__ == "ForkServerRunLauncher"
+        assert type(instance.compute_log_manager).__name__ == "TeeComputeLogManager"
