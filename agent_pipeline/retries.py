@@ -1,7 +1,7 @@
 """The one way this project retries a call that may fail for a moment (an SMTP delivery, an
-LLM request): tenacity, with a bounded number of attempts, exponential backoff with jitter, and
-the server's Retry-After when it gives one. Callers say which failures are worth another
-attempt; everything else is raised at once."""
+LLM request, database work whose server went away): tenacity, with a bounded number of
+attempts, exponential backoff with jitter, and the server's Retry-After when it gives one.
+Callers say which failures are worth another attempt; everything else is raised at once."""
 
 from __future__ import annotations
 
@@ -73,4 +73,53 @@ def retry_policy(
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
+    )
+
+
+# What a Postgres server that went away says, from the moment it begins shutting down to the
+# moment it takes connections again (psycopg2's messages, lowercased).
+_SERVER_WENT_AWAY = (
+    "server closed the connection",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "terminating connection due to administrator command",
+    "connection refused",
+    "could not connect to server",
+    "could not receive data from server",
+    "could not send data to server",
+    "connection already closed",
+    "ssl connection has been closed unexpectedly",
+)
+# About as long as dagster-postgres waits for its database (retry_pg_connection_fn: a try and
+# five retries, 0.2 s doubling): a restart takes a fraction of a second, so waiting longer
+# only delays the clear error of a database that is down for good.
+DATABASE_ATTEMPTS = 6
+DATABASE_BACKOFF_SECONDS = 0.2
+
+
+def database_went_away(error: BaseException) -> bool:
+    """Whether error says the database server dropped the connection or is restarting, not
+    that the statement was wrong: the same work on a new connection may well succeed."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        error = error.orig if error.orig is not None else error
+    message = str(error).lower()
+    return any(sign in message for sign in _SERVER_WENT_AWAY)
+
+
+def database_retry(
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> tenacity.Retrying:
+    """Retries a unit of database work while the server is away: DATABASE_ATTEMPTS calls, 0.2 s
+    doubling with half jitter (between 3 and 6 s of waiting in all), other errors at once."""
+    return retry_policy(
+        attempts=DATABASE_ATTEMPTS,
+        backoff_seconds=DATABASE_BACKOFF_SECONDS,
+        worth_retrying=database_went_away,
+        least_jitter=0.5,
+        on_retry=on_retry,
     )

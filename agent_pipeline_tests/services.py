@@ -50,6 +50,10 @@ def postgres_answers(dsn: str) -> bool:
     return True
 
 
+# The data folder of each throwaway PostgreSQL server by its URL, for restart_postgres.
+_THROWAWAY_POSTGRES: dict[str, Path] = {}
+
+
 @contextmanager
 def throwaway_postgres() -> Iterator[str]:
     """A PostgreSQL server in a temporary folder; yields the DSN of its `postgres` db."""
@@ -74,12 +78,36 @@ def throwaway_postgres() -> Iterator[str]:
          "-o", f"-p {port} -k {data} -h 127.0.0.1"],
         **run,
     )
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    _THROWAWAY_POSTGRES[url] = data
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
+        _THROWAWAY_POSTGRES.pop(url, None)
         subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-m", "immediate", "stop"],
                        check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def restart_postgres(url: str, wait: bool = True) -> subprocess.Popen | None:
+    """Restart the throwaway PostgreSQL server at url (never a server this did not start) as
+    an operator would: `pg_ctl restart -m fast`, which ends every session at once. wait:
+    return once it takes connections again, else at once with the pg_ctl process."""
+    data = _THROWAWAY_POSTGRES[make_url_base(url)]
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    command = [*as_user, shutil.which("pg_ctl") or "pg_ctl", "-D", str(data / "db"),
+               "-l", str(data / "log"), "-m", "fast", "restart"]
+    if wait:
+        subprocess.run([*command, "-w"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+        return None
+    return subprocess.Popen([*command, "-w"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def make_url_base(url: str) -> str:
+    """url with the database name of throwaway_postgres' URL (tests use other databases)."""
+    return url.rsplit("/", 1)[0] + "/postgres"
 
 
 def serving_thread(server: socketserver.BaseServer) -> threading.Thread:

@@ -12,7 +12,6 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from dagster._core.errors import DagsterRunAlreadyExists
 from dagster_postgres.run_storage import PostgresRunStorage
 from sqlalchemy import event, text
-from sqlalchemy.exc import OperationalError
 
 from agent_pipeline.engine import storage as engine_storage
 from agent_pipeline.engine.storage import PooledPostgresEventLogStorage
@@ -91,18 +90,18 @@ def test_a_connection_postgres_dropped_while_idle_is_replaced(
         assert backend_pids(instance).isdisjoint(held)
 
 
-def test_a_connection_dropped_within_its_busy_second_fails_one_query(
+def test_a_connection_dropped_within_its_busy_second_costs_a_reconnect_not_a_query(
     postgres_url, tmp_path, monkeypatch
 ):
-    """The price of checking only idle connections: one query, not the storage."""
+    """Only idle connections are checked before use; a busy one Postgres dropped fails its
+    statement, which is sent again on a new connection (engine.storage's connection class)."""
     # However slow this machine is between the two queries, the connection counts as busy.
     monkeypatch.setattr(engine_storage, "PING_AFTER_IDLE_SECONDS", 3600.0)
     with instance_from_config(tmp_path, production_storage(postgres_url)) as instance:
         held = backend_pids(instance)
         terminate(postgres_url, held)
-        with pytest.raises(OperationalError, match="server closed the connection"):
-            instance.get_runs(limit=1)
-        assert instance.get_runs(limit=1) == []  # on a new connection
+        assert instance.get_runs(limit=1) == []
+        assert backend_pids(instance).isdisjoint(held)
 
 
 def test_a_forked_child_opens_its_own_connection(postgres_url, tmp_path):

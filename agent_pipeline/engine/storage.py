@@ -6,9 +6,10 @@ process that creates many instances holds no connection. A run's process has one
 and one run of agent_job made about 35 event writes and 25 run queries: at about 3 ms for a
 connection on loopback (more across a network), that was 200 of a run's 450 ms
 (benchmarks/bench_pipeline.py). These keep one connection per storage, checked before use
-once it has been idle a second (a connection a restarted Postgres dropped meanwhile costs a
-reconnect, not a failed query; one dropped within a second of its last use fails one query)
-and renewed hourly.
+once it has been idle a second and renewed hourly. A statement that finds its connection
+dropped (Postgres restarted, within a second of the connection's last use or during the
+statement) is sent again on a new one, waiting for a restarting server as dagster-postgres
+waits to connect: a restart costs a reconnect, never a failed query or a lost event.
 Concurrent callers (the daemon's threads, which share its instance; a run's threads logging
 at once) get up to 10 more for the moment, closed when returned. Each process with an
 instance open holds one connection per storage: the webserver, the daemon and each run."""
@@ -35,8 +36,10 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+
+from agent_pipeline.retries import database_retry, database_went_away
 
 # The insert of any event: one statement, compiled once, the values passed as parameters.
 _INSERT_EVENT = SqlEventLogStorageTable.insert()
@@ -44,7 +47,7 @@ POOL_OPTIONS = {"pool_size": 1, "max_overflow": 10, "pool_recycle": 3600}
 # A connection is checked (SELECT 1) before use once it has sat unused this long. SQLAlchemy's
 # pool_pre_ping checks before every use: 55 round trips a run, 10 ms of its 130, for the
 # events written milliseconds apart. A connection Postgres drops within this second of its
-# last use fails one query, and is replaced for the next.
+# last use fails its next statement, which _ReconnectingConnection sends again.
 PING_AFTER_IDLE_SECONDS = 1.0
 
 # A forked child (each run the fork server starts) must not talk on its parent's connections:
@@ -62,8 +65,44 @@ def _pooled_engine(postgres_url: str, token_provider: Any) -> Engine:
     event.listen(engine, "connect", _note_last_use)
     event.listen(engine, "checkin", _note_last_use)
     event.listen(engine, "checkout", _ping_if_idle)
+    # SQLAlchemy's Engine.connect() makes its connections of this class: every statement of
+    # Dagster's own methods (through _connect(), connect(), index_connection(), ...) and of
+    # store_event below goes through _ReconnectingConnection.execute.
+    engine._connection_cls = _ReconnectingConnection
     _ENGINES.add(engine)
     return engine
+
+
+class _ReconnectingConnection(Connection):
+    """A connection that sends a statement again on a new connection when the server dropped
+    this one. Safe here because the engine is AUTOCOMMIT: each statement is its own unit of
+    work, and one cut off by a dropped connection did not take effect (a COMMIT's answer lost
+    in the same instant is the one exception: a statement sent twice, e.g. an event stored
+    twice, rather than an event lost). Only statements outside a transaction the caller began
+    are sent again (Dagster's index writes, and its table creation, begin one)."""
+
+    _autobegun: Any = None
+
+    def execute(self, statement: Any, parameters: Any = None, *, execution_options: Any = None):
+        outside_callers_transaction = self.get_transaction() in (None, self._autobegun)
+        try:
+            result = super().execute(statement, parameters, execution_options=execution_options)
+        except DBAPIError as error:
+            if not (database_went_away(error) and outside_callers_transaction):
+                raise
+            return database_retry()(self._execute_again, statement, parameters, execution_options)
+        if outside_callers_transaction:
+            self._autobegun = self.get_transaction()
+        return result
+
+    def _execute_again(self, statement: Any, parameters: Any, execution_options: Any) -> Any:
+        # SQLAlchemy reconnects an invalidated connection once its (nominal, AUTOCOMMIT)
+        # transaction is rolled back; each try that fails to connect leaves one behind too.
+        if self.in_transaction():
+            self.rollback()
+        result = super().execute(statement, parameters, execution_options=execution_options)
+        self._autobegun = self.get_transaction()
+        return result
 
 
 def _note_last_use(_dbapi_connection: Any, connection_record: Any) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+import types
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ from agent_pipeline.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
 )
+from agent_pipeline.retries import DATABASE_ATTEMPTS, database_retry, database_went_away
 from agent_pipeline.schema import (
     ALERT_FAILED,
     ALERT_PENDING,
@@ -61,6 +64,14 @@ ALERT_CLAIM_TIMEOUT = timedelta(minutes=10)
 
 # Serialises this process's migrations (SQLite has no advisory lock; Postgres takes one too).
 _migrate_lock = threading.Lock()
+# Set while this thread runs a call of the store that is redone as a whole when the server
+# goes away: a call inside it (one method using another) is not redone on its own as well.
+_in_unit_of_work = threading.local()
+# The methods that are not a unit of work on the database.
+_NOT_UNITS_OF_WORK = frozenset(
+    {"setup_for_execution", "teardown_after_execution", "open", "close", "describe"}
+)
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -171,25 +182,28 @@ class AgentRunsStore(ConfigurableResource):
         """Bring the schema to the newest migration. One query when it is there already, as
         on every open but the first after an upgrade."""
         try:
-            if self._schema_revision() == head_revision():
-                return
-            with _migrate_lock, self.engine.begin() as connection:
-                if connection.dialect.name == "postgresql":
-                    connection.execute(
-                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
-                    )
-                from alembic import command
-                from alembic.config import Config as AlembicConfig
-
-                config = AlembicConfig()
-                config.set_main_option("script_location", str(ALEMBIC_DIR))
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+            database_retry(on_retry=_log_retry)(self._upgrade_schema)
         except OperationalError as exc:
             raise DatabaseUnavailableError(
                 f"cannot reach the agent_runs database {self.describe()} (DATABASE_URL): "
-                f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+                f"{_first_line(exc)}"
             ) from None
+
+    def _upgrade_schema(self) -> None:
+        if self._schema_revision() == head_revision():
+            return
+        with _migrate_lock, self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+                )
+            from alembic import command
+            from alembic.config import Config as AlembicConfig
+
+            config = AlembicConfig()
+            config.set_main_option("script_location", str(ALEMBIC_DIR))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
 
     def _schema_revision(self) -> str | None:
         with self.engine.connect() as connection:
@@ -926,3 +940,51 @@ class AgentRunsStore(ConfigurableResource):
                 return
             except IntegrityError:
                 continue
+
+
+def _first_line(error: Exception) -> str:
+    cause = getattr(error, "orig", None) or error
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
+def _log_retry(error: BaseException, seconds: float) -> None:
+    log.warning(f"agent_runs database went away ({_first_line(error)}); again in {seconds:.1f}s")
+
+
+def _redone_when_the_server_went_away(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The call as one unit of work: when the server drops the connection or is restarting,
+    its transaction is rolled back (the server did so already) and the whole call is made
+    again from its start on a new connection, as the retry policy says; what it read before
+    is read again. A server still away after that is a DatabaseUnavailableError."""
+
+    @functools.wraps(method)
+    def unit_of_work(self: AgentRunsStore, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_in_unit_of_work, "active", False):
+            return method(self, *args, **kwargs)
+        _in_unit_of_work.active = True
+        try:
+            return database_retry(on_retry=_log_retry)(method, self, *args, **kwargs)
+        except Exception as exc:
+            if not database_went_away(exc):
+                raise
+            raise DatabaseUnavailableError(
+                f"lost the agent_runs database {self.describe()} (DATABASE_URL) and could not "
+                f"reach it again in {DATABASE_ATTEMPTS} tries: {_first_line(exc)}"
+            ) from exc
+        finally:
+            _in_unit_of_work.active = False
+
+    return unit_of_work
+
+
+# Every read and write of the tables, in one place rather than method by method: a method added
+# later is a unit of work too. Safe to redo because each method is one transaction (or a few,
+# each safe to repeat), and because a transaction cut off before its COMMIT reached the server
+# has no effect. A COMMIT that took effect just as the connection dropped, its answer lost, is
+# redone too: the claims then find their row claimed (claim_email, claim_alert, ...) and say
+# False, so an email never goes out twice (that window's email is held back instead); an LLM
+# spend is counted twice, more than was spent rather than less.
+for _name, _method in list(vars(AgentRunsStore).items()):
+    if isinstance(_method, types.FunctionType) and not _name.startswith("_") \
+            and _name not in _NOT_UNITS_OF_WORK:
+        setattr(AgentRunsStore, _name, _redone_when_the_server_went_away(_method))
