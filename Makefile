@@ -10,7 +10,7 @@ PORT ?= 3000
 CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 
-.PHONY: install system-packages dev test lint bench clean constraints
+.PHONY: install system-packages dev test lint bench clean constraints upgrade-check
 
 $(INSTALLED): setup.py pyproject.toml constraints.txt
 	@echo "Installing agent_pipeline and its pinned dependencies into $(VENV) ..."
@@ -65,3 +65,10 @@ constraints:
 
 clean:
 	rm -rf $(VENV) .dagster_home .agent_pipeline
+
+# Would the newest Dagster core break our engine parts? In a throwaway venv, the pinned project
+# with the newest dagster, dagster-webserver and dagster-graphql over it: pip check, the pins of
+# the private Dagster surface the parts rely on, the parts' tests; a summary of what broke.
+# Run it before moving the Dagster pins, and now and then (docs/testing.md).
+upgrade-check:
+	PYTHON=$(PYTHON) UPGRADE_VENV=.upgrade-venv deploy/upgrade_check.sh
