@@ -42,7 +42,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dagster import Field, IntSource, Noneable, StringSource
+from dagster import (
+    Field,
+    IntSource,
+    Noneable,
+    StringSource,
+    deserialize_value,
+    serialize_value,
+)
 from dagster._core.launcher import (
     CheckRunHealthResult,
     LaunchRunContext,
@@ -125,7 +132,7 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        request = {"run_id": run.run_id, "instance_ref": _serialize(self._instance.get_ref())}
+        request = {"run_id": run.run_id, "instance_ref": serialize_value(self._instance.get_ref())}
         with self._lock:
             answer = self._ask(request)
             if answer.get("stale"):  # the code changed on disk: a fresh server loads it
@@ -230,12 +237,6 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
             self._server = None
 
 
-def _serialize(value: Any) -> str:
-    from dagster._serdes import serialize_value
-
-    return serialize_value(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # The fork server: `python -m agent_pipeline.engine.run_launcher '<options as JSON>'`.
 
@@ -270,7 +271,6 @@ def _execute_run(request: Mapping[str, Any]) -> int:
     """In the forked process: what `dagster api execute_run` does with its arguments."""
     from dagster._cli.api import _execute_run_command_body
     from dagster._cli.utils import get_instance_for_cli
-    from dagster._serdes import deserialize_value
     from dagster._utils.interrupts import capture_interrupts
 
     with capture_interrupts():
@@ -323,7 +323,6 @@ def _report_exit(request: Mapping[str, Any], pid: int, status: int) -> None:
     """A run's process ended: when its run is not finished, say how it died and fail it, as
     Dagster's code server does for the processes it starts."""
     from dagster import DagsterInstance
-    from dagster._serdes import deserialize_value
     from dagster._utils import get_run_crash_explanation
 
     exit_code = os.waitstatus_to_exitcode(status)
