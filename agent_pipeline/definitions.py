@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from dagster import DagsterInvalidDefinitionError
 
-from agent_pipeline.engine import config_schemas
 from agent_pipeline.errors import ConfigurationError
 from agent_pipeline.settings import code_location_settings
-
-# Before any resource is built: each run builds its resources several times, and Dagster infers
-# their config schemas again each time (agent_pipeline/engine/config_schemas.py).
-config_schemas.install()
 
 # First, before the modules below read the variables (jobs.py, the partitions' history):
 # Dagster shows an error of its own as it is, where it wraps any other in a generic "error

@@ -69,8 +69,6 @@ dagster._utils                                                          run_laun
 dagster._grpc.server.DagsterApiServer                                   run_launcher
     _check_for_orphaned_runs                    sig:a669c2c4b1 src:130e9b0070
 dagster._serdes                                                         run_launcher
-    serialize_value                             sig:7091d1d64a src:a8b17d917c
-    deserialize_value                           sig:96e25b7087 src:a516759532
     ConfigurableClass                           sig:ee504799ef src:6dcf80e1a6
     ConfigurableClassData                       sig:37c2739d02 src:cde0cce7e6
 dagster._core.launcher                                                  run_launcher
@@ -148,12 +146,6 @@ dagster._core.storage.compute_log_manager                               compute_
 dagster._utils                                                          compute_logs
     ensure_file                                 sig:9b43fde8c7 src:234aff361f
     touch_file                                  sig:3a37bb4057 src:1f3748c92c
-dagster._config.pythonic_config.config                                  config_schemas
-    infer_schema_from_config_class              sig:73d366069a src:43b23b9ae6
-dagster._config.pythonic_config.resource                                config_schemas
-    infer_schema_from_config_class()            called-in:76ec676faf
-    ConfigurableResourceFactory.__init__        sig:53d74c4f64 src:9737666729
-    PartialResource.__init__                    sig:aa67eef0d9 src:eb55b674ea
 """
 
 # Names the engine imports from private modules only to annotate or to pass along: their shape

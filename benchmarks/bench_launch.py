@@ -165,7 +165,7 @@ def measure(topology_name: str, launches: int, workdir: Path, database_url: str,
             os.environ.update({k: v for k, v in topology.env.items() if k.startswith("DAGSTER_")})
         stop_schedule(topology.web_port)
         windows = window_keys(launches + 1)[:-1]
-        # The first launch starts the fork server (it also starts after five idle minutes).
+        # The first launch starts the fork server (it also starts after 15 idle minutes).
         first, _, _ = launch_to_row(topology.web_port, database_url,
                                     window_keys(launches + 2)[-2])
         results = []

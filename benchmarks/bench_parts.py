@@ -32,12 +32,10 @@ from typing import TextIO
 # The topology helpers live with the tests; make them importable when run as a script.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import dagster._config.pythonic_config.resource as dagster_resource  # noqa: E402
 import redis  # noqa: E402
 import yaml  # noqa: E402
 from dagster import DagsterInstance  # noqa: E402
 
-from agent_pipeline.engine import config_schemas  # noqa: E402
 from agent_pipeline.jobs import agent_job  # noqa: E402
 from agent_pipeline.settings import resources_from_env  # noqa: E402
 from agent_pipeline_tests.topology import (  # noqa: E402
@@ -62,14 +60,13 @@ from benchmarks.scratch import (  # noqa: E402
 )
 
 STORAGES = ("run_storage", "event_log_storage")
-# Each in-process variant: the instance sections given Dagster's stock part, and whether the
-# config-schema patch is on. One part at a time against all ours, and all of them at once.
-VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "all ours": ((), True),
-    "stock storages": (STORAGES, True),
-    "stock compute log manager": (("compute_logs",), True),
-    "config-schema patch off": ((), False),
-    "all stock": ((*STORAGES, "compute_logs"), False),
+# Each in-process variant: the instance sections given Dagster's stock part. One part at a time
+# against all ours, and all of them at once.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "all ours": (),
+    "stock storages": STORAGES,
+    "stock compute log manager": ("compute_logs",),
+    "all stock": (*STORAGES, "compute_logs"),
 }
 WARMUP = 2  # runs of each variant not counted: the first pay for imports and snapshots
 SETTLE_SECONDS = 3  # after the last launch: the last run's process exits and is reaped
@@ -107,15 +104,10 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def variant_run(instance: DagsterInstance, patch: bool, resources: dict,
+def variant_run(instance: DagsterInstance, resources: dict,
                 cpu: list[float]) -> Callable[[str], None]:
-    """One run of agent_job on instance, the config-schema patch on or off for it (the
-    variants take turns in this one process), its CPU time appended to cpu."""
+    """One run of agent_job on instance, its CPU time appended to cpu."""
     def run(window: str) -> None:
-        if patch:
-            config_schemas.install()
-        else:
-            dagster_resource.infer_schema_from_config_class = config_schemas._infer_schema
         before = cpu_seconds()
         dagster_run(window, resources, instance)
         cpu.append(cpu_seconds() - before)
@@ -142,12 +134,11 @@ def in_process(runs: int, windows: list[list[str]]) -> dict[str, dict[str, float
         resources = resources_from_env(os.environ)
         cpu: dict[str, list[float]] = {label: [] for label in VARIANTS}
         turns: Runs = {}
-        for (label, (stock, patch)), its_windows in zip(VARIANTS.items(), windows, strict=True):
+        for (label, stock), its_windows in zip(VARIANTS.items(), windows, strict=True):
             home = stack.enter_context(tempfile.TemporaryDirectory())
             instance = stack.enter_context(parts_instance(home, database_url, stock))
-            turns[label] = (its_windows, variant_run(instance, patch, resources, cpu[label]))
+            turns[label] = (its_windows, variant_run(instance, resources, cpu[label]))
         wall = timed_in_turn(turns)
-        config_schemas.install()
         assert len(catcher.received) == len(VARIANTS) * (runs + WARMUP), len(catcher.received)
 
     wall = {label: durations[WARMUP:] for label, durations in wall.items()}
@@ -166,8 +157,7 @@ def in_process(runs: int, windows: list[list[str]]) -> dict[str, dict[str, float
         say(f"| {label} | {spread(wall[label])} | {spread(cpu[label])} | {gains[0]} "
             f"| {gains[1]} |")
     parts = {"pooled storages": "stock storages",
-             "tee compute log manager": "stock compute log manager",
-             "config-schema patch": "config-schema patch off", "all three": "all stock"}
+             "tee compute log manager": "stock compute log manager", "both": "all stock"}
     return {part: {"wall": paired_gain(wall[variant], wall[ours]),
                    "cpu": paired_gain(cpu[variant], cpu[ours])}
             for part, variant in parts.items()}

@@ -4,9 +4,7 @@ instance file alone (dagster.yaml, deploy/dagster.yaml), never by the code locat
 - run_launcher.ForkServerRunLauncher, for the code server's DefaultRunLauncher (local);
 - storage.PooledPostgresRunStorage and PooledPostgresEventLogStorage, for dagster-postgres'
   PostgresRunStorage and PostgresEventLogStorage (production);
-- compute_logs.TeeComputeLogManager, for LocalComputeLogManager (both);
-- config_schemas.install(), a patch of Dagster's resource config-schema inference, applied by
-  definitions.py.
+- compute_logs.TeeComputeLogManager, for LocalComputeLogManager (both).
 
 Every private `dagster._` import of the project is in this package (the few elsewhere are
 named, with their reason, in agent_pipeline_tests/test_engine_private_surface.py, which also
