@@ -218,20 +218,13 @@ def in_the_agent(instance: DagsterInstance) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "pooled",
-        # The yardstick, not a promise: 3 of 5 such runs failed on stock dagster-postgres,
-        # whose storages retry connecting but not a statement the restart cut off.
-        pytest.param("stock", marks=pytest.mark.xfail(
-            strict=False, reason="stock dagster-postgres does not retry a cut-off statement"
-        )),
-    ],
-)
 def test_a_run_held_in_its_agent_while_postgres_restarts_succeeds_on_its_first_try(
-    kind, production_env, restartable_url, smtp_server, tmp_path
+    production_env, restartable_url, smtp_server, tmp_path
 ):
+    # On our pooled storages only: stock dagster-postgres failed 3 of 5 such runs (it retries
+    # connecting, not a statement the restart cut off; the strict test above shows that part),
+    # so it makes no promise here to hold it to.
+    kind = "pooled"
     flag = tmp_path / "hold"
     production_env.setenv("DATABASE_URL", restartable_url)
     production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:hang_while_flagged")
