@@ -363,3 +363,14 @@ def test_the_local_instance_opens_on_the_stock_parts_with_the_overlay_alone(tmp_
     with instance_from_config(tmp_path, with_engine_parts(local, "ours")) as instance:
         assert type(instance.run_launcher).__name__ == "ForkServerRunLauncher"
         assert type(instance.compute_log_manager).__name__ == "TeeComputeLogManager"
+
+
+def test_the_fork_server_stays_warm_from_one_schedule_tick_to_the_next():
+    """A fork server that exits between two ticks makes every scheduled run pay its cold start
+    (2.2 s to the row instead of 1.1 s)."""
+    from agent_pipeline.jobs import agent_job
+
+    partitions = agent_job.partitions_def
+    window = partitions.time_window_for_partition_key(partitions.get_last_partition_key())
+    launcher = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_launcher"]["config"]
+    assert launcher["idle_timeout_seconds"] > (window.end - window.start).total_seconds()
