@@ -210,6 +210,36 @@ def agent_rows(home: Path) -> list[dict]:
         engine.dispose()
 
 
+def hanging_window(home: Path) -> tuple[Path, str, dict[str, str]]:
+    """A flag file, a window whose run hangs in its agent while the flag exists (a worker to
+    kill half way), and `make dev`'s settings for it, its state under home."""
+    flag = home / "hang"
+    flag.touch()
+    window = agent_job.partitions_def.get_partition_keys()[-150]
+    return flag, window, {
+        "AGENT_PIPELINE_HOME": str(home / "agent"),
+        "AGENT": "agent_pipeline_tests.sample_agents:hang_while_flagged",
+        "HANG_FLAG": str(flag),
+        "HANG_WINDOW": window,
+    }
+
+
+def rerun_succeeds_after(dev, flag: Path, window: str, failed_run_id: str) -> None:
+    """With the flag gone, the window launched again under `make dev` succeeds: its rows are
+    the failed run's, then the re-run's (a schedule tick's run of another window aside)."""
+    from agent_pipeline_tests.topology import launch_window, run_status
+
+    flag.unlink()
+    rerun = launch_window(dev.web_port, window)
+    wait_for(lambda: run_status(dev.web_port, rerun) in RUN_ENDED, "the re-run did not end",
+             RUN_SECONDS, dev.processes)
+    assert run_status(dev.web_port, rerun) == "SUCCESS"
+    rows = [r for r in agent_rows(dev.home) if r["partition_key"] == window]
+    assert [(r["dagster_run_id"], r["status"]) for r in rows] == [
+        (failed_run_id, "failed"), (rerun, "succeeded"),
+    ]
+
+
 def stop_the_schedule(port: int) -> None:
     """Schedule off, as from the UI: a tick's run of the broken agent would join the test's
     failures at a moment of its own."""

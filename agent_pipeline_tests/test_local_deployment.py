@@ -18,7 +18,9 @@ from agent_pipeline_tests.helpers import (
     RUN_ENDED,
     RUN_SECONDS,
     agent_rows,
+    hanging_window,
     outbox_windows,
+    rerun_succeeds_after,
     run_worker_pid,
 )
 from agent_pipeline_tests.topology import (
@@ -140,15 +142,7 @@ def test_backfill_from_the_cli_and_launch_from_the_ui(tmp_path):
 
 
 def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_path):
-    flag = tmp_path / "hang"
-    flag.touch()
-    window = agent_job.partitions_def.get_partition_keys()[-150]
-    settings = {
-        "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
-        "AGENT": "agent_pipeline_tests.sample_agents:hang_while_flagged",
-        "HANG_FLAG": str(flag),
-        "HANG_WINDOW": window,
-    }
+    flag, window, settings = hanging_window(tmp_path)
     with local_dev(tmp_path, settings) as dev:
         port = dev.web_port
         run_id = launch_window(port, window)
@@ -173,16 +167,7 @@ def test_a_killed_worker_leaves_a_failed_row_and_the_window_can_run_again(tmp_pa
         print(f"row failed {seconds:.1f} s after kill -9")
 
         # Re-run the window: it succeeds and emails once.
-        flag.unlink()
-        rerun = launch_window(port, window)
-        wait_for(lambda: run_status(port, rerun) in RUN_ENDED, "the re-run did not finish",
-                 RUN_SECONDS, dev.processes)
-        assert run_status(port, rerun) == "SUCCESS"
-    # A schedule tick during the test may add a run of another window: look at this one only.
-    rows = [r for r in agent_rows(tmp_path) if r["partition_key"] == window]
-    assert [(r["dagster_run_id"], r["status"]) for r in rows] == [
-        (run_id, "failed"), (rerun, "succeeded"),
-    ]
+        rerun_succeeds_after(dev, flag, window, run_id)
     assert outbox_windows(tmp_path).count(window) == 1
 
 

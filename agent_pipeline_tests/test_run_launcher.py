@@ -318,8 +318,13 @@ def test_the_fork_server_killed_under_make_dev_fails_its_run_and_the_next_launch
     """Run monitoring (every 30 s in dagster.yaml) fails the run whose fork server was killed,
     the run-failure sensor its row; the run's process is gone at once, so the window's next
     run is its only process."""
-    from agent_pipeline.jobs import agent_job
-    from agent_pipeline_tests.helpers import RUN_ENDED, RUN_SECONDS, agent_rows, run_worker_pid
+    from agent_pipeline_tests.helpers import (
+        RUN_SECONDS,
+        agent_rows,
+        hanging_window,
+        rerun_succeeds_after,
+        run_worker_pid,
+    )
     from agent_pipeline_tests.topology import (
         ENGINE_PARTS_VARIABLE,
         launch_window,
@@ -329,15 +334,7 @@ def test_the_fork_server_killed_under_make_dev_fails_its_run_and_the_next_launch
     from agent_pipeline_tests.topology import wait_for as wait_for_stack
 
     monkeypatch.setenv(ENGINE_PARTS_VARIABLE, "ours")  # the fork server is what is tested
-    flag = tmp_path / "hang"
-    flag.touch()
-    window = agent_job.partitions_def.get_partition_keys()[-150]
-    settings = {
-        "AGENT_PIPELINE_HOME": str(tmp_path / "agent"),
-        "AGENT": "agent_pipeline_tests.sample_agents:hang_while_flagged",
-        "HANG_FLAG": str(flag),
-        "HANG_WINDOW": window,
-    }
+    flag, window, settings = hanging_window(tmp_path)
     with local_dev(tmp_path, settings) as dev:
         port = dev.web_port
         run_id = launch_window(port, window)
@@ -357,12 +354,4 @@ def test_the_fork_server_killed_under_make_dev_fails_its_run_and_the_next_launch
         assert run_status(port, run_id) == "FAILURE"
         assert seconds < 120 and row["completed_at"] is not None
 
-        flag.unlink()
-        rerun = launch_window(port, window)
-        wait_for_stack(lambda: run_status(port, rerun) in RUN_ENDED, "the next run did not end",
-                       RUN_SECONDS, dev.processes)
-        assert run_status(port, rerun) == "SUCCESS"
-    rows = [r for r in agent_rows(tmp_path) if r["partition_key"] == window]
-    assert [(r["dagster_run_id"], r["status"]) for r in rows] == [
-        (run_id, "failed"), (rerun, "succeeded"),
-    ]
+        rerun_succeeds_after(dev, flag, window, run_id)
