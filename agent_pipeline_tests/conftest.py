@@ -110,12 +110,10 @@ def postgres_url(postgres_database: str) -> Iterator[str]:
 
 @pytest.fixture
 def pg_store(postgres_url: str) -> Iterator[AgentRunsStore]:
-    from agent_pipeline.resources.agent_runs import AgentRunsStore
+    from agent_pipeline_tests.helpers import opened_store
 
-    store = AgentRunsStore(database_url=postgres_url)
-    store.open()
-    yield store
-    store.close()
+    with opened_store(postgres_url) as store:
+        yield store
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -26,6 +27,7 @@ from sqlalchemy import create_engine, select
 from agent_pipeline.agents import AgentCache, AgentContext, AgentSettings
 from agent_pipeline.agents.llm import LlmSettings, Prices
 from agent_pipeline.jobs import agent_job
+from agent_pipeline.resources import AgentRunsStore
 from agent_pipeline.schema import agent_runs
 from agent_pipeline.settings import ENVIRONMENT_VARIABLES, resources_from_env
 from agent_pipeline_tests.llm_server import LoopbackLlm
@@ -138,6 +140,17 @@ def agent_job_from_env():
     return Definitions(jobs=[agent_job], resources=resources_from_env(os.environ)).resolve_job_def(
         "agent_job"
     )
+
+
+@contextmanager
+def opened_store(database_url: str) -> Iterator[AgentRunsStore]:
+    """An AgentRunsStore on database_url, opened (its tables migrated), closed at the end."""
+    store = AgentRunsStore(database_url=database_url)
+    store.open()
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def rows(database_url: str) -> list[dict]:

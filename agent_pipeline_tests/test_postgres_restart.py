@@ -25,7 +25,7 @@ from agent_pipeline.engine import storage as engine_storage
 from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.settings import resources_from_env
-from agent_pipeline_tests.helpers import window_keys
+from agent_pipeline_tests.helpers import opened_store, window_keys
 from agent_pipeline_tests.services import postgres_answers, restart_postgres, throwaway_postgres
 from agent_pipeline_tests.topology import instance_from_config, production_storage
 
@@ -85,10 +85,8 @@ def restart_when_sent(engine: Engine, url: str, statement_start: str) -> list[fl
 
 @pytest.fixture
 def store(restartable_url: str) -> Iterator[AgentRunsStore]:
-    store = AgentRunsStore(database_url=restartable_url)
-    store.open()
-    yield store
-    store.close()
+    with opened_store(restartable_url) as store:
+        yield store
 
 
 def test_the_store_survives_a_restart_between_two_calls(store, restartable_url):
@@ -258,13 +256,9 @@ def test_a_run_held_in_its_agent_while_postgres_restarts_succeeds_on_its_first_t
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         assert event_kinds(inst, result.run_id) == expected
 
-    store = AgentRunsStore(database_url=restartable_url)
-    store.open()
-    try:
+    with opened_store(restartable_url) as store:
         [row] = store.runs_for_window(restarted)
-        assert row["status"] == "succeeded" and row["email_status"] == "sent"
-    finally:
-        store.close()
+    assert row["status"] == "succeeded" and row["email_status"] == "sent"
     assert len(smtp_server.received) == 3  # one for each window
 
 
