@@ -238,6 +238,27 @@ def test_a_fork_server_stuck_in_its_imports_is_stopped_and_the_run_fails(tmp_pat
 
 
 @pytest.mark.slow  # it starts a fork server and runs
+def test_a_code_change_with_a_run_in_flight_lets_that_run_finish(launcher_setup):
+    """The stale server forks no more but lives on until its run ends: its run's process would
+    die with it."""
+    from dagster import DagsterRunStatus
+
+    instance, launch, folder = launcher_setup
+    held, pid, server = launch_held(instance, launch, folder)
+    module_file = folder / "code" / "launcher_sample_job.py"
+    later = time.time() + 5
+    os.utime(module_file, (later, later))
+    second = launch()  # held too, until both are let go
+    assert runner_of(folder, int(instance.get_run_by_id(second).tags[WORKER_PID_TAG])) != server
+    assert process_start_ticks(pid) is not None  # the first run is still going
+    (folder / "hold").unlink()
+    for run_id in (held.run_id, second):
+        assert wait_for(lambda run_id=run_id: finished(instance, run_id), "the run ended").status \
+            == DagsterRunStatus.SUCCESS
+    wait_for(lambda: process_start_ticks(server) is None, "the stale server exited after its run")
+
+
+@pytest.mark.slow  # it starts a fork server and runs
 def test_a_daemon_that_goes_leaves_its_running_run_to_finish(launcher_setup):
     """The launcher's process going (a daemon restart closes the server's stdin) ends no run:
     the server takes no more launches, reaps the run, then exits."""

@@ -13,8 +13,8 @@ What the default launcher guarantees stays:
   looks at the process by its id and start time, kept in the run's tags;
 - terminating a run sends its process SIGTERM, which Dagster turns into a clean cancel;
 - the fork server serves the code as it is on disk: when a module it imported from outside the
-  interpreter's own folders changes (an edit, then Reload in the UI), it exits before forking
-  and a fresh one is started.
+  interpreter's own folders changes (an edit, then Reload in the UI), it forks no more (its
+  running runs go on to their end) and a fresh one takes the launch.
 
 The fork server is a child of the process that launches runs (the daemon) and forks in its
 single thread. When that process goes (its stdin closes) it takes no more launches and exits
@@ -110,7 +110,8 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
             ),
             "idle_timeout_seconds": Field(
                 IntSource, is_required=False, default_value=300,
-                description="The fork server exits after this long without a launch.",
+                description="The fork server exits after this long without a launch or a "
+                "running run.",
             ),
             "answer_timeout_seconds": Field(
                 IntSource, is_required=False, default_value=120,
@@ -136,8 +137,7 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         with self._lock:
             answer = self._ask(request)
             if answer.get("stale"):  # the code changed on disk: a fresh server loads it
-                self._server.wait()
-                self._server = None
+                self._let_go()
                 answer = self._ask(request)
         if "pid" not in answer:
             raise RuntimeError(f"the fork server could not start run {run.run_id}: {answer}")
@@ -224,17 +224,16 @@ class ForkServerRunLauncher(RunLauncher, ConfigurableClass):
         started = process_start_ticks(pid)
         return pid if started is not None and str(started) == tags.get(WORKER_START_TAG) else None
 
+    def _let_go(self) -> None:
+        """No more launches for the current server: at the end of its input it exits once its
+        runs have ended. Never killed here, which would kill its runs with it."""
+        if self._server is not None and self._server.poll() is None:
+            self._server.stdin.close()
+        self._server = None
+
     def dispose(self) -> None:
         with self._lock:
-            if self._server is not None and self._server.poll() is None:
-                # At the end of its input the server exits, once its runs have ended: never
-                # killed here, which would kill the runs with it.
-                self._server.stdin.close()
-                try:
-                    self._server.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-            self._server = None
+            self._let_go()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,23 +285,26 @@ def _execute_run(request: Mapping[str, Any]) -> int:
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
-    """SIGKILL for this process when the fork server dies (Linux's parent-death signal)."""
-    parent = os.getppid()
+def _die_with_parent(server: int) -> None:
+    """SIGKILL for this process when the fork server (pid `server`) dies (Linux's
+    parent-death signal)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:  # the server died before the signal was set: none would come
+    if os.getppid() != server:  # the server died before the signal was set: none would come
         os._exit(1)
 
 
 def _fork_run(request: Mapping[str, Any]) -> int:
+    # Read before the fork: a server that dies just after it would leave its child reading
+    # the pid of the process that adopted it.
+    server = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     code = 1
     try:
-        _die_with_parent()
+        _die_with_parent(server)
         # The server's stdin and stdout are its pipes to the launcher: the run gets neither.
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -375,7 +377,10 @@ def serve(preload_modules: Sequence[str], idle_timeout_seconds: float) -> None:
         request = json.loads(line)
         if _code_changed(code):
             print(json.dumps({"stale": True}), flush=True)
-            return
+            # Its runs die with this process: it takes no more launches and exits once they
+            # have ended (a fresh server takes the next launches meanwhile).
+            launcher_gone = True
+            continue
         pid = _fork_run(request)
         running[pid] = request
         idle_since = time.monotonic()
