@@ -152,13 +152,24 @@ def throwaway_redis(*options: str) -> Iterator[str]:
 
 class TcpProxy:
     """Forwards 127.0.0.1:listen_port to 127.0.0.1:target_port until closed: a service that
-    "comes back" on a port where nothing answered before."""
+    "comes back" on a port where nothing answered before, or, armed with cut_after, a
+    connection dropped between a statement reaching the server and its answer coming back."""
 
     def __init__(self, listen_port: int, target_port: int):
         self.target_port = target_port
         self._server = socket.create_server(("127.0.0.1", listen_port), reuse_port=False)
         self._closed = threading.Event()
+        self._cut_marker: bytes | None = None
+        self.cut = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_after(self, marker: bytes) -> threading.Event:
+        """The next client message holding marker reaches the server; then its connection is
+        cut before the server's answer gets back. The event returned is set once the message
+        is on its way to the server, with no way back for the answer."""
+        self.cut = threading.Event()
+        self._cut_marker = marker
+        return self.cut
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -167,22 +178,48 @@ class TcpProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            answers_dropped = threading.Event()
+            threading.Thread(target=self._to_server, args=(client, upstream, answers_dropped),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, answers_dropped),
+                             daemon=True).start()
+
+    def _to_server(self, client: socket.socket, upstream: socket.socket,
+                   answers_dropped: threading.Event) -> None:
+        try:
+            while data := client.recv(65536):
+                marker = self._cut_marker
+                if marker is not None and marker in data:
+                    self._cut_marker = None
+                    answers_dropped.set()  # before the server can answer
+                    upstream.sendall(data)
+                    self.cut.set()
+                    time.sleep(0.2)  # the server acts on it
+                    break
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._shut(client, upstream)
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(source: socket.socket, sink: socket.socket,
+              answers_dropped: threading.Event) -> None:
         try:
-            while data := source.recv(65536):
+            while (data := source.recv(65536)) and not answers_dropped.is_set():
                 sink.sendall(data)
         except OSError:
             pass
         finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            TcpProxy._shut(source, sink)
+
+    @staticmethod
+    def _shut(*ends: socket.socket) -> None:
+        for end in ends:
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Stop listening: new connections are refused (existing ones go on)."""

@@ -26,7 +26,13 @@ from agent_pipeline.jobs import agent_job
 from agent_pipeline.resources.agent_runs import AgentRunsStore
 from agent_pipeline.settings import resources_from_env
 from agent_pipeline_tests.helpers import opened_store, window_keys
-from agent_pipeline_tests.services import postgres_answers, restart_postgres, throwaway_postgres
+from agent_pipeline_tests.services import (
+    TcpProxy,
+    free_port,
+    postgres_answers,
+    restart_postgres,
+    throwaway_postgres,
+)
 from agent_pipeline_tests.topology import instance_from_config, production_storage
 
 
@@ -108,6 +114,29 @@ def test_a_claim_cut_off_by_a_restart_is_redone_and_taken_once(store, restartabl
     assert {r["id"]: r["email_status"] for r in store.runs_for_window("w1")} == {
         first: "sending", second: "not_sent",
     }
+
+
+def test_a_claim_that_took_effect_with_its_answer_lost_is_this_rows_claim(restartable_url):
+    """The connection drops after the claim's COMMIT reached the server and before its answer
+    came back: the claim made again finds its own row sending, and sends (the window's email
+    neither twice nor not at all)."""
+    database = make_url(restartable_url)
+    proxy_port = free_port()
+    proxy = TcpProxy(proxy_port, database.port)
+    through_proxy = database.set(port=proxy_port)
+    try:
+        with opened_store(through_proxy.render_as_string(hide_password=False)) as store:
+            first = store.get_or_create_row("run-1", "w1", "keywords")
+            second = store.get_or_create_row("run-2", "w1", "keywords")
+            cut = proxy.cut_after(b"COMMIT")
+            assert store.claim_email(first)
+            assert cut.is_set()  # the claim's answer was lost
+            assert not store.claim_email(second)
+            assert {r["id"]: r["email_status"] for r in store.runs_for_window("w1")} == {
+                first: "sending", second: "not_sent",
+            }
+    finally:
+        proxy.close()
 
 
 def test_a_row_written_across_a_restart_is_written_once(store, restartable_url):

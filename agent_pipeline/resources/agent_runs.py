@@ -422,7 +422,18 @@ class AgentRunsStore(ConfigurableResource):
                 )
         except IntegrityError:
             return False
-        return claimed.rowcount == 1
+        if claimed.rowcount == 1:
+            return True
+        # Made again after the connection dropped: the first try's COMMIT may have taken effect,
+        # its answer lost. The row sending is then this claim (nothing else in this process
+        # makes its own row sending: a run's claim is released after each attempt).
+        return redoing_after_lost_connection() and self._email_status(row_id) == EMAIL_SENDING
+
+    def _email_status(self, row_id: int) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(agent_runs.c.email_status).where(agent_runs.c.id == row_id)
+            ).scalar_one_or_none()
 
     def sent_top_fives(self, other_than_window: str, days: int = 7) -> list[list[Any]]:
         """The top fives of the emails sent for other windows in the last days."""
@@ -962,8 +973,16 @@ def _redone_when_the_server_went_away(method: Callable[..., Any]) -> Callable[..
         if getattr(_in_unit_of_work, "active", False):
             return method(self, *args, **kwargs)
         _in_unit_of_work.active = True
+        _in_unit_of_work.redoing = False
+
+        def attempt() -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                _in_unit_of_work.redoing = True
+
         try:
-            return database_retry(on_retry=_log_retry)(method, self, *args, **kwargs)
+            return database_retry(on_retry=_log_retry)(attempt)
         except Exception as exc:
             if not database_went_away(exc):
                 raise
@@ -972,18 +991,25 @@ def _redone_when_the_server_went_away(method: Callable[..., Any]) -> Callable[..
                 f"reach it again in {DATABASE_ATTEMPTS} tries: {_first_line(exc)}"
             ) from exc
         finally:
-            _in_unit_of_work.active = False
+            _in_unit_of_work.active = _in_unit_of_work.redoing = False
 
     return unit_of_work
+
+
+def redoing_after_lost_connection() -> bool:
+    """Whether this thread's call of the store is being made again because the server dropped
+    the connection during an earlier try: what that try wrote may have been committed."""
+    return getattr(_in_unit_of_work, "redoing", False)
 
 
 # Every read and write of the tables, in one place rather than method by method: a method added
 # later is a unit of work too. Safe to redo because each method is one transaction (or a few,
 # each safe to repeat), and because a transaction cut off before its COMMIT reached the server
 # has no effect. A COMMIT that took effect just as the connection dropped, its answer lost, is
-# redone too: the claims then find their row claimed (claim_email, claim_alert, ...) and say
-# False, so an email never goes out twice (that window's email is held back instead); an LLM
-# spend is counted twice, more than was spent rather than less.
+# redone too: claim_email then finds its own row sending and knows the claim is its own (see
+# there); the alert claims find theirs taken and say False, so an alert waits for its claim to
+# time out (ALERT_CLAIM_TIMEOUT) and goes then, never twice; an LLM spend is counted twice,
+# more than was spent rather than less.
 for _name, _method in list(vars(AgentRunsStore).items()):
     if isinstance(_method, types.FunctionType) and not _name.startswith("_") \
             and _name not in _NOT_UNITS_OF_WORK:
