@@ -111,6 +111,13 @@ def database_went_away(error: BaseException) -> bool:
     return any(sign in message for sign in _SERVER_WENT_AWAY)
 
 
+def database_error_line(error: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy wraps it, with the
+    statement, in lines of its own)."""
+    cause = getattr(error, "orig", None) or error
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
 def database_retry(
     on_retry: Callable[[BaseException, float], None] | None = None,
 ) -> tenacity.Retrying:

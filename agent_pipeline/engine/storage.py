@@ -9,13 +9,17 @@ connection on loopback (more across a network), that was 200 of a run's 450 ms
 once it has been idle a second and renewed hourly. A statement that finds its connection
 dropped (Postgres restarted, within a second of the connection's last use or during the
 statement) is sent again on a new one, waiting for a restarting server as dagster-postgres
-waits to connect: a restart costs a reconnect, never a failed query or a lost event.
+waits to connect: a restart costs a reconnect, not a failed query or a lost event (but for a
+statement whose COMMIT took effect just as the connection dropped: sent again, it is stored
+twice, or, where a unique key forbids that, fails as a duplicate, e.g. DagsterRunAlreadyExists
+for a run's creation, which the caller sees as any failed write).
 Concurrent callers (the daemon's threads, which share its instance; a run's threads logging
 at once) get up to 10 more for the moment, closed when returned. Each process with an
 instance open holds one connection per storage: the webserver, the daemon and each run."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -39,11 +43,19 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
-from agent_pipeline.retries import database_retry, database_went_away
+from agent_pipeline.retries import database_error_line, database_retry, database_went_away
 
 # The insert of any event: one statement, compiled once, the values passed as parameters.
 _INSERT_EVENT = SqlEventLogStorageTable.insert()
 POOL_OPTIONS = {"pool_size": 1, "max_overflow": 10, "pool_recycle": 3600}
+log = logging.getLogger(__name__)
+
+
+def _log_retry(error: BaseException, seconds: float) -> None:
+    # A restart the storage rode out still leaves a line in the process' log.
+    log.warning(f"Dagster's Postgres storage lost its connection "
+                f"({database_error_line(error)}); "
+                f"sending the statement again in {seconds:.1f}s")
 # A connection is checked (SELECT 1) before use once it has sat unused this long. SQLAlchemy's
 # pool_pre_ping checks before every use: 55 round trips a run, 10 ms of its 130, for the
 # events written milliseconds apart. A connection Postgres drops within this second of its
@@ -90,7 +102,9 @@ class _ReconnectingConnection(Connection):
         except DBAPIError as error:
             if not (database_went_away(error) and outside_callers_transaction):
                 raise
-            return database_retry()(self._execute_again, statement, parameters, execution_options)
+            return database_retry(on_retry=_log_retry)(
+                self._execute_again, statement, parameters, execution_options
+            )
         if outside_callers_transaction:
             self._autobegun = self.get_transaction()
         return result

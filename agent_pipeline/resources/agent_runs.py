@@ -22,7 +22,12 @@ from agent_pipeline.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
 )
-from agent_pipeline.retries import DATABASE_ATTEMPTS, database_retry, database_went_away
+from agent_pipeline.retries import (
+    DATABASE_ATTEMPTS,
+    database_error_line,
+    database_retry,
+    database_went_away,
+)
 from agent_pipeline.schema import (
     ALERT_FAILED,
     ALERT_PENDING,
@@ -186,7 +191,7 @@ class AgentRunsStore(ConfigurableResource):
         except OperationalError as exc:
             raise DatabaseUnavailableError(
                 f"cannot reach the agent_runs database {self.describe()} (DATABASE_URL): "
-                f"{_first_line(exc)}"
+                f"{database_error_line(exc)}"
             ) from None
 
     def _upgrade_schema(self) -> None:
@@ -953,13 +958,10 @@ class AgentRunsStore(ConfigurableResource):
                 continue
 
 
-def _first_line(error: Exception) -> str:
-    cause = getattr(error, "orig", None) or error
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-
-
 def _log_retry(error: BaseException, seconds: float) -> None:
-    log.warning(f"agent_runs database went away ({_first_line(error)}); again in {seconds:.1f}s")
+    log.warning(
+        f"agent_runs database went away ({database_error_line(error)}); again in {seconds:.1f}s"
+    )
 
 
 def _redone_when_the_server_went_away(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -988,7 +990,7 @@ def _redone_when_the_server_went_away(method: Callable[..., Any]) -> Callable[..
                 raise
             raise DatabaseUnavailableError(
                 f"lost the agent_runs database {self.describe()} (DATABASE_URL) and could not "
-                f"reach it again in {DATABASE_ATTEMPTS} tries: {_first_line(exc)}"
+                f"reach it again in {DATABASE_ATTEMPTS} tries: {database_error_line(exc)}"
             ) from exc
         finally:
             _in_unit_of_work.active = _in_unit_of_work.redoing = False
