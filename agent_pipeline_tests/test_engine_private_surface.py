@@ -14,9 +14,7 @@ the storages' connection class relies on, `Engine._connection_cls`):
   any other value (a set, a dict): `value:` a hash of its sorted items;
 - an attribute a class sets on its instances (`_engine`): `assigned-in:` the methods of the
   class and its bases that assign it;
-- a class attribute whose value is a class (`Engine._connection_cls`): `is:` that class;
-- `name()`: a module's global that is called by name (a patch point): `called-in:` a hash
-  of the names of the functions of the module that call it.
+- a class attribute whose value is a class (`Engine._connection_cls`): `is:` that class.
 
 PINS is a table: a line that starts in the first column names an upstream module, class or
 function and the engine module of ours (agent_pipeline/engine/<name>.py) relying on it; each
@@ -182,14 +180,14 @@ INSTANCE_FILES = ("dagster.yaml", "deploy/dagster.yaml")
 @dataclass(frozen=True)
 class Pin:
     owner: str  # the upstream module, class or function the member is found under
-    member: str  # relative to owner; `name()` for a global called by name
+    member: str  # relative to owner
     module: str  # ours: agent_pipeline/engine/<module>.py
     fingerprint: str
     line: int  # in PINS
 
     @property
     def path(self) -> str:
-        return f"{self.owner}.{self.member.removesuffix('()')}"
+        return f"{self.owner}.{self.member}"
 
 
 def parse_pins() -> list[Pin]:
@@ -279,26 +277,6 @@ def _instance_attribute(cls: type, attribute: str) -> str:
     return "assigned-in:" + ",".join(_assigners(cls)[attribute])
 
 
-def callers(module_name: str, name: str) -> list[str]:
-    """The functions of the module that call its global `name`: where a patch of it acts."""
-    module = importlib.import_module(module_name)
-    tree = ast.parse(inspect.getsource(module))
-    found = []
-
-    def visit(node: ast.AST, scope: list[str]) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                visit(child, [*scope, child.name])
-                continue
-            if (isinstance(child, ast.Call) and isinstance(child.func, ast.Name)
-                    and child.func.id == name):
-                found.append(".".join(scope) or "<module>")
-            visit(child, scope)
-
-    visit(tree, [])
-    return sorted(set(found))
-
-
 def normalised_signature(obj: Any) -> str:
     """Names, kinds, annotations and defaults; a default that is an object (a registry, a
     stream) counts as one, its repr and even its type being this process' (sys.stdout under
@@ -327,11 +305,6 @@ def _sorted_items(value: Any) -> str:
 
 
 def fingerprint(pin: Pin) -> str:
-    if pin.member.endswith("()"):
-        found = callers(pin.owner, pin.member.removesuffix("()"))
-        if not found:
-            raise LookupError(f"{pin.owner} no longer calls {pin.member}")
-        return f"called-in:{_short_hash(','.join(found))}"
     owner_path, _, name = pin.path.rpartition(".")
     owner = resolve(owner_path)
     if inspect.isclass(owner) and name not in dir(owner):
@@ -355,8 +328,6 @@ def fingerprint(pin: Pin) -> str:
 
 
 def _where_upstream(pin: Pin) -> str:
-    if pin.member.endswith("()"):
-        return inspect.getsourcefile(importlib.import_module(pin.owner)) or pin.owner
     # An attribute or a value has no source of its own: then its class' or its module's.
     for path in (pin.path, pin.path.rpartition(".")[0]):
         try:
@@ -372,7 +343,7 @@ def _where_upstream(pin: Pin) -> str:
 
 
 def _uses_in_our_module(pin: Pin) -> str:
-    name = pin.member.removesuffix("()").split(".")[-1]
+    name = pin.member.split(".")[-1]
     name = pin.member.split(".")[0] if name == "callback" else name
     path = ENGINE / f"{pin.module}.py"
     lines = [str(number) for number, text in enumerate(path.read_text().splitlines(), start=1)
@@ -413,7 +384,7 @@ def current_table() -> str:
 KINDS = {
     "sig": "its signature", "src": "its source", "members": "its members",
     "columns": "its columns", "value": "its value", "is": "the class it names",
-    "assigned-in": "where it is assigned", "called-in": "where it is called",
+    "assigned-in": "where it is assigned",
 }
 
 
@@ -443,8 +414,6 @@ def test_every_pin_still_matches_upstream():
         detail = ""
         if "sig:" in now:
             detail = f"\n  Its signature now: {inspect.signature(resolve(pin.path))}"
-        elif now.startswith("called-in:"):
-            detail = f"\n  Now called in: {', '.join(callers(pin.owner, pin.path.split('.')[-1]))}"
         problems.append(
             f"{pin.path}: {what}.{detail}\n"
             f"  Upstream: {_where_upstream(pin)}\n"

@@ -251,14 +251,14 @@ def test_a_run_held_in_its_agent_while_postgres_restarts_succeeds_on_its_first_t
     # On our pooled storages only: stock dagster-postgres failed 3 of 5 such runs (it retries
     # connecting, not a statement the restart cut off; the strict test above shows that part),
     # so it makes no promise here to hold it to.
-    kind = "pooled"
     flag = tmp_path / "hold"
     production_env.setenv("DATABASE_URL", restartable_url)
     production_env.setenv("AGENT", "agent_pipeline_tests.sample_agents:hang_while_flagged")
     production_env.setenv("HANG_FLAG", str(flag))
     warm, plain, restarted = window_keys(3)
-    (tmp_path / "dagster").mkdir()
-    with instance_from_config(tmp_path / "dagster", storage_config(kind, restartable_url)) as inst:
+    home = tmp_path / "dagster"
+    home.mkdir()
+    with instance_from_config(home, storage_config("pooled", restartable_url)) as inst:
         # The yardstick: a run without a restart, after one whose email it looks back on.
         for window in (warm, plain):
             result = agent_job.execute_in_process(
@@ -281,6 +281,7 @@ def test_a_run_held_in_its_agent_while_postgres_restarts_succeeds_on_its_first_t
         flag.unlink()
         restart.wait(60)
         thread.join(120)
+        assert not thread.is_alive(), "the run did not end within 2 minutes of the restart"
         result = outcome["result"]
         assert result.success, [e.message for e in result.all_events if e.is_failure]
         assert event_kinds(inst, result.run_id) == expected

@@ -17,6 +17,7 @@ PARTS_TESTS=(
   agent_pipeline_tests/test_run_launcher.py
   agent_pipeline_tests/test_compute_logs.py
   agent_pipeline_tests/test_engine_storage.py
+  agent_pipeline_tests/test_postgres_restart.py
 )
 started=$SECONDS
 summary=()
