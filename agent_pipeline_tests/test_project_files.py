@@ -349,7 +349,7 @@ def test_each_part_of_ours_the_instance_files_name_has_a_stock_part_that_loads()
 
 
 def test_the_local_instance_opens_on_the_stock_parts_with_the_overlay_alone(tmp_path):
-    from dagster._core.launcher import DefaultRunLauncher
+    from dagster import DefaultRunLauncher
     from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
 
     from agent_pipeline_tests.topology import instance_from_config, with_engine_parts

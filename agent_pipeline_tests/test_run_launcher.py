@@ -52,8 +52,7 @@ def launcher_setup(tmp_path, monkeypatch):
 
 
 def launcher_instance(tmp_path, monkeypatch, config):
-    from dagster import DagsterInstance, reconstructable
-    from dagster._core.test_utils import instance_for_test
+    from dagster import DagsterInstance, instance_for_test, reconstructable
 
     code = tmp_path / "code"
     code.mkdir()
@@ -280,7 +279,7 @@ def test_a_daemon_that_goes_leaves_its_running_run_to_finish(launcher_setup):
 def bare_launcher(tmp_path):
     """ForkServerRunLauncher on a real SQLite instance, no fork server started: what it
     answers from a run's tags alone."""
-    from dagster._core.test_utils import instance_for_test
+    from dagster import instance_for_test
 
     overrides = {"run_launcher": {"module": "agent_pipeline.engine.run_launcher",
                                   "class": "ForkServerRunLauncher"}}
