@@ -76,10 +76,15 @@ STORAGES = ("run_storage", "event_log_storage", "schedule_storage")
 ENGINE_PARTS_VARIABLE = "AGENT_PIPELINE_TEST_ENGINE_PARTS"
 
 
+def engine_parts() -> str:
+    """The test run's engine parts: "ours" unless `pytest --engine-parts=stock` said so."""
+    return os.environ.get(ENGINE_PARTS_VARIABLE, "ours")
+
+
 def with_engine_parts(instance_config: Mapping[str, Any], parts: str | None = None) -> dict:
     """instance_config as it is ("ours"), or with each of our parts replaced by Dagster's
     stock one as deploy/stock-parts.yaml says ("stock"); parts defaults to the test run's."""
-    parts = parts or os.environ.get(ENGINE_PARTS_VARIABLE, "ours")
+    parts = parts or engine_parts()
     config = dict(instance_config)
     if parts == "ours":
         return config
@@ -232,7 +237,7 @@ def copy_local_instance(workdir: Path) -> None:
     instance with the test run's engine parts)."""
     (workdir / "workspace.yaml").write_text((REPO / "workspace.yaml").read_text())
     instance = (REPO / "dagster.yaml").read_text()
-    if os.environ.get(ENGINE_PARTS_VARIABLE, "ours") != "ours":
+    if engine_parts() != "ours":  # else the file as it is, its comments kept
         instance = yaml.safe_dump(with_engine_parts(yaml.safe_load(instance)))
     (workdir / "dagster.yaml").write_text(instance)
 

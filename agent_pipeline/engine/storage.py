@@ -49,13 +49,6 @@ from agent_pipeline.retries import database_error_line, database_retry, database
 _INSERT_EVENT = SqlEventLogStorageTable.insert()
 POOL_OPTIONS = {"pool_size": 1, "max_overflow": 10, "pool_recycle": 3600}
 log = logging.getLogger(__name__)
-
-
-def _log_retry(error: BaseException, seconds: float) -> None:
-    # A restart the storage rode out still leaves a line in the process' log.
-    log.warning(f"Dagster's Postgres storage lost its connection "
-                f"({database_error_line(error)}); "
-                f"sending the statement again in {seconds:.1f}s")
 # A connection is checked (SELECT 1) before use once it has sat unused this long. SQLAlchemy's
 # pool_pre_ping checks before every use: 55 round trips a run, 10 ms of its 130, for the
 # events written milliseconds apart. A connection Postgres drops within this second of its
@@ -117,6 +110,13 @@ class _ReconnectingConnection(Connection):
         result = super().execute(statement, parameters, execution_options=execution_options)
         self._autobegun = self.get_transaction()
         return result
+
+
+def _log_retry(error: BaseException, seconds: float) -> None:
+    # A restart the storage rode out still leaves a line in the process' log.
+    log.warning(f"Dagster's Postgres storage lost its connection "
+                f"({database_error_line(error)}); "
+                f"sending the statement again in {seconds:.1f}s")
 
 
 def _note_last_use(_dbapi_connection: Any, connection_record: Any) -> None:
